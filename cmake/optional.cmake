@@ -1,0 +1,17 @@
+# One rule for every optional engine: AUTO uses it when found, ON makes its absence a configure
+# error (never a silent fallback), OFF leaves it out. Sets ONEBIT_HAVE_<NAME> to ON or OFF.
+macro(onebit_optional name switch probe found_var)
+  string(TOUPPER "${${switch}}" _mode)
+  if(NOT _mode MATCHES "^(AUTO|ON|OFF)$")
+    message(FATAL_ERROR "${switch} must be AUTO, ON or OFF, not '${${switch}}'")
+  endif()
+  set(ONEBIT_HAVE_${name} OFF)
+  if(NOT _mode STREQUAL "OFF")
+    cmake_language(EVAL CODE "${probe}")
+    if(${found_var})
+      set(ONEBIT_HAVE_${name} ON)
+    elseif(_mode STREQUAL "ON")
+      message(FATAL_ERROR "${switch}=ON but ${name} was not found")
+    endif()
+  endif()
+endmacro()

@@ -1,0 +1,70 @@
+// CompressedAllreduce: the error-compensated 1-bit average of one fp32 buffer over all ranks (spec §2).
+#pragma once
+#include <cstddef>
+#include <cstdint>
+#include <span>
+#include <vector>
+
+#include "onebit/communicator.hpp"
+#include "onebit/kernels.hpp"
+#include "onebit/thread_pool.hpp"
+
+namespace onebit {
+
+// Built for a fixed element count n; owns the worker and server error state. Usable whole
+// (run) or in its two halves (compress, then exchange) by optimizers that fuse their own passes
+// around it.
+class CompressedAllreduce {
+ public:
+  // layer_bounds: optional FlatLayout::boundaries() of the buffer, needed only by the fused
+  // optimizer kernels (compress_momentum's per-layer k, and the decode they do themselves).
+  CompressedAllreduce(Communicator& comm, ThreadPool& pool, size_t n,
+                      std::span<const size_t> layer_bounds = {});
+
+  size_t size() const { return n_; }
+  size_t padded_size() const { return n_pad_; }
+  size_t chunk_size() const { return n_pad_ / static_cast<size_t>(comm_.size()); }
+  const kernels::Partition& partition() const { return part_; }
+
+  // Averages x over all ranks in place. Returns false, changing nothing, when any rank's x holds
+  // a NaN or an infinity (every rank returns false together).
+  bool run(std::span<float> x);
+
+  // First half: worker compression of x (or of the 1-bit LAMB scaled momentum) and the exchange
+  // of worker scales. Returns false, with no state changed, if any rank's input was not finite.
+  bool compress(std::span<const float> x);
+  bool compress_momentum(std::span<const float> m, std::span<const float> g, float beta1,
+                         const float* k);
+
+  // Second half: all-to-all, server stage, all-gather. The result is bits() decoded with
+  // chunk_scales(); the same on every rank.
+  void exchange();
+  const uint8_t* bits() const { return result_bits_.data(); }
+  const float* chunk_scales() const { return server_scales_.data(); }
+  void decode(std::span<float> out);
+
+  // Error state as plain errors (spec §1), for checkpoints and tests: worker error over n
+  // elements, server error over this rank's chunk (its real elements only).
+  std::vector<float> worker_error() const;
+  std::vector<float> server_error() const;
+  void set_errors(std::span<const float> worker, std::span<const float> server);
+
+ private:
+  bool finish_compress(double sum_sq);
+  size_t server_real() const;  // real elements in this rank's chunk
+
+  Communicator& comm_;
+  ThreadPool& pool_;
+  size_t n_, n_pad_;
+  kernels::Partition part_, server_part_;
+  // Worker state, double buffered so a step skipped for a non-finite value leaves it untouched.
+  std::vector<float> worker_c_[2];
+  int worker_cur_ = 0;
+  float worker_scale_ = 0;
+  std::vector<float> server_c_;
+  float server_scale_ = 0;
+  std::vector<uint8_t> send_bits_, recv_bits_, server_bits_, result_bits_;
+  std::vector<float> worker_scales_, server_scales_;
+};
+
+}  // namespace onebit

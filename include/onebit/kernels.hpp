@@ -1,0 +1,135 @@
+// CPU kernels: the fused passes of the compressed allreduce and of the optimizers (spec §1-§5).
+//
+// Every kernel works on a flat fp32 buffer cut by a Partition. Element-wise math is pinned to the
+// spec's order of fp32 operations (no contraction into FMA), so every instruction set gives the same
+// bits. Sums are accumulated in double in a pinned order (16 lanes by element index, then lane by
+// lane, then piece by piece), so they too are bitwise the same for every thread count and ISA: ranks
+// on different machines stay identical.
+#pragma once
+#include <cstddef>
+#include <cstdint>
+#include <span>
+#include <vector>
+
+#include "onebit/thread_pool.hpp"
+
+namespace onebit::kernels {
+
+enum class Isa { kGeneric, kAvx2, kAvx512 };
+const char* isa_name(Isa isa);
+bool isa_supported(Isa isa);  // by this CPU and this build
+Isa best_isa();
+Isa active_isa();
+void set_active_isa(Isa isa);  // for tests and benchmarks; throws onebit::Error if unsupported
+
+// A run of elements inside one block, one layer and one allreduce chunk.
+struct Piece {
+  size_t begin = 0, end = 0;
+  uint32_t layer = 0, chunk = 0;
+};
+
+// How the kernels cut [0, n): fixed blocks of kBlock elements (threads take whole blocks, so a byte
+// of sign bits never straddles two threads and the sum order does not depend on the thread count),
+// split further at every layer start and every chunk start into pieces.
+class Partition {
+ public:
+  static constexpr size_t kBlock = size_t{1} << 15;
+
+  Partition() = default;
+  // layer_bounds: offsets of each layer then n (FlatLayout::boundaries()); empty means one layer.
+  // chunk_len: length of an allreduce chunk (0 means one chunk).
+  Partition(size_t n, std::span<const size_t> layer_bounds = {}, size_t chunk_len = 0);
+
+  size_t size() const { return n_; }
+  size_t num_layers() const { return layer_start_.size(); }
+  size_t num_blocks() const { return block_first_.empty() ? 0 : block_first_.size() - 1; }
+  const std::vector<Piece>& pieces() const { return pieces_; }
+  std::span<const Piece> block(size_t b) const {
+    return {pieces_.data() + block_first_[b], block_first_[b + 1] - block_first_[b]};
+  }
+  size_t layer_start(size_t layer) const { return layer_start_[layer]; }
+
+ private:
+  size_t n_ = 0;
+  std::vector<Piece> pieces_;
+  std::vector<size_t> block_first_;  // index of each block's first piece, then pieces_.size()
+  std::vector<size_t> layer_start_;
+};
+
+// --- compression (spec §1, §2) ---------------------------------------------------------------
+// Error state is kept as the compensated value c of the previous call and its scale s: the error
+// e = c - s*sign(c) is derived when needed, never stored. That saves a whole pass over the buffer.
+
+// Worker compression in one pass: c = x + e(prev, prev_scale); next <- c; bits <- sign(c).
+// Returns sum of c^2. `next` may equal `prev`. Bits of elements >= n are left untouched.
+double compress(const Partition& part, ThreadPool& pool, const float* x, const float* prev,
+                float prev_scale, float* next, uint8_t* bits);
+
+// Same, with x = (beta1*m + (1-beta1)*g) * k[layer] computed on the fly (1-bit LAMB §4 step 3;
+// k == nullptr means k = 1, as in 1-bit Adam §5).
+double compress_momentum(const Partition& part, ThreadPool& pool, const float* m, const float* g,
+                         float beta1, const float* k, const float* prev, float prev_scale,
+                         float* next, uint8_t* bits);
+
+// Server stage over one chunk (§2 step 3): y = (sum over p of +-s_p) / P + e(f, f_scale);
+// f <- y (in place); out_bits <- sign(y). worker_bits holds P chunks of stride bytes each.
+// Returns sum of y^2.
+double server_average(const Partition& part, ThreadPool& pool, const uint8_t* worker_bits,
+                      size_t stride, std::span<const float> worker_scales, float* f,
+                      float f_scale, uint8_t* out_bits);
+
+// out[i] = chunk_scales[chunk of i] * sign(bit i)   (§2 step 5).
+void decode(const Partition& part, ThreadPool& pool, const uint8_t* bits,
+            const float* chunk_scales, float* out);
+
+// The error the compressed state stands for: out[i] = c[i] - s*sign(c[i]).
+void materialize_error(std::span<const float> c, float s, std::span<float> out);
+
+// scale(x) of §1 from a sum of squares: sqrt(sum_sq / n) rounded to fp32 (0 when n == 0).
+float scale_from_sum(double sum_sq, size_t n);
+
+// --- optimizers (spec §3-§5) -----------------------------------------------------------------
+struct MomentParams {
+  float beta1 = 0.9f, beta2 = 0.999f, eps = 1e-8f, weight_decay = 0.0f;
+};
+
+// LAMB pass 1, which writes nothing: per layer, sum of w^2 and of u^2 where
+// m' = b1*m + (1-b1)*g, v' = b2*v + (1-b2)*g*g, u = m'/(sqrt(v')+eps) + wd*w.
+void lamb_norms(const Partition& part, ThreadPool& pool, const float* g, const float* m,
+                const float* v, const float* w, const MomentParams& p, double* w_sq,
+                double* u_sq);
+
+// LAMB pass 2: m <- m', v <- v', w <- w - coef[layer] * u   (the same m', v', u as pass 1).
+void lamb_update(const Partition& part, ThreadPool& pool, const float* g, float* m, float* v,
+                 float* w, const MomentParams& p, const float* coef);
+
+// Per-layer results of the 1-bit LAMB compression-stage pass.
+struct OnebitLambSums {
+  double* w_sq;      // ||w||^2
+  double* u_sq;      // ||u||^2,  u = u0 + wd*w
+  double* u0_sq;     // ||u0||^2, u0 = m/(sqrt(v)+eps)
+  float* max_ratio;  // max of (sqrt(v)+eps) / (sqrt(v_fresh)+eps)
+};
+
+// 1-bit LAMB §4 steps 5-7 and the reductions of step 8, one pass. m holds m_prev on entry and the
+// synchronized momentum on exit: m = decode(bits, chunk_scales) / k[layer] (* mask[layer]);
+// g~ = (m - b1*m_prev)/(1-b1); v_fresh <- b2*v_fresh + (1-b2)*g~^2. masks[l] (may be null, and
+// masks itself may be null) points at layer l's mask, indexed from the layer's first element.
+void onebit_lamb_norms(const Partition& part, ThreadPool& pool, const uint8_t* bits,
+                       const float* chunk_scales, const float* k, const float* const* masks,
+                       const MomentParams& p, float* m, const float* v, float* v_fresh,
+                       const float* w, const OnebitLambSums& out);
+
+// Update with the moments as they are: w <- w - coef[layer] * (m/(sqrt(v)+eps) + wd*w).
+void frozen_update(const Partition& part, ThreadPool& pool, const float* m, const float* v,
+                   float* w, float eps, float weight_decay, const float* coef);
+
+// x[i] <- x[i] / d (the warmup average of an allreduced sum).
+void divide(ThreadPool& pool, std::span<float> x, float d);
+
+}  // namespace onebit::kernels
+
+namespace onebit::kernels {
+// Per-layer sum of x^2 (pinned order), e.g. ||m_l||^2 for 1-bit LAMB's momentum scales.
+void layer_sq_norms(const Partition& part, ThreadPool& pool, const float* x, double* out);
+}  // namespace onebit::kernels

@@ -1,0 +1,161 @@
+// Lamb, OnebitLamb and OnebitAdam over a FlatLayout (spec §3-§5). They own all communication:
+// hand them this rank's local gradient and they average it (warmup) or compress the momentum.
+#pragma once
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "onebit/communicator.hpp"
+#include "onebit/compressed_allreduce.hpp"
+#include "onebit/flat_layout.hpp"
+#include "onebit/kernels.hpp"
+#include "onebit/thread_pool.hpp"
+
+namespace onebit {
+
+struct LambOptions {
+  float lr = 1e-3f;            // learning rate (change it between steps with set_lr)
+  float beta1 = 0.9f;          // momentum decay, in [0, 1)
+  float beta2 = 0.999f;        // second-moment decay, in [0, 1)
+  float eps = 1e-8f;           // added to sqrt(v), > 0
+  float weight_decay = 0.0f;   // decoupled: u += weight_decay * w, >= 0
+  float max_coeff = 10.0f;     // upper clip of the trust ratio ||w|| / ||u||
+  float min_coeff = 0.01f;     // lower clip of the trust ratio
+  int threads = 1;             // CPU threads for the kernels on this rank
+};
+
+struct OnebitLambOptions : LambOptions {
+  int64_t freeze_step = 0;         // required, >= 1: steps 1..freeze_step are LAMB warmup
+  float coeff_beta = 0.9f;         // decay of the frozen trust-ratio average c_freeze
+  float factor_max = 4.0f;         // upper clip of the variance-change factor
+  float factor_min = 0.5f;         // lower clip of the variance-change factor
+  float factor_threshold = 0.1f;   // the factor moves at most this fraction per step
+};
+
+struct OnebitAdamOptions {
+  float lr = 1e-3f;            // learning rate
+  float beta1 = 0.9f;          // in [0, 1)
+  float beta2 = 0.999f;        // in [0, 1)
+  float eps = 1e-8f;           // > 0
+  float weight_decay = 0.0f;   // >= 0
+  int64_t freeze_step = 0;     // required, >= 1: steps 1..freeze_step are Adam warmup
+  int threads = 1;             // CPU threads for the kernels on this rank
+};
+
+// Everything an optimizer needs to continue bit for bit, this rank's error buffers included.
+struct OptimizerState {
+  std::map<std::string, std::vector<float>> tensors;
+  std::map<std::string, int64_t> counters;
+};
+
+class Optimizer {
+ public:
+  Optimizer(const FlatLayout& layout, Communicator& comm, int threads);
+  virtual ~Optimizer() = default;
+
+  // One step. params: the flat parameter buffer; grads: this rank's local gradient, which may be
+  // overwritten. Returns false when the step was skipped because some rank's gradient held a NaN
+  // or infinity: all ranks skip together and nothing changes but the skip count.
+  virtual bool step(std::span<float> params, std::span<float> grads) = 0;
+  virtual OptimizerState state() const = 0;
+  virtual void load_state(const OptimizerState& s) = 0;
+  virtual std::string name() const = 0;
+  // True while the next step exchanges uncompressed gradients.
+  virtual bool in_warmup() const { return true; }
+
+  virtual void set_lr(float lr) = 0;
+  int64_t steps() const { return step_; }
+  int64_t skipped() const { return skipped_; }
+  const FlatLayout& layout() const { return layout_; }
+  Communicator& comm() { return comm_; }
+
+ protected:
+  void check_sizes(std::span<float> params, std::span<float> grads) const;
+  // fp32 allreduce-average of the gradients (the warmup exchange).
+  void average_gradients(std::span<float> grads);
+  // Fills the per-layer LAMB trust ratios; false if the gradient was not finite.
+  bool lamb_ratios(const float* g, const float* m, const float* v, const float* w,
+                   const kernels::MomentParams& p, float min_coeff, float max_coeff,
+                   std::vector<double>& ratio);
+  void save_common(OptimizerState& s) const;
+  void load_common(const OptimizerState& s);
+
+  FlatLayout layout_;
+  Communicator& comm_;
+  ThreadPool pool_;
+  kernels::Partition part_;
+  int64_t step_ = 0, skipped_ = 0;
+  std::vector<double> w_sq_, u_sq_;  // per-layer scratch
+};
+
+class Lamb : public Optimizer {
+ public:
+  Lamb(const FlatLayout& layout, Communicator& comm, LambOptions options = {});
+  bool step(std::span<float> params, std::span<float> grads) override;
+  OptimizerState state() const override;
+  void load_state(const OptimizerState& s) override;
+  std::string name() const override { return "lamb"; }
+  void set_lr(float lr) override { opt_.lr = lr; }
+  const LambOptions& options() const { return opt_; }
+
+ private:
+  LambOptions opt_;
+  std::vector<float> m_, v_, coef_;
+  std::vector<double> ratio_;
+};
+
+class OnebitLamb : public Optimizer {
+ public:
+  OnebitLamb(const FlatLayout& layout, Communicator& comm, OnebitLambOptions options);
+  bool step(std::span<float> params, std::span<float> grads) override;
+  OptimizerState state() const override;
+  void load_state(const OptimizerState& s) override;
+  std::string name() const override { return "onebit-lamb"; }
+  bool in_warmup() const override { return step_ < opt_.freeze_step; }
+  void set_lr(float lr) override { opt_.lr = lr; }
+  const OnebitLambOptions& options() const { return opt_; }
+
+  // Spec §4 momentum mask: a 0/1 mask over layer `layer`'s elements, applied after every
+  // compressed exchange. An empty span removes it.
+  void set_momentum_mask(size_t layer, std::span<const float> mask);
+
+  // Per-layer state, for tests and reports.
+  const std::vector<float>& c_freeze() const { return c_freeze_; }
+  const std::vector<float>& last_factor() const { return last_factor_; }
+  const std::vector<float>& k() const { return k_; }
+
+ private:
+  bool warmup_step(std::span<float> w, std::span<float> g);
+  bool compression_step(std::span<float> w, std::span<float> g);
+  void init_momentum_scale();
+
+  OnebitLambOptions opt_;
+  CompressedAllreduce allreduce_;
+  std::vector<float> m_, v_, v_fresh_, coef_;
+  std::vector<float> c_freeze_, last_factor_, k_;
+  std::vector<std::vector<float>> masks_;
+  std::vector<const float*> mask_ptrs_;
+  std::vector<double> ratio_, u0_sq_;
+  std::vector<float> max_ratio_;
+};
+
+class OnebitAdam : public Optimizer {
+ public:
+  OnebitAdam(const FlatLayout& layout, Communicator& comm, OnebitAdamOptions options);
+  bool step(std::span<float> params, std::span<float> grads) override;
+  OptimizerState state() const override;
+  void load_state(const OptimizerState& s) override;
+  std::string name() const override { return "onebit-adam"; }
+  bool in_warmup() const override { return step_ < opt_.freeze_step; }
+  void set_lr(float lr) override { opt_.lr = lr; }
+
+ private:
+  OnebitAdamOptions opt_;
+  CompressedAllreduce allreduce_;
+  std::vector<float> m_, v_, coef_;
+};
+
+}  // namespace onebit

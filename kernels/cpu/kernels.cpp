@@ -1,0 +1,253 @@
+// The public CPU kernels: cut the buffer into pieces, run blocks on threads, pick the ISA's piece
+// kernels, and combine per-piece sums in a fixed order.
+#include "onebit/kernels.hpp"
+
+#include <algorithm>
+#include <atomic>
+#include <cmath>
+
+#include "onebit/error.hpp"
+#include "piece_kernels.hpp"
+
+namespace onebit::kernels {
+namespace {
+
+const PieceKernels* table_for(Isa isa) {
+  switch (isa) {
+#if defined(__x86_64__)
+    case Isa::kAvx512: return &kAvx512Kernels;
+    case Isa::kAvx2: return &kAvx2Kernels;
+#endif
+    default: return &kGenericKernels;
+  }
+}
+
+std::atomic<Isa>& active() {
+  static std::atomic<Isa> isa{best_isa()};
+  return isa;
+}
+
+const PieceKernels& K() { return *table_for(active().load(std::memory_order_relaxed)); }
+
+// Runs fn(piece index, piece) over all pieces, whole blocks per thread.
+template <class Fn>
+void for_pieces(const Partition& part, ThreadPool& pool, Fn fn) {
+  const auto& pieces = part.pieces();
+  pool.for_range(part.num_blocks(), [&](size_t b0, size_t b1) {
+    for (size_t b = b0; b < b1; ++b)
+      for (const Piece& p : part.block(b)) fn(static_cast<size_t>(&p - pieces.data()), p);
+  });
+}
+
+}  // namespace
+
+const char* isa_name(Isa isa) {
+  switch (isa) {
+    case Isa::kAvx512: return "avx512";
+    case Isa::kAvx2: return "avx2";
+    default: return "generic";
+  }
+}
+
+bool isa_supported(Isa isa) {
+#if defined(__x86_64__)
+  __builtin_cpu_init();
+  switch (isa) {
+    case Isa::kAvx512: return __builtin_cpu_supports("avx512f");
+    case Isa::kAvx2: return __builtin_cpu_supports("avx2");
+    default: return true;
+  }
+#else
+  return isa == Isa::kGeneric;
+#endif
+}
+
+Isa best_isa() {
+  for (Isa isa : {Isa::kAvx512, Isa::kAvx2})
+    if (isa_supported(isa)) return isa;
+  return Isa::kGeneric;
+}
+
+Isa active_isa() { return active().load(); }
+
+void set_active_isa(Isa isa) {
+  ONEBIT_CHECK(isa_supported(isa), "kernels: this CPU does not support " << isa_name(isa));
+  active().store(isa);
+}
+
+Partition::Partition(size_t n, std::span<const size_t> layer_bounds, size_t chunk_len) : n_(n) {
+  std::vector<size_t> cuts;  // every boundary inside (0, n)
+  if (layer_bounds.empty()) {
+    layer_start_ = {0};
+  } else {
+    ONEBIT_CHECK(layer_bounds.back() == n, "partition: layer bounds end at " << layer_bounds.back()
+                                                                             << ", buffer has " << n);
+    layer_start_.assign(layer_bounds.begin(), layer_bounds.end() - 1);
+    cuts.insert(cuts.end(), layer_bounds.begin(), layer_bounds.end());
+  }
+  for (size_t b = kBlock; b < n; b += kBlock) cuts.push_back(b);
+  if (chunk_len > 0)
+    for (size_t c = chunk_len; c < n; c += chunk_len) cuts.push_back(c);
+  cuts.push_back(0);
+  cuts.push_back(n);
+  std::sort(cuts.begin(), cuts.end());
+  cuts.erase(std::unique(cuts.begin(), cuts.end()), cuts.end());
+
+  size_t layer = 0;
+  for (size_t i = 0; i + 1 < cuts.size(); ++i) {
+    const size_t b = cuts[i], e = cuts[i + 1];
+    while (layer + 1 < layer_start_.size() && layer_start_[layer + 1] <= b) ++layer;
+    if (b / kBlock >= block_first_.size()) block_first_.push_back(pieces_.size());
+    pieces_.push_back({b, e, static_cast<uint32_t>(layer),
+                       static_cast<uint32_t>(chunk_len ? b / chunk_len : 0)});
+  }
+  block_first_.push_back(pieces_.size());
+}
+
+float scale_from_sum(double sum_sq, size_t n) {
+  return n == 0 ? 0.0f : static_cast<float>(std::sqrt(sum_sq / static_cast<double>(n)));
+}
+
+void materialize_error(std::span<const float> c, float s, std::span<float> out) {
+  ONEBIT_CHECK(out.size() == c.size(), "materialize_error: sizes differ");
+  for (size_t i = 0; i < c.size(); ++i) out[i] = c[i] - (c[i] >= 0.0f ? s : -s);
+}
+
+namespace {
+double compress_with(const Partition& part, ThreadPool& pool, CompressArgs a, const float* k) {
+  std::vector<double> sums(part.pieces().size());
+  for_pieces(part, pool, [&](size_t idx, const Piece& p) {
+    CompressArgs pa = a;
+    if (k) pa.k = k[p.layer];
+    sums[idx] = K().compress(p.begin, p.end, pa);
+  });
+  double total = 0;
+  for (double s : sums) total += s;
+  return total;
+}
+}  // namespace
+
+double compress(const Partition& part, ThreadPool& pool, const float* x, const float* prev,
+                float prev_scale, float* next, uint8_t* bits) {
+  return compress_with(part, pool, {x, nullptr, nullptr, 1, 0, 1, prev, prev_scale, next, bits},
+                       nullptr);
+}
+
+double compress_momentum(const Partition& part, ThreadPool& pool, const float* m, const float* g,
+                         float beta1, const float* k, const float* prev, float prev_scale,
+                         float* next, uint8_t* bits) {
+  return compress_with(part, pool,
+                       {nullptr, m, g, beta1, 1.0f - beta1, 1.0f, prev, prev_scale, next, bits}, k);
+}
+
+double server_average(const Partition& part, ThreadPool& pool, const uint8_t* worker_bits,
+                      size_t stride, std::span<const float> worker_scales, float* f,
+                      float f_scale, uint8_t* out_bits) {
+  const ServerArgs a{worker_bits, stride,  worker_scales.data(), static_cast<int>(worker_scales.size()),
+                     f,           f_scale, out_bits};
+  std::vector<double> sums(part.pieces().size());
+  for_pieces(part, pool,
+             [&](size_t idx, const Piece& p) { sums[idx] = K().server(p.begin, p.end, a); });
+  double total = 0;
+  for (double s : sums) total += s;
+  return total;
+}
+
+void decode(const Partition& part, ThreadPool& pool, const uint8_t* bits,
+            const float* chunk_scales, float* out) {
+  for_pieces(part, pool, [&](size_t, const Piece& p) {
+    K().decode(p.begin, p.end, {bits, chunk_scales[p.chunk], out});
+  });
+}
+
+namespace {
+LambArgs lamb_args(const float* g, float* m, float* v, float* w, const MomentParams& p) {
+  return {g, m, v, w, p.beta1, 1.0f - p.beta1, p.beta2, 1.0f - p.beta2, p.eps, p.weight_decay, 0};
+}
+}  // namespace
+
+void lamb_norms(const Partition& part, ThreadPool& pool, const float* g, const float* m,
+                const float* v, const float* w, const MomentParams& p, double* w_sq,
+                double* u_sq) {
+  // The pass only reads; LambArgs is shared with the update, hence the casts.
+  const LambArgs a = lamb_args(g, const_cast<float*>(m), const_cast<float*>(v), const_cast<float*>(w), p);
+  std::vector<LambSums> sums(part.pieces().size());
+  for_pieces(part, pool,
+             [&](size_t idx, const Piece& pc) { sums[idx] = K().lamb_norms(pc.begin, pc.end, a); });
+  std::fill(w_sq, w_sq + part.num_layers(), 0.0);
+  std::fill(u_sq, u_sq + part.num_layers(), 0.0);
+  for (size_t i = 0; i < sums.size(); ++i) {
+    const uint32_t l = part.pieces()[i].layer;
+    w_sq[l] += sums[i].w_sq;
+    u_sq[l] += sums[i].u_sq;
+  }
+}
+
+void lamb_update(const Partition& part, ThreadPool& pool, const float* g, float* m, float* v,
+                 float* w, const MomentParams& p, const float* coef) {
+  const LambArgs a = lamb_args(g, m, v, w, p);
+  for_pieces(part, pool, [&](size_t, const Piece& pc) {
+    LambArgs pa = a;
+    pa.coef = coef[pc.layer];
+    K().lamb_update(pc.begin, pc.end, pa);
+  });
+}
+
+void onebit_lamb_norms(const Partition& part, ThreadPool& pool, const uint8_t* bits,
+                       const float* chunk_scales, const float* k, const float* const* masks,
+                       const MomentParams& p, float* m, const float* v, float* v_fresh,
+                       const float* w, const OnebitLambSums& out) {
+  std::vector<OnebitSums> sums(part.pieces().size());
+  for_pieces(part, pool, [&](size_t idx, const Piece& pc) {
+    const float* mask = masks ? masks[pc.layer] : nullptr;
+    const OnebitArgs a{bits, chunk_scales[pc.chunk], k[pc.layer], mask, part.layer_start(pc.layer),
+                       m, v, v_fresh, w, p.beta1, 1.0f - p.beta1, p.beta2, 1.0f - p.beta2, p.eps,
+                       p.weight_decay};
+    sums[idx] = K().onebit_norms(pc.begin, pc.end, a);
+  });
+  const size_t L = part.num_layers();
+  std::fill(out.w_sq, out.w_sq + L, 0.0);
+  std::fill(out.u_sq, out.u_sq + L, 0.0);
+  std::fill(out.u0_sq, out.u0_sq + L, 0.0);
+  std::fill(out.max_ratio, out.max_ratio + L, 0.0f);
+  for (size_t i = 0; i < sums.size(); ++i) {
+    const uint32_t l = part.pieces()[i].layer;
+    out.w_sq[l] += sums[i].w_sq;
+    out.u_sq[l] += sums[i].u_sq;
+    out.u0_sq[l] += sums[i].u0_sq;
+    out.max_ratio[l] = std::max(out.max_ratio[l], sums[i].max_ratio);
+  }
+}
+
+void frozen_update(const Partition& part, ThreadPool& pool, const float* m, const float* v,
+                   float* w, float eps, float weight_decay, const float* coef) {
+  for_pieces(part, pool, [&](size_t, const Piece& pc) {
+    K().frozen_update(pc.begin, pc.end, {m, v, w, eps, weight_decay, coef[pc.layer]});
+  });
+}
+
+void divide(ThreadPool& pool, std::span<float> x, float d) {
+  pool.for_range(x.size(), [&](size_t b, size_t e) {
+    for (size_t i = b; i < e; ++i) x[i] = x[i] / d;
+  });
+}
+
+}  // namespace onebit::kernels
+
+namespace onebit::kernels {
+
+void layer_sq_norms(const Partition& part, ThreadPool& pool, const float* x, double* out) {
+  // Runs once per training run (1-bit LAMB's k), so a plain loop in the pinned lane order serves.
+  std::vector<LambSums> sums(part.pieces().size());
+  for_pieces(part, pool, [&](size_t idx, const Piece& p) {
+    double l[16] = {};
+    for (size_t i = p.begin; i < p.end; ++i) l[i & 15] += static_cast<double>(x[i]) * x[i];
+    double s = 0;
+    for (double v : l) s += v;
+    sums[idx].w_sq = s;
+  });
+  std::fill(out, out + part.num_layers(), 0.0);
+  for (size_t i = 0; i < sums.size(); ++i) out[part.pieces()[i].layer] += sums[i].w_sq;
+}
+
+}  // namespace onebit::kernels

@@ -1,0 +1,247 @@
+// The kernel bodies, written once over a 16-wide group type G and compiled once per instruction set
+// (the includer defines ONEBIT_ISA_NS and includes its simd_*.hpp first). Each kernel handles the
+// unaligned head and tail of a piece element by element and the aligned middle 16 at a time, with
+// the same fp32 operations in the same order in both paths: the spec's formulas, written out.
+#pragma once
+#include <cmath>
+#include <cstring>
+
+#include "piece_kernels.hpp"
+
+namespace ONEBIT_ISA_NS {
+
+using namespace onebit::kernels;
+
+inline bool get_bit(const uint8_t* bits, size_t i) { return (bits[i >> 3] >> (i & 7)) & 1; }
+inline void set_bit(uint8_t* bits, size_t i, bool b) {
+  const uint8_t mask = static_cast<uint8_t>(1u << (i & 7));
+  bits[i >> 3] = static_cast<uint8_t>((bits[i >> 3] & ~mask) | (b ? mask : 0));
+}
+inline uint16_t load_bits16(const uint8_t* bits, size_t i) {
+  uint16_t r;
+  std::memcpy(&r, bits + (i >> 3), 2);
+  return r;
+}
+inline void store_bits16(uint8_t* bits, size_t i, uint16_t b) { std::memcpy(bits + (i >> 3), &b, 2); }
+inline float pm(bool bit, float s) { return bit ? s : -s; }  // s * sign
+inline double sq(float x) { return static_cast<double>(x) * static_cast<double>(x); }
+
+// Sum of squares in 16 lanes (lane = index % 16), folded in lane order.
+struct Lanes {
+  double v[16] = {};
+  void add(size_t i, float x) { v[i & 15] += sq(x); }
+  double fold() const {
+    double s = 0;
+    for (double x : v) s += x;
+    return s;
+  }
+};
+
+// Calls scalar(i) on the head and tail of [b, e) and group(i) on each aligned run of 16; enter()
+// and leave() bracket the aligned middle (to move lane sums into and out of vector registers).
+template <class Scalar, class Group, class Enter, class Leave>
+inline void walk(size_t b, size_t e, Scalar scalar, Group group, Enter enter, Leave leave) {
+  size_t i = b;
+  const size_t aligned = (b + 15) & ~size_t{15};
+  for (; i < e && i < aligned; ++i) scalar(i);
+  if (i + 16 <= e) {
+    enter();
+    for (; i + 16 <= e; i += 16) group(i);
+    leave();
+  }
+  for (; i < e; ++i) scalar(i);
+}
+inline void nop() {}
+
+// --- compression -----------------------------------------------------------------------------
+template <bool kMomentum>
+double compress_t(size_t b, size_t e, const CompressArgs& a) {
+  Lanes lanes;
+  Acc acc;
+  const float s = a.prev_scale;
+  auto scalar = [&](size_t i) {
+    const float err = a.prev[i] - pm(a.prev[i] >= 0.0f, s);
+    const float x = kMomentum ? (a.beta1 * a.m[i] + a.one_minus_beta1 * a.g[i]) * a.k : a.x[i];
+    const float c = x + err;
+    a.next[i] = c;
+    set_bit(a.bits, i, c >= 0.0f);
+    lanes.add(i, c);
+  };
+  const G b1 = set1(a.beta1), omb1 = set1(a.one_minus_beta1), k = set1(a.k);
+  auto group = [&](size_t i) {
+    const G prev = load(a.prev + i);
+    const G err = sub(prev, signed_from_bits(ge0_bits(prev), s));
+    const G x = kMomentum ? mul(add(mul(b1, load(a.m + i)), mul(omb1, load(a.g + i))), k)
+                          : load(a.x + i);
+    const G c = add(x, err);
+    store(a.next + i, c);
+    store_bits16(a.bits, i, ge0_bits(c));
+    acc.add_sq(c);
+  };
+  walk(b, e, scalar, group, [&] { acc.load(lanes.v); }, [&] { acc.store(lanes.v); });
+  return lanes.fold();
+}
+
+inline double compress(size_t b, size_t e, const CompressArgs& a) {
+  return a.x ? compress_t<false>(b, e, a) : compress_t<true>(b, e, a);
+}
+
+inline double server(size_t b, size_t e, const ServerArgs& a) {
+  Lanes lanes;
+  Acc acc;
+  const float world = static_cast<float>(a.world), fs = a.f_scale;
+  auto scalar = [&](size_t i) {
+    float sum = 0.0f;
+    for (int p = 0; p < a.world; ++p) sum += pm(get_bit(a.worker_bits + p * a.stride, i), a.scales[p]);
+    const float y = sum / world + (a.f[i] - pm(a.f[i] >= 0.0f, fs));
+    a.f[i] = y;
+    set_bit(a.out_bits, i, y >= 0.0f);
+    lanes.add(i, y);
+  };
+  const G gw = set1(world);
+  auto group = [&](size_t i) {
+    G sum = set1(0.0f);
+    for (int p = 0; p < a.world; ++p)
+      sum = add(sum, signed_from_bits(load_bits16(a.worker_bits + p * a.stride, i), a.scales[p]));
+    const G f = load(a.f + i);
+    const G y = add(div(sum, gw), sub(f, signed_from_bits(ge0_bits(f), fs)));
+    store(a.f + i, y);
+    store_bits16(a.out_bits, i, ge0_bits(y));
+    acc.add_sq(y);
+  };
+  walk(b, e, scalar, group, [&] { acc.load(lanes.v); }, [&] { acc.store(lanes.v); });
+  return lanes.fold();
+}
+
+inline void decode(size_t b, size_t e, const DecodeArgs& a) {
+  walk(
+      b, e, [&](size_t i) { a.out[i] = pm(get_bit(a.bits, i), a.scale); },
+      [&](size_t i) { store(a.out + i, signed_from_bits(load_bits16(a.bits, i), a.scale)); }, nop,
+      nop);
+}
+
+// --- LAMB ------------------------------------------------------------------------------------
+// m' = b1*m + (1-b1)*g;  v' = b2*v + (1-b2)*(g*g);  u = m'/(sqrt(v')+eps) + wd*w
+template <bool kUpdate>
+LambSums lamb_t(size_t b, size_t e, const LambArgs& a) {
+  Lanes lw, lu;
+  Acc aw, au;
+  auto scalar = [&](size_t i) {
+    const float g = a.g[i], w = a.w[i];
+    const float m = a.beta1 * a.m[i] + a.one_minus_beta1 * g;
+    const float v = a.beta2 * a.v[i] + a.one_minus_beta2 * (g * g);
+    const float u = m / (std::sqrt(v) + a.eps) + a.weight_decay * w;
+    if constexpr (kUpdate) {
+      a.m[i] = m;
+      a.v[i] = v;
+      a.w[i] = w - a.coef * u;
+    } else {
+      lw.add(i, w);
+      lu.add(i, u);
+    }
+  };
+  const G b1 = set1(a.beta1), omb1 = set1(a.one_minus_beta1), b2 = set1(a.beta2),
+          omb2 = set1(a.one_minus_beta2), eps = set1(a.eps), wd = set1(a.weight_decay),
+          coef = set1(a.coef);
+  auto group = [&](size_t i) {
+    const G g = load(a.g + i), w = load(a.w + i);
+    const G m = add(mul(b1, load(a.m + i)), mul(omb1, g));
+    const G v = add(mul(b2, load(a.v + i)), mul(omb2, mul(g, g)));
+    const G u = add(div(m, add(sqrt(v), eps)), mul(wd, w));
+    if constexpr (kUpdate) {
+      store(a.m + i, m);
+      store(a.v + i, v);
+      store(a.w + i, sub(w, mul(coef, u)));
+    } else {
+      aw.add_sq(w);
+      au.add_sq(u);
+    }
+  };
+  auto enter = [&] { aw.load(lw.v); au.load(lu.v); };
+  auto leave = [&] { aw.store(lw.v); au.store(lu.v); };
+  walk(b, e, scalar, group, enter, leave);
+  return {lw.fold(), lu.fold()};
+}
+
+inline LambSums lamb_norms(size_t b, size_t e, const LambArgs& a) { return lamb_t<false>(b, e, a); }
+inline void lamb_update(size_t b, size_t e, const LambArgs& a) { lamb_t<true>(b, e, a); }
+
+// --- 1-bit LAMB compression stage --------------------------------------------------------------
+// m = decode/k (*mask); g~ = (m - b1*m_prev)/(1-b1); vf' = b2*vf + (1-b2)*(g~*g~);
+// d = sqrt(v)+eps; u0 = m/d; u = u0 + wd*w; ratio = d/(sqrt(vf')+eps)
+inline OnebitSums onebit_norms(size_t b, size_t e, const OnebitArgs& a) {
+  Lanes lw, lu, lu0;
+  Acc aw, au, au0;
+  float max_lanes[16];
+  for (float& x : max_lanes) x = 0.0f;
+  auto scalar = [&](size_t i) {
+    float m = pm(get_bit(a.bits, i), a.scale) / a.k;
+    if (a.mask) m = m * a.mask[i - a.mask_base];
+    const float gt = (m - a.beta1 * a.m[i]) / a.one_minus_beta1;
+    const float vf = a.beta2 * a.v_fresh[i] + a.one_minus_beta2 * (gt * gt);
+    const float w = a.w[i];
+    const float d = std::sqrt(a.v[i]) + a.eps;
+    const float u0 = m / d;
+    const float u = u0 + a.weight_decay * w;
+    const float ratio = d / (std::sqrt(vf) + a.eps);
+    a.m[i] = m;
+    a.v_fresh[i] = vf;
+    lw.add(i, w);
+    lu.add(i, u);
+    lu0.add(i, u0);
+    float& mx = max_lanes[i & 15];
+    mx = ratio > mx ? ratio : mx;
+  };
+  const G k = set1(a.k), b1 = set1(a.beta1), omb1 = set1(a.one_minus_beta1), b2 = set1(a.beta2),
+          omb2 = set1(a.one_minus_beta2), eps = set1(a.eps), wd = set1(a.weight_decay);
+  G mx = set1(0.0f);
+  auto group = [&](size_t i) {
+    G m = div(signed_from_bits(load_bits16(a.bits, i), a.scale), k);
+    if (a.mask) m = mul(m, load(a.mask + (i - a.mask_base)));
+    const G gt = div(sub(m, mul(b1, load(a.m + i))), omb1);
+    const G vf = add(mul(b2, load(a.v_fresh + i)), mul(omb2, mul(gt, gt)));
+    const G w = load(a.w + i);
+    const G d = add(sqrt(load(a.v + i)), eps);
+    const G u0 = div(m, d);
+    const G u = add(u0, mul(wd, w));
+    store(a.m + i, m);
+    store(a.v_fresh + i, vf);
+    aw.add_sq(w);
+    au.add_sq(u);
+    au0.add_sq(u0);
+    mx = max(div(d, add(sqrt(vf), eps)), mx);
+  };
+  auto enter = [&] {
+    aw.load(lw.v); au.load(lu.v); au0.load(lu0.v);
+    mx = load(max_lanes);
+  };
+  auto leave = [&] {
+    aw.store(lw.v); au.store(lu.v); au0.store(lu0.v);
+    store_max(max_lanes, mx);
+  };
+  walk(b, e, scalar, group, enter, leave);
+  float m = 0.0f;
+  for (float x : max_lanes) m = x > m ? x : m;
+  return {lw.fold(), lu.fold(), lu0.fold(), m};
+}
+
+// w <- w - coef * (m/(sqrt(v)+eps) + wd*w)
+inline void frozen_update(size_t b, size_t e, const FrozenArgs& a) {
+  auto scalar = [&](size_t i) {
+    const float w = a.w[i];
+    const float u = a.m[i] / (std::sqrt(a.v[i]) + a.eps) + a.weight_decay * w;
+    a.w[i] = w - a.coef * u;
+  };
+  const G eps = set1(a.eps), wd = set1(a.weight_decay), coef = set1(a.coef);
+  auto group = [&](size_t i) {
+    const G w = load(a.w + i);
+    const G u = add(div(load(a.m + i), add(sqrt(load(a.v + i)), eps)), mul(wd, w));
+    store(a.w + i, sub(w, mul(coef, u)));
+  };
+  walk(b, e, scalar, group, nop, nop);
+}
+
+inline constexpr PieceKernels kTable = {compress,    server,       decode,       lamb_norms,
+                                        lamb_update, onebit_norms, frozen_update};
+
+}  // namespace ONEBIT_ISA_NS

@@ -1,0 +1,91 @@
+// The per-piece kernels each instruction set implements, as a table of plain functions. Only this
+// header is shared with the ISA-specific translation units, which include nothing from the standard
+// library that could be emitted out of line and picked by the linker for code on another CPU.
+#pragma once
+#include <cstddef>
+#include <cstdint>
+
+namespace onebit::kernels {
+
+// Sums over a piece, accumulated in 16 double lanes (lane = element index % 16), folded in lane order.
+struct CompressArgs {
+  const float* x;  // plain input; when null the input is the scaled momentum below
+  const float* m;
+  const float* g;
+  float beta1, one_minus_beta1, k;
+  const float* prev;
+  float prev_scale;
+  float* next;
+  uint8_t* bits;
+};
+
+struct ServerArgs {
+  const uint8_t* worker_bits;  // P chunks of `stride` bytes
+  size_t stride;
+  const float* scales;  // P worker scales
+  int world;
+  float* f;
+  float f_scale;
+  uint8_t* out_bits;
+};
+
+struct DecodeArgs {
+  const uint8_t* bits;
+  float scale;
+  float* out;
+};
+
+struct LambArgs {
+  const float* g;
+  float* m;
+  float* v;
+  float* w;
+  float beta1, one_minus_beta1, beta2, one_minus_beta2, eps, weight_decay, coef;
+};
+
+struct OnebitArgs {
+  const uint8_t* bits;
+  float scale, k;
+  const float* mask;  // null, or indexed by element - mask_base
+  size_t mask_base;
+  float* m;
+  const float* v;
+  float* v_fresh;
+  const float* w;
+  float beta1, one_minus_beta1, beta2, one_minus_beta2, eps, weight_decay;
+};
+
+struct FrozenArgs {
+  const float* m;
+  const float* v;
+  float* w;
+  float eps, weight_decay, coef;
+};
+
+struct OnebitSums {
+  double w_sq, u_sq, u0_sq;
+  float max_ratio;
+};
+
+struct LambSums {
+  double w_sq, u_sq;
+};
+
+// Every function processes elements [begin, end) of the flat buffer.
+struct PieceKernels {
+  double (*compress)(size_t begin, size_t end, const CompressArgs& a);
+  double (*server)(size_t begin, size_t end, const ServerArgs& a);
+  void (*decode)(size_t begin, size_t end, const DecodeArgs& a);
+  LambSums (*lamb_norms)(size_t begin, size_t end, const LambArgs& a);
+  void (*lamb_update)(size_t begin, size_t end, const LambArgs& a);
+  OnebitSums (*onebit_norms)(size_t begin, size_t end, const OnebitArgs& a);
+  void (*frozen_update)(size_t begin, size_t end, const FrozenArgs& a);
+};
+
+extern const PieceKernels kGenericKernels;
+#if defined(__x86_64__)
+extern const PieceKernels kAvx2Kernels;
+extern const PieceKernels kAvx512Kernels;
+#endif
+
+}  // namespace onebit::kernels

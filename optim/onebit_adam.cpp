@@ -1,0 +1,61 @@
+// 1-bit Adam (spec §5): Adam warmup without bias correction, then frozen variance and compressed momentum.
+#include "onebit/optimizers.hpp"
+#include "options.hpp"
+
+namespace onebit {
+
+OnebitAdam::OnebitAdam(const FlatLayout& layout, Communicator& comm, OnebitAdamOptions options)
+    : Optimizer(layout, comm, options.threads),
+      opt_((validate(options, "onebit-adam"), options)),
+      allreduce_(comm, pool_, layout.total(), layout.boundaries()) {
+  agree_across_ranks(comm, layout, settings_of(opt_), name());
+  m_.assign(layout.total(), 0.0f);
+  v_.assign(layout.total(), 0.0f);
+  coef_.assign(layout.num_layers(), 0.0f);
+}
+
+bool OnebitAdam::step(std::span<float> w, std::span<float> g) {
+  check_sizes(w, g);
+  std::fill(coef_.begin(), coef_.end(), opt_.lr);
+  const kernels::MomentParams p = moments(opt_);
+  bool done;
+  if (step_ < opt_.freeze_step) {
+    average_gradients(g);
+    // The LAMB reduction pass only serves to find a non-finite gradient before anything changes.
+    std::vector<double> unused;
+    done = lamb_ratios(g.data(), m_.data(), v_.data(), w.data(), p, 1.0f, 1.0f, unused);
+    if (done) kernels::lamb_update(part_, pool_, g.data(), m_.data(), v_.data(), w.data(), p, coef_.data());
+  } else {
+    done = allreduce_.compress_momentum(m_, g, opt_.beta1, nullptr);
+    if (done) {
+      allreduce_.exchange();
+      allreduce_.decode(m_);
+      kernels::frozen_update(part_, pool_, m_.data(), v_.data(), w.data(), opt_.eps,
+                             opt_.weight_decay, coef_.data());
+    }
+  }
+  done ? ++step_ : ++skipped_;
+  return done;
+}
+
+OptimizerState OnebitAdam::state() const {
+  OptimizerState s;
+  save_common(s);
+  s.tensors["m"] = m_;
+  s.tensors["v"] = v_;
+  s.tensors["worker_error"] = allreduce_.worker_error();
+  s.tensors["server_error"] = allreduce_.server_error();
+  return s;
+}
+
+void OnebitAdam::load_state(const OptimizerState& s) {
+  load_common(s);
+  take(s, "m", m_, layout_.total(), name());
+  take(s, "v", v_, layout_.total(), name());
+  std::vector<float> we, se;
+  take(s, "worker_error", we, layout_.total(), name());
+  take(s, "server_error", se, allreduce_.server_error().size(), name());
+  allreduce_.set_errors(we, se);
+}
+
+}  // namespace onebit

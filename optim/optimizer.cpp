@@ -1,0 +1,123 @@
+// What every optimizer shares (sizes, the warmup exchange, LAMB trust ratios, state), and Lamb (spec §3).
+#include <algorithm>
+#include <cmath>
+
+#include "onebit/error.hpp"
+#include "onebit/optimizers.hpp"
+#include "options.hpp"
+
+namespace onebit {
+
+Optimizer::Optimizer(const FlatLayout& layout, Communicator& comm, int threads)
+    : layout_(layout),
+      comm_(comm),
+      pool_(threads),
+      part_(layout.total(), layout.boundaries()),
+      w_sq_(layout.num_layers()),
+      u_sq_(layout.num_layers()) {}
+
+void Optimizer::check_sizes(std::span<float> params, std::span<float> grads) const {
+  ONEBIT_CHECK(params.size() == layout_.total() && grads.size() == layout_.total(),
+               name() << " step on rank " << comm_.rank() << ": " << params.size() << " parameters and "
+                      << grads.size() << " gradients, the layout has " << layout_.total());
+}
+
+void Optimizer::average_gradients(std::span<float> grads) {
+  if (comm_.size() == 1) return;
+  comm_.allreduce_sum(grads);
+  kernels::divide(pool_, grads, static_cast<float>(comm_.size()));
+}
+
+bool Optimizer::lamb_ratios(const float* g, const float* m, const float* v, const float* w,
+                            const kernels::MomentParams& p, float min_coeff, float max_coeff,
+                            std::vector<double>& ratio) {
+  kernels::lamb_norms(part_, pool_, g, m, v, w, p, w_sq_.data(), u_sq_.data());
+  ratio.resize(layout_.num_layers());
+  for (size_t l = 0; l < ratio.size(); ++l) {
+    // Every rank holds the same averaged gradient, so every rank sees the same non-finite sum.
+    if (!std::isfinite(u_sq_[l]) || !std::isfinite(w_sq_[l])) return false;
+    ratio[l] = w_sq_[l] > 0 && u_sq_[l] > 0
+                   ? std::clamp(std::sqrt(w_sq_[l]) / std::sqrt(u_sq_[l]),
+                                static_cast<double>(min_coeff), static_cast<double>(max_coeff))
+                   : 1.0;
+  }
+  return true;
+}
+
+void Optimizer::save_common(OptimizerState& s) const {
+  s.counters["step"] = step_;
+  s.counters["skipped"] = skipped_;
+  s.counters["world_size"] = comm_.size();
+  s.counters["params"] = static_cast<int64_t>(layout_.total());
+  s.counters["layers"] = static_cast<int64_t>(layout_.num_layers());
+}
+
+void Optimizer::load_common(const OptimizerState& s) {
+  auto get = [&](const char* key) {
+    auto it = s.counters.find(key);
+    ONEBIT_CHECK(it != s.counters.end(), name() << " load_state on rank " << comm_.rank()
+                                                << ": the state has no '" << key << "'");
+    return it->second;
+  };
+  ONEBIT_CHECK(get("params") == static_cast<int64_t>(layout_.total()) &&
+                   get("layers") == static_cast<int64_t>(layout_.num_layers()),
+               name() << " load_state on rank " << comm_.rank() << ": state is for " << get("params")
+                      << " parameters in " << get("layers") << " layers, this optimizer has "
+                      << layout_.total() << " in " << layout_.num_layers());
+  ONEBIT_CHECK(get("world_size") == comm_.size(),
+               name() << " load_state on rank " << comm_.rank() << ": state was saved with "
+                      << get("world_size") << " ranks, this run has " << comm_.size());
+  step_ = get("step");
+  skipped_ = get("skipped");
+}
+
+std::vector<float>& take(const OptimizerState& s, const char* key, std::vector<float>& into,
+                         size_t expect, const std::string& who) {
+  auto it = s.tensors.find(key);
+  ONEBIT_CHECK(it != s.tensors.end(), who << " load_state: the state has no '" << key << "'");
+  ONEBIT_CHECK(it->second.size() == expect, who << " load_state: '" << key << "' has "
+                                                << it->second.size() << " elements, expected " << expect);
+  into = it->second;
+  return into;
+}
+
+// --- Lamb ------------------------------------------------------------------------------------
+
+Lamb::Lamb(const FlatLayout& layout, Communicator& comm, LambOptions options)
+    : Optimizer(layout, comm, options.threads), opt_(options) {
+  validate(opt_, "lamb");
+  agree_across_ranks(comm, layout, settings_of(opt_), "lamb");
+  m_.assign(layout.total(), 0.0f);
+  v_.assign(layout.total(), 0.0f);
+  coef_.assign(layout.num_layers(), 0.0f);
+}
+
+bool Lamb::step(std::span<float> w, std::span<float> g) {
+  check_sizes(w, g);
+  average_gradients(g);
+  const kernels::MomentParams p = moments(opt_);
+  if (!lamb_ratios(g.data(), m_.data(), v_.data(), w.data(), p, opt_.min_coeff, opt_.max_coeff, ratio_)) {
+    ++skipped_;
+    return false;
+  }
+  for (size_t l = 0; l < coef_.size(); ++l) coef_[l] = opt_.lr * static_cast<float>(ratio_[l]);
+  kernels::lamb_update(part_, pool_, g.data(), m_.data(), v_.data(), w.data(), p, coef_.data());
+  ++step_;
+  return true;
+}
+
+OptimizerState Lamb::state() const {
+  OptimizerState s;
+  save_common(s);
+  s.tensors["m"] = m_;
+  s.tensors["v"] = v_;
+  return s;
+}
+
+void Lamb::load_state(const OptimizerState& s) {
+  load_common(s);
+  take(s, "m", m_, layout_.total(), name());
+  take(s, "v", v_, layout_.total(), name());
+}
+
+}  // namespace onebit
