@@ -1,0 +1,73 @@
+// A straightforward simulation of the compressed allreduce (spec §2) over all ranks at once, with
+// explicit error buffers and plain loops: the yardstick the real implementation is tested against.
+#pragma once
+#include <cmath>
+#include <cstddef>
+#include <random>
+#include <vector>
+
+namespace onebit::testing {
+
+using Vec = std::vector<float>;
+
+inline float sim_scale(const float* x, size_t n) {
+  double s = 0;
+  for (size_t i = 0; i < n; ++i) s += static_cast<double>(x[i]) * x[i];
+  return n ? static_cast<float>(std::sqrt(s / static_cast<double>(n))) : 0.0f;
+}
+inline float sgn(float x) { return x >= 0.0f ? 1.0f : -1.0f; }
+
+class SimulatedAllreduce {
+ public:
+  SimulatedAllreduce(int world, size_t n) : P(world), n(n) {
+    const size_t unit = 64 * static_cast<size_t>(P);
+    chunk = (n + unit - 1) / unit * unit / static_cast<size_t>(P);
+    worker_err.assign(static_cast<size_t>(P), Vec(n, 0.0f));
+    server_err.assign(static_cast<size_t>(P), Vec(chunk, 0.0f));
+  }
+
+  // x[p]: rank p's input. Returns the result every rank gets.
+  Vec run(const std::vector<Vec>& x) {
+    std::vector<Vec> q(static_cast<size_t>(P), Vec(n));
+    std::vector<float> s(static_cast<size_t>(P));
+    for (int p = 0; p < P; ++p) {
+      Vec c(n);
+      for (size_t i = 0; i < n; ++i) c[i] = x[p][i] + worker_err[p][i];
+      s[p] = sim_scale(c.data(), n);
+      for (size_t i = 0; i < n; ++i) {
+        q[p][i] = s[p] * sgn(c[i]);
+        worker_err[p][i] = c[i] - q[p][i];
+      }
+    }
+    Vec out(n);
+    for (int j = 0; j < P; ++j) {
+      const size_t begin = std::min(n, j * chunk), end = std::min(n, (j + 1) * chunk);
+      Vec y(end - begin);
+      for (size_t i = begin; i < end; ++i) {
+        float sum = 0.0f;
+        for (int p = 0; p < P; ++p) sum += q[p][i];
+        y[i - begin] = sum / static_cast<float>(P) + server_err[j][i - begin];
+      }
+      const float sj = sim_scale(y.data(), y.size());
+      for (size_t i = begin; i < end; ++i) {
+        out[i] = sj * sgn(y[i - begin]);
+        server_err[j][i - begin] = y[i - begin] - out[i];
+      }
+    }
+    return out;
+  }
+
+  int P;
+  size_t n, chunk;
+  std::vector<Vec> worker_err, server_err;
+};
+
+inline Vec random_vec(size_t n, uint64_t seed, float scale = 1.0f) {
+  std::mt19937_64 rng(seed);
+  std::normal_distribution<float> d(0.0f, scale);
+  Vec v(n);
+  for (auto& x : v) x = d(rng);
+  return v;
+}
+
+}  // namespace onebit::testing
