@@ -1,0 +1,318 @@
+// Lamb, OnebitLamb and OnebitAdam: against a float64 reference, against each other, across ranks,
+// through skips and resumes.
+#include "onebit/optimizers.hpp"
+
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstring>
+#include <mutex>
+#include <random>
+
+#include "../tests/reference_optimizers.hpp"
+#include "onebit/error.hpp"
+#include "onebit/local_comm.hpp"
+
+namespace onebit {
+namespace {
+
+using Vec = std::vector<float>;
+
+// Layers of awkward sizes with different gradient magnitudes (so the per-layer k matters).
+const std::vector<size_t> kSizes = {300, 17, 1000, 64, 1, 2500, 129};
+const FlatLayout kLayout(kSizes);
+
+// Rank p's gradient at step t: a shared signal plus rank-specific noise, scaled per layer.
+Vec gradient(uint64_t seed, int t, int p) {
+  std::mt19937_64 shared(seed * 7 + t), own(seed * 13 + 1000003 * t + p);
+  std::normal_distribution<float> d(0.0f, 1.0f);
+  Vec g;
+  for (size_t l = 0; l < kSizes.size(); ++l) {
+    const float layer_scale = std::pow(3.0f, static_cast<float>(l % 4)) * 1e-2f;
+    for (size_t i = 0; i < kSizes[l]; ++i) g.push_back(layer_scale * (d(shared) + 0.5f * d(own)));
+  }
+  return g;
+}
+
+Vec initial_weights(uint64_t seed) {
+  std::mt19937_64 rng(seed);
+  std::normal_distribution<float> d(0.0f, 0.05f);
+  Vec w(kLayout.total());
+  for (auto& x : w) x = d(rng);
+  w[1000] = 0.0f;  // a zero somewhere
+  return w;
+}
+
+double rel_dist(const Vec& a, const std::vector<double>& b) {
+  double d = 0, n = 0;
+  for (size_t i = 0; i < a.size(); ++i) {
+    d += (a[i] - b[i]) * (a[i] - b[i]);
+    n += b[i] * b[i];
+  }
+  return std::sqrt(d / n);
+}
+
+struct TrajectoryCase {
+  int world;
+  float weight_decay;
+  bool adam;
+};
+
+class Trajectory : public ::testing::TestWithParam<TrajectoryCase> {};
+
+// The fp32 optimizer follows the float64 spec reference within 1e-4 relative (fp32 rounding of
+// ~10^4 elements over 14 steps; a rare sign flip of a value next to 0 in the compression is
+// corrected by error feedback the next step), and all ranks are bitwise identical every step.
+TEST_P(Trajectory, FollowsTheFloat64ReferenceAndRanksAgree) {
+  const auto [P, wd, adam] = GetParam();
+  const int steps = 14, freeze = 5;
+  const uint64_t seed = std::random_device{}();
+  SCOPED_TRACE("seed " + std::to_string(seed));
+  testing::RefOptions ro;
+  ro.lr = 1e-2;
+  ro.weight_decay = wd;
+  ro.freeze_step = freeze;
+  ro.adam = adam;
+  const Vec w0 = initial_weights(seed);
+  testing::RefOptimizer ref(kSizes, P, ro, std::vector<double>(w0.begin(), w0.end()));
+  // A momentum mask on layer 2 (1-bit LAMB only): every third element masked.
+  Vec mask(kSizes[2]);
+  for (size_t i = 0; i < mask.size(); ++i) mask[i] = i % 3 ? 1.0f : 0.0f;
+  if (!adam)
+    for (size_t i = 0; i < mask.size(); ++i) ref.mask[kLayout[2].offset + i] = mask[i];
+
+  std::vector<std::vector<Vec>> w_per_step(steps, std::vector<Vec>(static_cast<size_t>(P)));
+  run_local(P, [&](Communicator& comm) {
+    std::unique_ptr<Optimizer> opt;
+    if (adam) {
+      OnebitAdamOptions o;
+      o.lr = 1e-2f, o.weight_decay = wd, o.freeze_step = freeze;
+      opt = std::make_unique<OnebitAdam>(kLayout, comm, o);
+    } else {
+      OnebitLambOptions o;
+      o.lr = 1e-2f, o.weight_decay = wd, o.freeze_step = freeze, o.threads = 2;
+      auto lamb = std::make_unique<OnebitLamb>(kLayout, comm, o);
+      lamb->set_momentum_mask(2, mask);
+      opt = std::move(lamb);
+    }
+    Vec w = w0;
+    for (int t = 0; t < steps; ++t) {
+      Vec g = gradient(seed, t, comm.rank());
+      ASSERT_TRUE(opt->step(w, g));
+      w_per_step[t][static_cast<size_t>(comm.rank())] = w;
+    }
+  });
+  for (int t = 0; t < steps; ++t) {
+    std::vector<testing::DVec> g;
+    for (int p = 0; p < P; ++p) {
+      const Vec gf = gradient(seed, t, p);
+      g.emplace_back(gf.begin(), gf.end());
+    }
+    ref.step(g);
+    EXPECT_LT(rel_dist(w_per_step[t][0], ref.w), 1e-4) << "step " << t + 1;
+    for (int p = 1; p < P; ++p)
+      ASSERT_EQ(w_per_step[t][p], w_per_step[t][0]) << "rank " << p << " differs at step " << t + 1;
+  }
+  // And the run really moved: compression-stage updates are not zero.
+  EXPECT_GT(rel_dist(w_per_step[steps - 1][0], std::vector<double>(w_per_step[freeze][0].begin(),
+                                                                    w_per_step[freeze][0].end())),
+            1e-3);
+}
+
+INSTANTIATE_TEST_SUITE_P(Cases, Trajectory,
+                         ::testing::Values(TrajectoryCase{1, 0.0f, false}, TrajectoryCase{3, 0.0f, false},
+                                           TrajectoryCase{4, 0.01f, false}, TrajectoryCase{2, 0.0f, true},
+                                           TrajectoryCase{4, 0.01f, true}),
+                         [](const auto& info) {
+                           return std::string(info.param.adam ? "adam" : "lamb") + "_P" +
+                                  std::to_string(info.param.world) +
+                                  (info.param.weight_decay > 0 ? "_wd" : "");
+                         });
+
+// Spec §4 (differs from the reference): with freeze_step >= the number of steps, 1-bit LAMB is
+// LAMB, bit for bit.
+TEST(OnebitLamb, WithoutCompressionIsLambBitForBit) {
+  for (int P : {1, 2}) {
+    run_local(P, [&](Communicator& comm) {
+      OnebitLambOptions o;
+      o.lr = 1e-2f, o.weight_decay = 0.01f, o.freeze_step = 10;
+      LambOptions lo = o;
+      OnebitLamb a(kLayout, comm, o);
+      Lamb b(kLayout, comm, lo);
+      Vec wa = initial_weights(3), wb = wa;
+      for (int t = 0; t < 10; ++t) {
+        Vec ga = gradient(9, t, comm.rank()), gb = ga;
+        ASSERT_TRUE(a.step(wa, ga));
+        ASSERT_TRUE(b.step(wb, gb));
+        ASSERT_EQ(0, std::memcmp(wa.data(), wb.data(), wa.size() * 4)) << "step " << t + 1;
+      }
+      EXPECT_TRUE(a.in_warmup() == false);
+    });
+  }
+}
+
+// Warmup on P ranks = LAMB on one rank fed the averaged gradient (the local backend sums in rank
+// order, so the averaged gradient is the same float sum).
+TEST(Lamb, MultiRankWarmupEqualsSingleRankOnTheAverage) {
+  const int P = 4, steps = 5;
+  std::vector<Vec> multi(static_cast<size_t>(P));
+  run_local(P, [&](Communicator& comm) {
+    Lamb opt(kLayout, comm, {});
+    Vec w = initial_weights(1);
+    for (int t = 0; t < steps; ++t) {
+      Vec g = gradient(2, t, comm.rank());
+      ASSERT_TRUE(opt.step(w, g));
+    }
+    multi[static_cast<size_t>(comm.rank())] = w;
+  });
+  run_local(1, [&](Communicator& comm) {
+    Lamb opt(kLayout, comm, {});
+    Vec w = initial_weights(1);
+    for (int t = 0; t < steps; ++t) {
+      Vec avg(kLayout.total(), 0.0f);
+      for (int p = 0; p < P; ++p) {
+        const Vec g = gradient(2, t, p);
+        for (size_t i = 0; i < avg.size(); ++i) avg[i] += g[i];
+      }
+      for (auto& x : avg) x = x / static_cast<float>(P);
+      ASSERT_TRUE(opt.step(w, avg));
+    }
+    for (int p = 0; p < P; ++p) EXPECT_EQ(multi[static_cast<size_t>(p)], w) << "rank " << p;
+  });
+}
+
+// A NaN or Inf on one rank, in either stage: every rank skips, nothing changes but the count.
+TEST(OnebitLamb, NonFiniteGradientOnOneRankSkipsTheStepEverywhere) {
+  const int P = 3;
+  run_local(P, [&](Communicator& comm) {
+    OnebitLambOptions o;
+    o.freeze_step = 3;
+    OnebitLamb opt(kLayout, comm, o);
+    Vec w = initial_weights(4);
+    for (int t = 0; t < 6; ++t) {
+      if (t == 1 || t == 4) {  // once in warmup, once in compression
+        const OptimizerState before = opt.state();
+        const Vec w_before = w;
+        Vec bad = gradient(5, t, comm.rank());
+        if (comm.rank() == 2) bad[kLayout[5].offset + 3] = t == 1 ? std::nanf("") : -INFINITY;
+        EXPECT_FALSE(opt.step(w, bad));
+        EXPECT_EQ(w, w_before);
+        const OptimizerState after = opt.state();
+        EXPECT_EQ(after.tensors, before.tensors);
+        EXPECT_EQ(after.counters.at("step"), before.counters.at("step"));
+        EXPECT_EQ(after.counters.at("skipped"), before.counters.at("skipped") + 1);
+      }
+      Vec g = gradient(5, t, comm.rank());
+      ASSERT_TRUE(opt.step(w, g));
+    }
+    EXPECT_EQ(opt.steps(), 6);
+    EXPECT_EQ(opt.skipped(), 2);
+  });
+}
+
+// Save in the middle of either stage, load into a fresh optimizer: the rest is bit for bit the same.
+TEST(Optimizers, ResumeContinuesBitForBit) {
+  const int P = 3, steps = 10;
+  for (int stop : {2, 4, 7}) {
+    for (bool adam : {false, true}) {
+      run_local(P, [&](Communicator& comm) {
+        auto make = [&]() -> std::unique_ptr<Optimizer> {
+          if (adam) {
+            OnebitAdamOptions o;
+            o.freeze_step = 4;
+            return std::make_unique<OnebitAdam>(kLayout, comm, o);
+          }
+          OnebitLambOptions o;
+          o.freeze_step = 4, o.weight_decay = 0.01f;
+          return std::make_unique<OnebitLamb>(kLayout, comm, o);
+        };
+        auto straight = make(), first = make();
+        Vec ws = initial_weights(6), wr = ws;
+        for (int t = 0; t < steps; ++t) {
+          Vec g = gradient(8, t, comm.rank());
+          ASSERT_TRUE(straight->step(ws, g));
+        }
+        for (int t = 0; t < stop; ++t) {
+          Vec g = gradient(8, t, comm.rank());
+          ASSERT_TRUE(first->step(wr, g));
+        }
+        const OptimizerState saved = first->state();
+        first.reset();
+        auto resumed = make();
+        resumed->load_state(saved);
+        for (int t = stop; t < steps; ++t) {
+          Vec g = gradient(8, t, comm.rank());
+          ASSERT_TRUE(resumed->step(wr, g));
+        }
+        ASSERT_EQ(0, std::memcmp(ws.data(), wr.data(), ws.size() * 4))
+            << (adam ? "adam" : "lamb") << " stopped at " << stop;
+        EXPECT_EQ(resumed->state().tensors, straight->state().tensors);
+      });
+    }
+  }
+}
+
+TEST(Optimizers, BadOptionsAreNamed) {
+  run_local(1, [&](Communicator& comm) {
+    auto expect_error = [&](auto make, const std::string& word) {
+      try {
+        make();
+        ADD_FAILURE() << "no error for " << word;
+      } catch (const Error& e) {
+        EXPECT_NE(std::string(e.what()).find(word), std::string::npos) << e.what();
+      }
+    };
+    OnebitLambOptions o;
+    o.freeze_step = 1;
+    auto with = [&](auto change) {
+      OnebitLambOptions c = o;
+      change(c);
+      return [c, &comm] { OnebitLamb(kLayout, comm, c); };
+    };
+    expect_error(with([](auto& c) { c.lr = -1; }), "lr");
+    expect_error(with([](auto& c) { c.beta1 = 1; }), "beta1");
+    expect_error(with([](auto& c) { c.beta2 = -0.1f; }), "beta2");
+    expect_error(with([](auto& c) { c.eps = 0; }), "eps");
+    expect_error(with([](auto& c) { c.freeze_step = 0; }), "freeze_step");
+    expect_error(with([](auto& c) { c.min_coeff = 20; }), "min_coeff");
+    expect_error(with([](auto& c) { c.factor_min = 5; }), "factor_min");
+    expect_error([&] { OnebitAdam(kLayout, comm, OnebitAdamOptions{}); }, "freeze_step");
+    OnebitLamb ok(kLayout, comm, o);
+    Vec w(kLayout.total()), g(kLayout.total() - 1);
+    expect_error([&] { ok.step(w, g); }, "gradients");
+    expect_error([&] { ok.set_momentum_mask(0, Vec(3)); }, "mask");
+    OptimizerState s = ok.state();
+    s.tensors.erase("v_fresh");
+    expect_error([&] { ok.load_state(s); }, "v_fresh");
+  });
+}
+
+TEST(Optimizers, RanksThatDisagreeAreReportedOnEveryRank) {
+  std::mutex mu;
+  int errors = 0;
+  try {
+    run_local(2, [&](Communicator& comm) {
+      OnebitLambOptions o;
+      o.freeze_step = comm.rank() == 0 ? 100 : 200;
+      try {
+        OnebitLamb opt(kLayout, comm, o);
+      } catch (const Error&) {
+        std::lock_guard<std::mutex> lock(mu);
+        ++errors;
+        throw;
+      }
+    });
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("different"), std::string::npos) << e.what();
+  }
+  EXPECT_EQ(errors, 2);
+}
+
+TEST(FlatLayout, BertLargeShapes) {
+  const FlatLayout l = FlatLayout::bert_like(335141888);
+  EXPECT_EQ(l.total(), 335141888u);
+  EXPECT_EQ(l.num_layers(), 391u);
+}
+
+}  // namespace
+}  // namespace onebit
