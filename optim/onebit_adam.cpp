@@ -41,8 +41,8 @@ bool OnebitAdam::step(std::span<float> w, std::span<float> g) {
 OptimizerState OnebitAdam::state() const {
   OptimizerState s;
   save_common(s);
-  s.tensors["m"] = m_;
-  s.tensors["v"] = v_;
+  s.tensors["m"] = plain(m_);
+  s.tensors["v"] = plain(v_);
   s.tensors["worker_error"] = allreduce_.worker_error();
   s.tensors["server_error"] = allreduce_.server_error();
   return s;

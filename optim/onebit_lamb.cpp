@@ -105,9 +105,9 @@ bool OnebitLamb::compression_step(std::span<float> w, std::span<float> g) {
 OptimizerState OnebitLamb::state() const {
   OptimizerState s;
   save_common(s);
-  s.tensors["m"] = m_;
-  s.tensors["v"] = v_;
-  s.tensors["v_fresh"] = v_fresh_;
+  s.tensors["m"] = plain(m_);
+  s.tensors["v"] = plain(v_);
+  s.tensors["v_fresh"] = plain(v_fresh_);
   s.tensors["c_freeze"] = c_freeze_;
   s.tensors["last_factor"] = last_factor_;
   s.tensors["k"] = k_;

@@ -71,14 +71,13 @@ void Optimizer::load_common(const OptimizerState& s) {
   skipped_ = get("skipped");
 }
 
-std::vector<float>& take(const OptimizerState& s, const char* key, std::vector<float>& into,
-                         size_t expect, const std::string& who) {
+const std::vector<float>& find_tensor(const OptimizerState& s, const char* key, size_t expect,
+                                      const std::string& who) {
   auto it = s.tensors.find(key);
   ONEBIT_CHECK(it != s.tensors.end(), who << " load_state: the state has no '" << key << "'");
   ONEBIT_CHECK(it->second.size() == expect, who << " load_state: '" << key << "' has "
                                                 << it->second.size() << " elements, expected " << expect);
-  into = it->second;
-  return into;
+  return it->second;
 }
 
 // --- Lamb ------------------------------------------------------------------------------------
@@ -109,8 +108,8 @@ bool Lamb::step(std::span<float> w, std::span<float> g) {
 OptimizerState Lamb::state() const {
   OptimizerState s;
   save_common(s);
-  s.tensors["m"] = m_;
-  s.tensors["v"] = v_;
+  s.tensors["m"] = plain(m_);
+  s.tensors["v"] = plain(v_);
   return s;
 }
 

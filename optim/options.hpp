@@ -28,7 +28,17 @@ kernels::MomentParams moments(const O& o) {
   return {o.beta1, o.beta2, o.eps, o.weight_decay};
 }
 
-std::vector<float>& take(const OptimizerState& s, const char* key, std::vector<float>& into,
-                         size_t expect, const std::string& who);
+// Copies state tensor `key` into `into`, checking it is there with `expect` elements.
+const std::vector<float>& find_tensor(const OptimizerState& s, const char* key, size_t expect,
+                                      const std::string& who);
+template <class V>
+void take(const OptimizerState& s, const char* key, V& into, size_t expect, const std::string& who) {
+  const auto& t = find_tensor(s, key, expect, who);
+  into.assign(t.begin(), t.end());
+}
+template <class V>
+std::vector<float> plain(const V& v) {
+  return {v.begin(), v.end()};
+}
 
 }  // namespace onebit

@@ -5,6 +5,7 @@
 #include <span>
 #include <vector>
 
+#include "onebit/aligned.hpp"
 #include "onebit/communicator.hpp"
 #include "onebit/kernels.hpp"
 #include "onebit/thread_pool.hpp"
@@ -58,10 +59,10 @@ class CompressedAllreduce {
   size_t n_, n_pad_;
   kernels::Partition part_, server_part_;
   // Worker state, double buffered so a step skipped for a non-finite value leaves it untouched.
-  std::vector<float> worker_c_[2];
+  AlignedVector<float> worker_c_[2];
   int worker_cur_ = 0;
   float worker_scale_ = 0;
-  std::vector<float> server_c_;
+  AlignedVector<float> server_c_;
   float server_scale_ = 0;
   std::vector<uint8_t> send_bits_, recv_bits_, server_bits_, result_bits_;
   std::vector<float> worker_scales_, server_scales_;

@@ -8,6 +8,7 @@
 #include <string>
 #include <vector>
 
+#include "onebit/aligned.hpp"
 #include "onebit/communicator.hpp"
 #include "onebit/compressed_allreduce.hpp"
 #include "onebit/flat_layout.hpp"
@@ -103,7 +104,8 @@ class Lamb : public Optimizer {
 
  private:
   LambOptions opt_;
-  std::vector<float> m_, v_, coef_;
+  AlignedVector<float> m_, v_;
+  std::vector<float> coef_;
   std::vector<double> ratio_;
 };
 
@@ -134,7 +136,8 @@ class OnebitLamb : public Optimizer {
 
   OnebitLambOptions opt_;
   CompressedAllreduce allreduce_;
-  std::vector<float> m_, v_, v_fresh_, coef_;
+  AlignedVector<float> m_, v_, v_fresh_;
+  std::vector<float> coef_;
   std::vector<float> c_freeze_, last_factor_, k_;
   std::vector<std::vector<float>> masks_;
   std::vector<const float*> mask_ptrs_;
@@ -155,7 +158,8 @@ class OnebitAdam : public Optimizer {
  private:
   OnebitAdamOptions opt_;
   CompressedAllreduce allreduce_;
-  std::vector<float> m_, v_, coef_;
+  AlignedVector<float> m_, v_;
+  std::vector<float> coef_;
 };
 
 }  // namespace onebit

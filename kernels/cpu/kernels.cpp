@@ -27,6 +27,10 @@ std::atomic<Isa>& active() {
   return isa;
 }
 
+// Outputs larger than this are written with non-temporal stores (bigger than any L2 and most L3
+// slices: they will not be read back from the cache anyway).
+constexpr size_t kStreamBytes = size_t{32} << 20;
+
 const PieceKernels& K() { return *table_for(active().load(std::memory_order_relaxed)); }
 
 // Runs fn(piece index, piece) over all pieces, whole blocks per thread.
@@ -155,8 +159,9 @@ double server_average(const Partition& part, ThreadPool& pool, const uint8_t* wo
 
 void decode(const Partition& part, ThreadPool& pool, const uint8_t* bits,
             const float* chunk_scales, float* out) {
+  const bool stream = part.size() * sizeof(float) > kStreamBytes;
   for_pieces(part, pool, [&](size_t, const Piece& p) {
-    K().decode(p.begin, p.end, {bits, chunk_scales[p.chunk], out});
+    K().decode(p.begin, p.end, {bits, chunk_scales[p.chunk], out, stream});
   });
 }
 

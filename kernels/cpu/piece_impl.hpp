@@ -70,7 +70,7 @@ double compress_t(size_t b, size_t e, const CompressArgs& a) {
   const G b1 = set1(a.beta1), omb1 = set1(a.one_minus_beta1), k = set1(a.k);
   auto group = [&](size_t i) {
     const G prev = load(a.prev + i);
-    const G err = sub(prev, signed_from_bits(ge0_bits(prev), s));
+    const G err = sub(prev, pm_sign(prev, s));
     const G x = kMomentum ? mul(add(mul(b1, load(a.m + i)), mul(omb1, load(a.g + i))), k)
                           : load(a.x + i);
     const G c = add(x, err);
@@ -104,7 +104,7 @@ inline double server(size_t b, size_t e, const ServerArgs& a) {
     for (int p = 0; p < a.world; ++p)
       sum = add(sum, signed_from_bits(load_bits16(a.worker_bits + p * a.stride, i), a.scales[p]));
     const G f = load(a.f + i);
-    const G y = add(div(sum, gw), sub(f, signed_from_bits(ge0_bits(f), fs)));
+    const G y = add(div(sum, gw), sub(f, pm_sign(f, fs)));
     store(a.f + i, y);
     store_bits16(a.out_bits, i, ge0_bits(y));
     acc.add_sq(y);
@@ -114,10 +114,18 @@ inline double server(size_t b, size_t e, const ServerArgs& a) {
 }
 
 inline void decode(size_t b, size_t e, const DecodeArgs& a) {
-  walk(
-      b, e, [&](size_t i) { a.out[i] = pm(get_bit(a.bits, i), a.scale); },
-      [&](size_t i) { store(a.out + i, signed_from_bits(load_bits16(a.bits, i), a.scale)); }, nop,
-      nop);
+  const uint8_t* bits = a.bits;
+  float* out = a.out;
+  const float s = a.scale;
+  auto scalar = [&](size_t i) { out[i] = pm(get_bit(bits, i), s); };
+  // Aligned groups of 16 start 64 bytes apart, so one check on the base decides for all of them.
+  if (a.stream && reinterpret_cast<uintptr_t>(out) % 64 == 0) {
+    walk(b, e, scalar, [&](size_t i) { stream(out + i, signed_from_bits(load_bits16(bits, i), s)); },
+         nop, stream_fence);
+  } else {
+    walk(b, e, scalar, [&](size_t i) { store(out + i, signed_from_bits(load_bits16(bits, i), s)); },
+         nop, nop);
+  }
 }
 
 // --- LAMB ------------------------------------------------------------------------------------

@@ -33,6 +33,7 @@ struct DecodeArgs {
   const uint8_t* bits;
   float scale;
   float* out;
+  bool stream;  // bypass the cache: the output is too large to be read back from it
 };
 
 struct LambArgs {

@@ -30,6 +30,15 @@ inline uint16_t ge0_bits(const G& x) {
   const int hi = _mm256_movemask_ps(_mm256_cmp_ps(x.b, z, _CMP_GE_OQ));
   return static_cast<uint16_t>(lo | (hi << 8));
 }
+inline G pm_sign(const G& x, float s) {
+  const __m256 z = _mm256_setzero_ps(), pos = _mm256_set1_ps(s), neg = _mm256_set1_ps(-s);
+  return {_mm256_blendv_ps(neg, pos, _mm256_cmp_ps(x.a, z, _CMP_GE_OQ)),
+          _mm256_blendv_ps(neg, pos, _mm256_cmp_ps(x.b, z, _CMP_GE_OQ))};
+}
+// Non-temporal store (p must be 32-byte aligned): output that will not be read back soon skips the
+// cache and the read-for-ownership of its lines.
+inline void stream(float* p, const G& x) { _mm256_stream_ps(p, x.a); _mm256_stream_ps(p + 8, x.b); }
+inline void stream_fence() { _mm_sfence(); }
 inline __m256 signed8(int bits8, __m256 pos, __m256 neg) {
   const __m256i lane_bit = _mm256_setr_epi32(1, 2, 4, 8, 16, 32, 64, 128);
   const __m256i set = _mm256_and_si256(_mm256_set1_epi32(bits8), lane_bit);

@@ -25,6 +25,13 @@ inline G max(const G& x, const G& y) {
 inline uint16_t ge0_bits(const G& x) {
   return static_cast<uint16_t>(_mm512_cmp_ps_mask(x.a, _mm512_setzero_ps(), _CMP_GE_OQ));
 }
+inline G pm_sign(const G& x, float s) {
+  return {_mm512_mask_blend_ps(_mm512_cmp_ps_mask(x.a, _mm512_setzero_ps(), _CMP_GE_OQ),
+                               _mm512_set1_ps(-s), _mm512_set1_ps(s))};
+}
+// Non-temporal store (p must be 64-byte aligned).
+inline void stream(float* p, const G& x) { _mm512_stream_ps(p, x.a); }
+inline void stream_fence() { _mm_sfence(); }
 inline G signed_from_bits(uint16_t bits, float s) {
   return {_mm512_mask_blend_ps(static_cast<__mmask16>(bits), _mm512_set1_ps(-s), _mm512_set1_ps(s))};
 }

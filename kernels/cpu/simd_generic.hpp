@@ -29,6 +29,11 @@ inline uint16_t ge0_bits(const G& a) {
   for (int j = 0; j < 16; ++j) r |= static_cast<uint16_t>(a.v[j] >= 0.0f) << j;
   return r;
 }
+// element j = +s when a.v[j] >= 0, else -s (s * sign(a))
+inline G pm_sign(const G& a, float s) { ONEBIT_G_LOOP(a.v[j] >= 0.0f ? s : -s); }
+// A store that may bypass the cache (no difference here).
+inline void stream(float* p, const G& a) { store(p, a); }
+inline void stream_fence() {}
 // element j = +s when bit j is set, else -s
 inline G signed_from_bits(uint16_t bits, float s) { ONEBIT_G_LOOP((bits >> j) & 1 ? s : -s); }
 #undef ONEBIT_G_LOOP

@@ -1,0 +1,49 @@
+// The `onebit` command line: parses the subcommands and turns every failure into one line,
+// "onebit: <message>", and exit code 1.
+#include <CLI/CLI.hpp>
+#include <exception>
+#include <iostream>
+#include <string>
+#include <vector>
+
+#include "bench_common.hpp"
+#include "onebit/error.hpp"
+
+int main(int argc, char** argv) {
+  using namespace onebit::bench;
+  CLI::App app{"onebit: 1-bit LAMB / 1-bit Adam with an error-compensated 1-bit compressed allreduce"};
+  app.name("onebit");
+  app.require_subcommand(1);
+  CLI::App* bench = app.add_subcommand("bench", "benchmarks, each against its floor in the same run");
+  bench->require_subcommand(1);
+
+  CompressOptions compress;
+  AllreduceOptions allreduce;
+  StepOptions step;
+  CLI::App* compress_cmd = add_compress_command(*bench, compress);
+  CLI::App* allreduce_cmd = add_allreduce_command(*bench, allreduce);
+  CLI::App* step_cmd = add_step_command(*bench, step);
+
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::Success& e) {  // --help
+    return app.exit(e);
+  } catch (const CLI::ParseError& e) {
+    std::cerr << "onebit: " << e.what() << " (see onebit --help)\n";
+    return 1;
+  }
+
+  try {
+    if (compress_cmd->parsed()) return run_compress(compress);
+    if (allreduce_cmd->parsed()) return run_allreduce(allreduce, std::vector<std::string>(argv + 1, argv + argc));
+    if (step_cmd->parsed()) return run_step(step);
+  } catch (const onebit::Error& e) {
+    std::cerr << "onebit: " << e.what() << "\n";
+    return 1;
+  } catch (const std::exception& e) {
+    std::cerr << "onebit: " << e.what() << "\n";
+    return 1;
+  }
+  std::cerr << "onebit: no command given (see onebit --help)\n";
+  return 1;
+}

@@ -1,0 +1,97 @@
+// Per-layer scalar math of the optimizers on the device (LAMB trust ratios, 1-bit LAMB factors,
+// momentum scales), so one step needs no host round trip. Mirrors optim/optimizer.cpp and
+// optim/onebit_lamb.cpp expression for expression, including which operands are float or double.
+#include "launch.cuh"
+
+namespace onebit::cuda {
+namespace detail {
+namespace {
+
+// std::clamp and std::min as the CPU code calls them (the same comparisons, so NaN goes the same way).
+__device__ double clamp_d(double v, double lo, double hi) { return v < lo ? lo : (hi < v ? hi : v); }
+__device__ double min_d(double a, double b) { return b < a ? b : a; }
+
+constexpr int kScalarThreads = 512;
+
+// One block: the non-finite check must see every layer before any layer's state changes.
+__global__ void __launch_bounds__(kScalarThreads) lamb_coef_kernel(LambCoefArgs a, int* skip) {
+  if (*skip) return;
+  bool bad = false;
+  for (size_t l = threadIdx.x; l < a.layers; l += kScalarThreads)
+    if (!isfinite(a.u_sq[l]) || !isfinite(a.w_sq[l])) bad = true;
+  if (__syncthreads_or(bad)) {
+    if (threadIdx.x == 0) *skip = 1;
+    return;
+  }
+  for (size_t l = threadIdx.x; l < a.layers; l += kScalarThreads) {
+    const double w = a.w_sq[l], u = a.u_sq[l];
+    const double ratio = w > 0 && u > 0 ? clamp_d(sqrt(w) / sqrt(u), static_cast<double>(a.min_coeff),
+                                                  static_cast<double>(a.max_coeff))
+                                        : 1.0;
+    a.coef[l] = a.trust_ratio ? a.lr * static_cast<float>(ratio) : a.lr;
+    if (a.c_freeze && ratio != 1.0) {
+      // coeff_beta * c_freeze is a float product, (1 - coeff_beta) a float, the rest double.
+      const float decayed = a.coeff_beta * a.c_freeze[l];
+      const float rest = 1.0f - a.coeff_beta;
+      a.c_freeze[l] = static_cast<float>(decayed + rest * ratio);
+    }
+  }
+}
+
+__global__ void __launch_bounds__(kScalarThreads) onebit_coef_kernel(OnebitCoefArgs a, const int* skip) {
+  if (skip && *skip) return;
+  const size_t l = blockIdx.x * size_t{kScalarThreads} + threadIdx.x;
+  if (l >= a.layers) return;
+  double f = a.sums.max_ratio[l];
+  if (a.weight_decay > 0 && a.sums.u_sq[l] > 0) {
+    const double rho = min_d(1.0, sqrt(a.sums.u0_sq[l]) / sqrt(a.sums.u_sq[l]));
+    f = rho * f + (1 - rho);
+  }
+  f = clamp_d(f, static_cast<double>(a.factor_min), static_cast<double>(a.factor_max));
+  const double last = a.last_factor[l];
+  f = clamp_d(f, last * (1 - a.factor_threshold), last * (1 + a.factor_threshold));
+  a.last_factor[l] = static_cast<float>(f);
+  a.coef[l] = a.lr * (a.c_freeze[l] * a.last_factor[l]);
+}
+
+// One thread: the mean is a sequential sum in layer order, as on the CPU. Runs once per run.
+__global__ void momentum_scales_kernel(const uint64_t* start, size_t layers, const double* m_sq, float* k) {
+  if (threadIdx.x != 0 || blockIdx.x != 0) return;
+  auto scale = [&](size_t l) {
+    const uint64_t n = start[l + 1] - start[l];
+    return n ? sqrt(m_sq[l] / static_cast<double>(n)) : 0.0;
+  };
+  double mean = 0;
+  for (size_t l = 0; l < layers; ++l) mean += scale(l) / static_cast<double>(layers);
+  for (size_t l = 0; l < layers; ++l) {
+    const double s = scale(l);
+    k[l] = s > 0 ? static_cast<float>(mean / s) : 1.0f;
+  }
+}
+
+}  // namespace
+}  // namespace detail
+
+using namespace detail;
+
+void lamb_coefficients(const LambCoefArgs& a, int* skip, Stream stream) {
+  ONEBIT_CHECK(skip, "cuda lamb_coefficients: needs a skip flag");
+  if (a.layers == 0) return;
+  lamb_coef_kernel<<<1, kScalarThreads, 0, stream>>>(a, skip);
+  CUDA_CHECK_LAUNCH("lamb_coefficients");
+}
+
+void onebit_lamb_coefficients(const OnebitCoefArgs& a, Stream stream, const int* skip) {
+  if (a.layers == 0) return;
+  const unsigned blocks = static_cast<unsigned>((a.layers + kScalarThreads - 1) / kScalarThreads);
+  onebit_coef_kernel<<<blocks, kScalarThreads, 0, stream>>>(a, skip);
+  CUDA_CHECK_LAUNCH("onebit_lamb_coefficients");
+}
+
+void momentum_scales(const DevicePartition& part, const double* m_sq, float* k, Stream stream) {
+  if (part.num_layers() == 0) return;
+  momentum_scales_kernel<<<1, 32, 0, stream>>>(part.layer_start(), part.num_layers(), m_sq, k);
+  CUDA_CHECK_LAUNCH("momentum_scales");
+}
+
+}  // namespace onebit::cuda
