@@ -182,8 +182,10 @@ inline OnebitSums onebit_norms(size_t b, size_t e, const OnebitArgs& a) {
   Acc aw, au, au0;
   float max_lanes[16];
   for (float& x : max_lanes) x = 0.0f;
+  // decode/k = (+-s)/k = +-(s/k) exactly (division is symmetric in sign): one divide per piece.
+  const float sk = a.scale / a.k;
   auto scalar = [&](size_t i) {
-    float m = pm(get_bit(a.bits, i), a.scale) / a.k;
+    float m = pm(get_bit(a.bits, i), sk);
     if (a.mask) m = m * a.mask[i - a.mask_base];
     const float gt = (m - a.beta1 * a.m[i]) / a.one_minus_beta1;
     const float vf = a.beta2 * a.v_fresh[i] + a.one_minus_beta2 * (gt * gt);
@@ -200,11 +202,11 @@ inline OnebitSums onebit_norms(size_t b, size_t e, const OnebitArgs& a) {
     float& mx = max_lanes[i & 15];
     mx = ratio > mx ? ratio : mx;
   };
-  const G k = set1(a.k), b1 = set1(a.beta1), omb1 = set1(a.one_minus_beta1), b2 = set1(a.beta2),
+  const G b1 = set1(a.beta1), omb1 = set1(a.one_minus_beta1), b2 = set1(a.beta2),
           omb2 = set1(a.one_minus_beta2), eps = set1(a.eps), wd = set1(a.weight_decay);
   G mx = set1(0.0f);
   auto group = [&](size_t i) {
-    G m = div(signed_from_bits(load_bits16(a.bits, i), a.scale), k);
+    G m = signed_from_bits(load_bits16(a.bits, i), sk);
     if (a.mask) m = mul(m, load(a.mask + (i - a.mask_base)));
     const G gt = div(sub(m, mul(b1, load(a.m + i))), omb1);
     const G vf = add(mul(b2, load(a.v_fresh + i)), mul(omb2, mul(gt, gt)));
