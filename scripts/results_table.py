@@ -1,0 +1,81 @@
+#!/usr/bin/python3
+"""Builds the README's results table from the JSON files under bench/results/ (never by hand)."""
+import argparse
+import glob
+import json
+import os
+import re
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
+
+
+def load(path):
+    with open(path) as f:
+        return json.load(f)
+
+
+def rows_for(machine_dir):
+    rows = []
+    for path in sorted(glob.glob(os.path.join(machine_dir, "*.json"))):
+        r = load(path)
+        name = os.path.relpath(path, ROOT)
+        kind = r.get("bench")
+        if kind == "compress":
+            rows.append((f"compress+decode, {r['elements']:,} fp32, {r['threads']} thread, {r['isa']}",
+                         f"{r['seconds']['compress_decode']*1e3:.1f} ms",
+                         f"memcpy {r['seconds']['memcpy']*1e3:.1f} ms",
+                         f"{r['time_ratio']:.2f}x memcpy (bytes moved: {r['floor_time_ratio']:.2f}x)", name))
+        elif kind == "allreduce":
+            rows.append((f"allreduce, {r['workers']} ranks ({r['backend']}), {r['elements']:,} fp32",
+                         f"{r['seconds']['compressed']*1e3:.0f} ms, {r['bytes_per_rank']['compressed']/1e6:.2f} MB/rank",
+                         f"fp32 {r['seconds']['fp32']*1e3:.0f} ms, {r['bytes_per_rank']['fp32']/1e6:.1f} MB/rank",
+                         f"{r['byte_ratio']:.1f}x fewer bytes, {r['time_ratio']:.2f}x faster", name))
+        elif kind == "step":
+            rows.append((f"{r['optimizer']} step ({r['stage']}), {r['params']:,} params, {r['threads']} thread",
+                         f"{r['seconds']['step']*1e3:.0f} ms",
+                         f"memcpy {r['seconds']['memcpy']*1e3:.1f} ms",
+                         f"{r['time_ratio']:.2f}x memcpy ({r['bytes_per_param']['step']:g} B/param, bytes moved: "
+                         f"{r['floor_time_ratio']:.2f}x)", name))
+    return rows
+
+
+def table():
+    out = []
+    for machine_dir in sorted(glob.glob(os.path.join(ROOT, "bench", "results", "*"))):
+        if not os.path.isdir(machine_dir):
+            continue
+        rows = rows_for(machine_dir)
+        if not rows:
+            continue
+        first = load(sorted(glob.glob(os.path.join(machine_dir, "*.json")))[0])
+        m = first.get("machine", {})
+        out.append(f"Machine `{os.path.basename(machine_dir)}`: {m.get('cpu', '?')}, {m.get('cores', '?')} cores.\n")
+        out.append("| benchmark | onebit | baseline, same run | ratio | source |")
+        out.append("|---|---|---|---|---|")
+        for row in rows:
+            out.append("| " + " | ".join(row[:4]) + f" | [{os.path.basename(row[4])}]({row[4]}) |")
+        out.append("")
+    return "\n".join(out)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--write", help="replace the table between the markers in this file")
+    args = ap.parse_args()
+    t = table()
+    if not args.write:
+        print(t)
+        return
+    path = os.path.join(ROOT, args.write) if not os.path.isabs(args.write) else args.write
+    with open(path) as f:
+        text = f.read()
+    if BEGIN not in text or END not in text:
+        raise SystemExit(f"{path}: no {BEGIN} ... {END} markers")
+    text = re.sub(re.escape(BEGIN) + ".*?" + re.escape(END), lambda _: f"{BEGIN}\n{t}\n{END}", text, flags=re.S)
+    with open(path, "w") as f:
+        f.write(text)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Installs onebit's dependencies from Debian's archive and builds it into build/ (the CLI is build/onebit).
+# CUDA and NCCL are used when already installed (the toolkit is not a Debian package here).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+SUDO=""
+[ "$(id -u)" -eq 0 ] || SUDO="sudo"
+PACKAGES=(build-essential cmake git pkg-config
+          libgtest-dev libgmock-dev nlohmann-json3-dev libcli11-dev
+          libopenmpi-dev openmpi-bin)
+missing=()
+for p in "${PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "setup: installing ${missing[*]}"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+# nvcc lives outside PATH in the usual CUDA location.
+if ! command -v nvcc >/dev/null && [ -x /usr/local/cuda/bin/nvcc ]; then
+  export PATH=/usr/local/cuda/bin:$PATH
+fi
+
+cmake -S . -B build -DCMAKE_BUILD_TYPE=Release -DONEBIT_WERROR="${ONEBIT_WERROR:-OFF}" ${ONEBIT_CMAKE_ARGS:-}
+cmake --build build -j"$(nproc)"
