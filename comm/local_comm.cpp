@@ -12,6 +12,11 @@
 namespace onebit {
 namespace {
 
+// memcpy that accepts the null pointers of empty buffers (memcpy itself may not be given them).
+void copy_bytes(void* to, const void* from, size_t n) {
+  if (n > 0) std::memcpy(to, from, n);
+}
+
 class World {
  public:
   explicit World(int size) : size_(size), posted_(static_cast<size_t>(size)) {}
@@ -75,17 +80,17 @@ class LocalCommunicator final : public Communicator {
       const float* x = static_cast<const float*>(p);
       for (size_t i = 0; i < sum.size(); ++i) sum[i] += x[i];
     });
-    std::memcpy(data.data(), sum.data(), data.size_bytes());
+    copy_bytes(data.data(), sum.data(), data.size_bytes());
   }
   void do_alltoall(std::span<const std::byte> send, std::span<std::byte> recv) override {
     const size_t chunk = send.size() / static_cast<size_t>(size());
     exchange(send.data(), [&](int r, const void* p) {
-      std::memcpy(recv.data() + r * chunk, static_cast<const std::byte*>(p) + rank_ * chunk, chunk);
+      copy_bytes(recv.data() + r * chunk, static_cast<const std::byte*>(p) + rank_ * chunk, chunk);
     });
   }
   void do_allgather(std::span<const std::byte> send, std::span<std::byte> recv) override {
     exchange(send.data(), [&](int r, const void* p) {
-      std::memcpy(recv.data() + r * send.size(), p, send.size());
+      copy_bytes(recv.data() + r * send.size(), p, send.size());
     });
   }
   void do_broadcast(std::span<std::byte> data, int root) override {

@@ -64,7 +64,9 @@ class Trajectory : public ::testing::TestWithParam<TrajectoryCase> {};
 // ~10^4 elements over 14 steps; a rare sign flip of a value next to 0 in the compression is
 // corrected by error feedback the next step), and all ranks are bitwise identical every step.
 TEST_P(Trajectory, FollowsTheFloat64ReferenceAndRanksAgree) {
-  const auto [P, wd, adam] = GetParam();
+  const int P = GetParam().world;
+  const float wd = GetParam().weight_decay;
+  const bool adam = GetParam().adam;
   const int steps = 14, freeze = 5;
   const uint64_t seed = std::random_device{}();
   SCOPED_TRACE("seed " + std::to_string(seed));

@@ -1,8 +1,23 @@
 #!/usr/bin/env bash
-# Installs, builds (warnings are errors) and runs every test: GoogleTest suites, MPI runs under mpirun.
+# Installs, builds (warnings are errors) and runs every test: the GoogleTest suites, the MPI runs
+# under mpirun, then the core suites again under AddressSanitizer + UndefinedBehaviorSanitizer
+# (clang) and the checkpoint reader's fuzzer for a bounded time.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ONEBIT_WERROR=ON scripts/setup.sh
 # OpenMPI refuses root unless told; CI runs as root.
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 ctest --test-dir build --output-on-failure --timeout 600 -j2
+
+echo "== core tests under AddressSanitizer + UndefinedBehaviorSanitizer =="
+CC=clang CXX=clang++ cmake -S . -B build-san -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+  -DONEBIT_SANITIZE=address,undefined -DONEBIT_FUZZ=ON \
+  -DONEBIT_WITH_TORCH=OFF -DONEBIT_WITH_CUDA=OFF -DONEBIT_WITH_NCCL=OFF >/dev/null
+cmake --build build-san -j"$(nproc)" --target onebit_kernels_test onebit_comm_test onebit_optim_test \
+  onebit_checkpoint_test onebit_checkpoint_fuzz
+ctest --test-dir build-san --output-on-failure --timeout 900 -j2 -L core
+
+echo "== checkpoint reader fuzzer, ${ONEBIT_FUZZ_SECONDS:-60} s =="
+mkdir -p build-san/fuzz-corpus
+build-san/optim/onebit_checkpoint_fuzz -max_total_time="${ONEBIT_FUZZ_SECONDS:-60}" -max_len=4096 \
+  build-san/fuzz-corpus 2>&1 | tail -n 3

@@ -4,6 +4,8 @@
 #include <cmath>
 #include <cstddef>
 #include <random>
+#include <span>
+#include <cstring>
 #include <vector>
 
 namespace onebit::testing {
@@ -61,6 +63,11 @@ class SimulatedAllreduce {
   size_t n, chunk;
   std::vector<Vec> worker_err, server_err;
 };
+
+// Same length and the same bits (so -0.0 differs from 0.0 and a NaN equals itself).
+inline bool bitwise_equal(std::span<const float> a, std::span<const float> b) {
+  return a.size() == b.size() && (a.empty() || std::memcmp(a.data(), b.data(), a.size_bytes()) == 0);
+}
 
 inline Vec random_vec(size_t n, uint64_t seed, float scale = 1.0f) {
   std::mt19937_64 rng(seed);

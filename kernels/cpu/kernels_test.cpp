@@ -486,7 +486,9 @@ TEST_P(Kernels, NanInputMakesSumNan) {
   const std::vector<size_t> bounds{0, 5, 70001, n};
   const Partition part(n, bounds);
   ThreadPool pool(3);
-  std::mt19937_64 rng(test_seed());
+  const uint64_t seed = test_seed();
+  SCOPED_TRACE(seed_note(seed));
+  std::mt19937_64 rng(seed);
   std::normal_distribution<float> normal;
   std::vector<float> base(n), next(n), zeros(n, 0.0f), v(n, 1.0f);
   for (auto& x : base) x = normal(rng);
