@@ -119,6 +119,7 @@ void materialize_error(std::span<const float> c, float s, std::span<float> out) 
 
 namespace {
 double compress_with(const Partition& part, ThreadPool& pool, CompressArgs a, const float* k) {
+  a.stream = part.size() * sizeof(float) > kStreamBytes;
   std::vector<double> sums(part.pieces().size());
   for_pieces(part, pool, [&](size_t idx, const Piece& p) {
     CompressArgs pa = a;
@@ -133,7 +134,7 @@ double compress_with(const Partition& part, ThreadPool& pool, CompressArgs a, co
 
 double compress(const Partition& part, ThreadPool& pool, const float* x, const float* prev,
                 float prev_scale, float* next, uint8_t* bits) {
-  return compress_with(part, pool, {x, nullptr, nullptr, 1, 0, 1, prev, prev_scale, next, bits},
+  return compress_with(part, pool, {x, nullptr, nullptr, 1, 0, 1, prev, prev_scale, next, bits, false},
                        nullptr);
 }
 
@@ -141,7 +142,7 @@ double compress_momentum(const Partition& part, ThreadPool& pool, const float* m
                          float beta1, const float* k, const float* prev, float prev_scale,
                          float* next, uint8_t* bits) {
   return compress_with(part, pool,
-                       {nullptr, m, g, beta1, 1.0f - beta1, 1.0f, prev, prev_scale, next, bits}, k);
+                       {nullptr, m, g, beta1, 1.0f - beta1, 1.0f, prev, prev_scale, next, bits, false}, k);
 }
 
 double server_average(const Partition& part, ThreadPool& pool, const uint8_t* worker_bits,

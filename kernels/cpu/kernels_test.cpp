@@ -16,6 +16,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "onebit/aligned.hpp"
 #include "onebit/kernels.hpp"
 #include "onebit/thread_pool.hpp"
 #include "reference.hpp"
@@ -441,6 +442,36 @@ TEST_P(Kernels, DecodeLargeOutputMatchesReference) {
     EXPECT_EQ(std::memcmp(g1, w, (n + kPad) * sizeof(float)), 0) << "1 thread vs reference";
     EXPECT_EQ(std::memcmp(g3, w, (n + kPad) * sizeof(float)), 0) << "3 threads vs reference";
   }
+}
+
+// A compression whose output buffer is large enough for streaming (non-temporal) stores, with the
+// output in a separate buffer (the double-buffered worker error) and in place.
+TEST_P(Kernels, CompressLargeBufferMatchesReference) {
+  const uint64_t seed = test_seed();
+  SCOPED_TRACE(seed_note(seed));
+  const size_t n = (size_t{32} << 20) / sizeof(float) + 4099;
+  const std::vector<size_t> bounds{0, 3, n / 3 + 5, n};
+  const Partition part(n, bounds);
+  std::mt19937_64 rng(seed);
+  std::normal_distribution<float> d(0.0f, 1.0f);
+  AlignedVector<float> x(n), prev(n), next(n, 9.0f);
+  for (size_t i = 0; i < n; ++i) x[i] = d(rng), prev[i] = d(rng);
+  const float prev_scale = 0.5f;
+  std::vector<float> err(n), want_c(n);
+  ref::update_error(n, prev.data(), prev_scale, err.data());
+  std::vector<uint8_t> want_bits(n / 8 + 1, 0), bits1(want_bits), bits3(want_bits);
+  const double want = ref::compress(n, x.data(), err.data(), want_c.data(), want_bits.data());
+  ThreadPool one(1), three(3);
+  const double got1 = compress(part, one, x.data(), prev.data(), prev_scale, next.data(), bits1.data());
+  EXPECT_EQ(std::memcmp(next.data(), want_c.data(), n * sizeof(float)), 0) << "separate output";
+  EXPECT_EQ(bits1, want_bits);
+  // The reference sums 8.4M terms in one sequence: its own rounding error reaches ~n*eps = 1e-9.
+  EXPECT_NEAR(got1, want, 1e-9 * want);
+  // In place: next == prev, the path without streaming stores.
+  const double got3 = compress(part, three, x.data(), prev.data(), prev_scale, prev.data(), bits3.data());
+  EXPECT_EQ(std::memcmp(prev.data(), want_c.data(), n * sizeof(float)), 0) << "in place";
+  EXPECT_EQ(bits3, want_bits);
+  EXPECT_EQ(got3, got1);
 }
 
 // §1: sign(-0.0) = +1, in the scalar head, the 16-wide middle and the tail of a piece.

@@ -54,7 +54,7 @@ inline void walk(size_t b, size_t e, Scalar scalar, Group group, Enter enter, Le
 inline void nop() {}
 
 // --- compression -----------------------------------------------------------------------------
-template <bool kMomentum>
+template <bool kMomentum, bool kStream>
 double compress_t(size_t b, size_t e, const CompressArgs& a) {
   Lanes lanes;
   Acc acc;
@@ -74,16 +74,24 @@ double compress_t(size_t b, size_t e, const CompressArgs& a) {
     const G x = kMomentum ? mul(add(mul(b1, load(a.m + i)), mul(omb1, load(a.g + i))), k)
                           : load(a.x + i);
     const G c = add(x, err);
-    store(a.next + i, c);
+    if constexpr (kStream) stream(a.next + i, c);
+    else store(a.next + i, c);
     store_bits16(a.bits, i, ge0_bits(c));
     acc.add_sq(c);
   };
-  walk(b, e, scalar, group, [&] { acc.load(lanes.v); }, [&] { acc.store(lanes.v); });
+  auto leave = [&] {
+    acc.store(lanes.v);
+    if constexpr (kStream) stream_fence();
+  };
+  walk(b, e, scalar, group, [&] { acc.load(lanes.v); }, leave);
   return lanes.fold();
 }
 
 inline double compress(size_t b, size_t e, const CompressArgs& a) {
-  return a.x ? compress_t<false>(b, e, a) : compress_t<true>(b, e, a);
+  // Streaming stores skip the read-for-ownership of `next` when it is another, large buffer.
+  const bool stream = a.stream && a.next != a.prev && reinterpret_cast<uintptr_t>(a.next) % 64 == 0;
+  if (a.x) return stream ? compress_t<false, true>(b, e, a) : compress_t<false, false>(b, e, a);
+  return stream ? compress_t<true, true>(b, e, a) : compress_t<true, false>(b, e, a);
 }
 
 inline double server(size_t b, size_t e, const ServerArgs& a) {

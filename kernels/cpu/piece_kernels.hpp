@@ -17,6 +17,7 @@ struct CompressArgs {
   float prev_scale;
   float* next;
   uint8_t* bits;
+  bool stream;  // the buffer is too large to stay in cache: write `next` around it
 };
 
 struct ServerArgs {
