@@ -8,7 +8,10 @@ SUDO=""
 [ "$(id -u)" -eq 0 ] || SUDO="sudo"
 PACKAGES=(build-essential cmake git pkg-config
           libgtest-dev libgmock-dev nlohmann-json3-dev libcli11-dev
-          libopenmpi-dev openmpi-bin)
+          libopenmpi-dev openmpi-bin
+          iproute2 python3                            # onebit lan (ip, tc) and its tests
+          libtorch-dev python3-torch python3-pybind11 pybind11-dev python3-dev python3-pytest
+          clang libclang-rt-14-dev)                    # sanitizer builds and the fuzzer
 missing=()
 for p in "${PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -26,3 +29,7 @@ fi
 
 cmake -S . -B build -DCMAKE_BUILD_TYPE=Release -DONEBIT_WERROR="${ONEBIT_WERROR:-OFF}" ${ONEBIT_CMAKE_ARGS:-}
 cmake --build build -j"$(nproc)"
+# `import onebit` for Debian's python3 from any directory (when the build has torch).
+if [ -d build/python/onebit ]; then
+  $SUDO cmake --install build --component python >/dev/null
+fi

@@ -72,6 +72,7 @@ class DeviceArray {
     return v;
   }
   void zero(Stream stream = nullptr) { mem_.zero(stream); }
+  const DeviceMemory& mem() const { return mem_; }
 
  private:
   DeviceMemory mem_;

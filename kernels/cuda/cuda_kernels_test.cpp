@@ -1,1 +1,371 @@
-// placeholder
+// Each CUDA kernel against its CPU twin on fresh random inputs of awkward sizes and layer layouts:
+// element-wise outputs and sign bits bitwise, sums bitwise (the pinned order; the contract is 1e-12).
+#include <algorithm>
+#include <cmath>
+#include <limits>
+
+#include "onebit/cuda_kernels.hpp"
+#include "onebit/kernels.hpp"
+#include "test_util.hpp"
+
+namespace onebit::cuda {
+namespace {
+
+using namespace test;
+
+class CudaKernels : public ::testing::Test {
+ protected:
+  void SetUp() override { ONEBIT_REQUIRE_GPU(); }
+  static size_t bit_bytes(size_t n) { return (n + 63) / 64 * 8 + 8; }  // whole words, and a tail
+  // A chunk length that cuts most sizes into a few chunks (a multiple of 64, as in §2).
+  static size_t chunk_for(size_t n) { return 64 * (n / 192 + 1); }
+  ThreadPool pool_{3};
+  StreamGuard stream_;
+  const kernels::MomentParams p_{0.9f, 0.999f, 1e-8f, 0.01f};
+};
+
+template <class T>
+DeviceArray<T> dev(const std::vector<T>& v) {
+  return DeviceArray<T>(std::span<const T>(v));
+}
+
+TEST_F(CudaKernels, CompressMatchesCpu) {
+  for (size_t n : kSizes) {
+    SCOPED_TRACE(n);
+    const auto bounds = random_bounds(n, n + 11);
+    const kernels::Partition part(n, bounds, chunk_for(n));
+    const DevicePartition dpart(part);
+    const auto x = randn(n, n + 1), prev = randn(n, n + 2, 0.5f);
+    const std::vector<float> scale = {0.3f};
+    std::vector<float> next(n);
+    std::vector<uint8_t> bits(bit_bytes(n), 0xA5);  // bits past n must stay as they are
+    const double sum = kernels::compress(part, pool_, x.data(), prev.data(), scale[0], next.data(), bits.data());
+
+    auto dx = dev(x), dprev = dev(prev), dscale = dev(scale);
+    DeviceArray<float> dnext(n), dout(1);
+    auto dbits = dev(std::vector<uint8_t>(bit_bytes(n), 0xA5));
+    DeviceArray<double> dsum(1);
+    compress(dpart, dx.data(), dprev.data(), dscale.data(), dnext.data(), dbits.data(),
+             {dsum.data(), dout.data()}, stream_.get());
+    stream_.sync();
+    EXPECT_TRUE(same_bits(next, dnext.download()));
+    EXPECT_TRUE(same_bits(bits, dbits.download()));
+    EXPECT_TRUE(same_sum(sum, dsum.download()[0]));
+    EXPECT_EQ(bits_of(kernels::scale_from_sum(sum, n)), bits_of(dout.download()[0]));
+
+    // In place (next == prev), as the compressed allreduce may use it.
+    compress(dpart, dx.data(), dprev.data(), dscale.data(), dprev.data(), dbits.data(), {}, stream_.get());
+    stream_.sync();
+    EXPECT_TRUE(same_bits(next, dprev.download()));
+  }
+}
+
+TEST_F(CudaKernels, CompressMomentumMatchesCpu) {
+  for (size_t n : kSizes) {
+    for (bool with_k : {true, false}) {
+      SCOPED_TRACE(testing::Message() << n << (with_k ? " with k" : " k = 1"));
+      const auto bounds = random_bounds(n, n + 5);
+      const kernels::Partition part(n, bounds, chunk_for(n));
+      const DevicePartition dpart(part);
+      const auto m = randn(n, n + 1), g = randn(n, n + 2), prev = randn(n, n + 3, 0.2f);
+      const auto k = randu(part.num_layers(), n + 4, 0.25f, 4.0f);
+      const std::vector<float> scale = {0.125f};
+      std::vector<float> next(n);
+      std::vector<uint8_t> bits(bit_bytes(n), 0x5A);
+      const double sum = kernels::compress_momentum(part, pool_, m.data(), g.data(), 0.9f,
+                                                    with_k ? k.data() : nullptr, prev.data(), scale[0],
+                                                    next.data(), bits.data());
+      auto dm = dev(m), dg = dev(g), dprev = dev(prev), dk = dev(k), dscale = dev(scale);
+      DeviceArray<float> dnext(n);
+      auto dbits = dev(std::vector<uint8_t>(bit_bytes(n), 0x5A));
+      DeviceArray<double> dsum(1);
+      compress_momentum(dpart, dm.data(), dg.data(), 0.9f, with_k ? dk.data() : nullptr, dprev.data(),
+                        dscale.data(), dnext.data(), dbits.data(), {dsum.data(), nullptr}, stream_.get());
+      stream_.sync();
+      EXPECT_TRUE(same_bits(next, dnext.download()));
+      EXPECT_TRUE(same_bits(bits, dbits.download()));
+      EXPECT_TRUE(same_sum(sum, dsum.download()[0]));
+    }
+  }
+}
+
+TEST_F(CudaKernels, ServerAverageMatchesCpu) {
+  for (size_t n : kSizes) {
+    for (int world : {1, 2, 3, 5}) {
+      SCOPED_TRACE(testing::Message() << n << " elements, world " << world);
+      const kernels::Partition part(n);
+      const DevicePartition dpart(part);
+      const size_t stride = (n + 63) / 64 * 8;
+      const auto wbits = random_bytes(stride * world + 1, n + world);
+      const auto scales = randu(world, n + 7, 0.01f, 2.0f);
+      const auto f0 = randn(n, n + 8, 0.3f);
+      const std::vector<float> fs = {0.21f};
+      std::vector<float> f = f0;
+      std::vector<uint8_t> out(bit_bytes(n), 0x3C);
+      const double sum = kernels::server_average(part, pool_, wbits.data(), stride, scales, f.data(), fs[0], out.data());
+
+      auto dw = dev(wbits);
+      auto dscales = dev(scales), df = dev(f0), dfs = dev(fs);
+      auto dout = dev(std::vector<uint8_t>(bit_bytes(n), 0x3C));
+      DeviceArray<double> dsum(1);
+      DeviceArray<float> dscale(1);
+      DeviceArray<int> skip(1);
+      skip.zero();
+      server_average(dpart, dw.data(), stride, dscales.data(), world, df.data(), dfs.data(), dout.data(),
+                     {dsum.data(), dscale.data()}, stream_.get(), skip.data());
+      stream_.sync();
+      EXPECT_EQ(skip.download()[0], 0);
+      EXPECT_TRUE(same_bits(f, df.download()));
+      EXPECT_TRUE(same_bits(out, dout.download()));
+      EXPECT_TRUE(same_sum(sum, dsum.download()[0]));
+      EXPECT_EQ(bits_of(kernels::scale_from_sum(sum, n)), bits_of(dscale.download()[0]));
+
+      // A non-finite worker scale: the flag is raised and nothing changes.
+      auto bad = scales;
+      bad[world - 1] = std::numeric_limits<float>::quiet_NaN();
+      auto dbad = dev(bad), df2 = dev(f0);
+      server_average(dpart, dw.data(), stride, dbad.data(), world, df2.data(), dfs.data(), dout.data(),
+                     {dsum.data(), dscale.data()}, stream_.get(), skip.data());
+      stream_.sync();
+      EXPECT_EQ(skip.download()[0], 1);
+      EXPECT_TRUE(same_bits(f0, df2.download()));
+      EXPECT_EQ(bits_of(kernels::scale_from_sum(sum, n)), bits_of(dscale.download()[0]));
+    }
+  }
+}
+
+TEST_F(CudaKernels, DecodeMatchesCpu) {
+  for (size_t n : kSizes) {
+    SCOPED_TRACE(n);
+    const kernels::Partition part(n, random_bounds(n, n + 3), chunk_for(n));
+    const DevicePartition dpart(part);
+    const auto bits = random_bytes(bit_bytes(n), n);
+    const auto scales = randu(n / chunk_for(n) + 1, n + 1, 0.1f, 1.0f);
+    std::vector<float> out(n);
+    kernels::decode(part, pool_, bits.data(), scales.data(), out.data());
+    auto dbits = dev(bits);
+    auto dscales = dev(scales);
+    DeviceArray<float> dout(n);
+    decode(dpart, dbits.data(), dscales.data(), dout.data(), stream_.get());
+    stream_.sync();
+    EXPECT_TRUE(same_bits(out, dout.download()));
+  }
+}
+
+TEST_F(CudaKernels, LambNormsAndUpdateMatchCpu) {
+  for (size_t n : kSizes) {
+    SCOPED_TRACE(n);
+    const kernels::Partition part(n, random_bounds(n, n + 9));
+    const DevicePartition dpart(part);
+    const size_t L = part.num_layers();
+    auto g = randn(n, n + 1), m = randn(n, n + 2, 0.1f), v = randu(n, n + 3, 0.0f, 0.01f), w = randn(n, n + 4);
+    const auto coef = randu(L, n + 5, 1e-4f, 1e-2f);
+    std::vector<double> w_sq(L), u_sq(L);
+    kernels::lamb_norms(part, pool_, g.data(), m.data(), v.data(), w.data(), p_, w_sq.data(), u_sq.data());
+    auto dg = dev(g), dm = dev(m), dv = dev(v), dw = dev(w), dcoef = dev(coef);
+    DeviceArray<double> dw_sq(L), du_sq(L);
+    lamb_norms(dpart, dg.data(), dm.data(), dv.data(), dw.data(), p_, dw_sq.data(), du_sq.data(), stream_.get());
+    lamb_update(dpart, dg.data(), dm.data(), dv.data(), dw.data(), p_, dcoef.data(), stream_.get());
+    stream_.sync();
+    kernels::lamb_update(part, pool_, g.data(), m.data(), v.data(), w.data(), p_, coef.data());
+    EXPECT_TRUE(same_bits(w_sq, dw_sq.download()));
+    EXPECT_TRUE(same_bits(u_sq, du_sq.download()));
+    EXPECT_TRUE(same_bits(m, dm.download()));
+    EXPECT_TRUE(same_bits(v, dv.download()));
+    EXPECT_TRUE(same_bits(w, dw.download()));
+  }
+}
+
+TEST_F(CudaKernels, OnebitLambNormsMatchCpu) {
+  for (size_t n : kSizes) {
+    SCOPED_TRACE(n);
+    const kernels::Partition part(n, random_bounds(n, n + 2), chunk_for(n));
+    const DevicePartition dpart(part);
+    const size_t L = part.num_layers();
+    const auto bits = random_bytes(bit_bytes(n), n + 1);
+    const auto scales = randu(n / chunk_for(n) + 1, n + 2, 0.01f, 1.0f);
+    const auto k = randu(L, n + 3, 0.5f, 3.0f);
+    auto m = randn(n, n + 4, 0.1f), v_fresh = randu(n, n + 5, 0.0f, 0.01f), w = randn(n, n + 6);
+    const auto v = randu(n, n + 7, 0.0f, 0.01f);
+    // Masks on every third layer (0/1 values), the others unmasked.
+    std::vector<std::vector<float>> masks(L);
+    std::vector<const float*> mask_ptrs(L, nullptr);
+    std::vector<DeviceArray<float>> dmasks(L);
+    std::vector<const float*> dmask_ptrs(L, nullptr);
+    for (size_t l = 0; l < L; l += 3) {
+      const size_t len = (l + 1 < L ? part.layer_start(l + 1) : n) - part.layer_start(l);
+      masks[l] = randu(len, n + 100 + l, 0.0f, 1.0f);
+      for (auto& x : masks[l]) x = x < 0.3f ? 0.0f : 1.0f;
+      mask_ptrs[l] = masks[l].data();
+      dmasks[l] = dev(masks[l]);
+      dmask_ptrs[l] = dmasks[l].data();
+    }
+    auto dbits = dev(bits);
+    auto dscales = dev(scales), dk = dev(k), dm = dev(m), dv = dev(v), dvf = dev(v_fresh), dw = dev(w);
+    auto dptrs = dev(dmask_ptrs);
+    std::vector<double> w_sq(L), u_sq(L), u0_sq(L);
+    std::vector<float> max_ratio(L);
+    kernels::onebit_lamb_norms(part, pool_, bits.data(), scales.data(), k.data(), mask_ptrs.data(), p_,
+                               m.data(), v.data(), v_fresh.data(), w.data(),
+                               {w_sq.data(), u_sq.data(), u0_sq.data(), max_ratio.data()});
+    DeviceArray<double> dw_sq(L), du_sq(L), du0_sq(L);
+    DeviceArray<float> dmax(L);
+    onebit_lamb_norms(dpart, dbits.data(), dscales.data(), dk.data(), dptrs.data(), p_, dm.data(), dv.data(),
+                      dvf.data(), dw.data(), {dw_sq.data(), du_sq.data(), du0_sq.data(), dmax.data()},
+                      stream_.get());
+    stream_.sync();
+    EXPECT_TRUE(same_bits(m, dm.download()));
+    EXPECT_TRUE(same_bits(v_fresh, dvf.download()));
+    EXPECT_TRUE(same_bits(w_sq, dw_sq.download()));
+    EXPECT_TRUE(same_bits(u_sq, du_sq.download()));
+    EXPECT_TRUE(same_bits(u0_sq, du0_sq.download()));
+    EXPECT_TRUE(same_bits(max_ratio, dmax.download()));
+  }
+}
+
+TEST_F(CudaKernels, FrozenUpdatesMatchCpu) {
+  for (size_t n : kSizes) {
+    SCOPED_TRACE(n);
+    const kernels::Partition part(n, random_bounds(n, n + 4), chunk_for(n));
+    const DevicePartition dpart(part);
+    const auto bits = random_bytes(bit_bytes(n), n + 1);
+    const auto scales = randu(n / chunk_for(n) + 1, n + 2, 0.01f, 1.0f);
+    const auto coef = randu(part.num_layers(), n + 3, 1e-4f, 1e-2f);
+    auto m = randn(n, n + 4, 0.1f), w = randn(n, n + 5), w2 = w, m2 = m;
+    const auto v = randu(n, n + 6, 0.0f, 0.01f);
+    kernels::frozen_update(part, pool_, m.data(), v.data(), w.data(), 1e-8f, 0.01f, coef.data());
+    kernels::decode(part, pool_, bits.data(), scales.data(), m2.data());
+    kernels::frozen_update(part, pool_, m2.data(), v.data(), w2.data(), 1e-8f, 0.01f, coef.data());
+    auto dm = dev(randn(n, n + 4, 0.1f)), dv = dev(v), dw = dev(randn(n, n + 5)), dcoef = dev(coef);
+    auto dm2 = dev(randn(n, n + 4, 0.1f)), dw2 = dev(randn(n, n + 5)), dscales = dev(scales);
+    auto dbits = dev(bits);
+    frozen_update(dpart, dm.data(), dv.data(), dw.data(), 1e-8f, 0.01f, dcoef.data(), stream_.get());
+    decode_frozen_update(dpart, dbits.data(), dscales.data(), dm2.data(), dv.data(), dw2.data(), 1e-8f, 0.01f,
+                         dcoef.data(), stream_.get());
+    stream_.sync();
+    EXPECT_TRUE(same_bits(w, dw.download()));
+    EXPECT_TRUE(same_bits(m2, dm2.download()));
+    EXPECT_TRUE(same_bits(w2, dw2.download()));
+  }
+}
+
+TEST_F(CudaKernels, LayerNormsDivideCopyMatchCpu) {
+  for (size_t n : kSizes) {
+    SCOPED_TRACE(n);
+    const kernels::Partition part(n, random_bounds(n, n + 6));
+    const DevicePartition dpart(part);
+    auto x = randn(n, n + 1);
+    std::vector<double> sq(part.num_layers());
+    kernels::layer_sq_norms(part, pool_, x.data(), sq.data());
+    auto dx = dev(x);
+    DeviceArray<double> dsq(part.num_layers());
+    DeviceArray<float> dcopy(n);
+    layer_sq_norms(dpart, dx.data(), dsq.data(), stream_.get());
+    divide(dx.data(), n, 3.0f, stream_.get());
+    copy(dcopy.data(), dx.data(), n, stream_.get());
+    stream_.sync();
+    kernels::divide(pool_, x, 3.0f);
+    EXPECT_TRUE(same_bits(sq, dsq.download()));
+    EXPECT_TRUE(same_bits(x, dx.download()));
+    EXPECT_TRUE(same_bits(x, dcopy.download()));
+  }
+}
+
+// The per-layer scalar kernels against optim/'s expressions, written out again here.
+TEST_F(CudaKernels, LambCoefficientsMatchTheOptimizerMath) {
+  const size_t L = 300;
+  auto w_sq = std::vector<double>(L), u_sq = std::vector<double>(L);
+  const auto a = randu(L, 1, 0.0f, 4.0f), b = randu(L, 2, 0.0f, 4.0f);
+  for (size_t l = 0; l < L; ++l) {
+    w_sq[l] = l % 17 == 0 ? 0.0 : a[l] * a[l] * 1e3;
+    u_sq[l] = l % 19 == 0 ? 0.0 : b[l] * b[l];
+  }
+  const auto c0 = randu(L, 3, 0.0f, 2.0f);
+  const float lr = 1e-3f, min_c = 0.01f, max_c = 10.0f, cb = 0.9f;
+  std::vector<float> coef(L), cf = c0;
+  for (size_t l = 0; l < L; ++l) {
+    const double r = w_sq[l] > 0 && u_sq[l] > 0
+                         ? std::clamp(std::sqrt(w_sq[l]) / std::sqrt(u_sq[l]), double{min_c}, double{max_c})
+                         : 1.0;
+    coef[l] = lr * static_cast<float>(r);
+    if (r != 1.0) cf[l] = static_cast<float>(cb * cf[l] + (1 - cb) * r);
+  }
+  auto dw = dev(w_sq), du = dev(u_sq);
+  auto dcf = dev(c0);
+  DeviceArray<float> dcoef(L);
+  DeviceArray<int> skip(1);
+  skip.zero();
+  lamb_coefficients({dw.data(), du.data(), L, lr, min_c, max_c, true, dcoef.data(), dcf.data(), cb}, skip.data(),
+                    stream_.get());
+  stream_.sync();
+  EXPECT_EQ(skip.download()[0], 0);
+  EXPECT_TRUE(same_bits(coef, dcoef.download()));
+  EXPECT_TRUE(same_bits(cf, dcf.download()));
+
+  // One non-finite layer: the flag is raised and no layer changes.
+  w_sq[L / 2] = std::numeric_limits<double>::infinity();
+  auto dbad = dev(w_sq);
+  auto dcf2 = dev(c0);
+  lamb_coefficients({dbad.data(), du.data(), L, lr, min_c, max_c, true, dcoef.data(), dcf2.data(), cb},
+                    skip.data(), stream_.get());
+  stream_.sync();
+  EXPECT_EQ(skip.download()[0], 1);
+  EXPECT_TRUE(same_bits(c0, dcf2.download()));
+}
+
+TEST_F(CudaKernels, OnebitCoefficientsAndMomentumScalesMatchTheOptimizerMath) {
+  const size_t L = 300;
+  const auto a = randu(L, 1, 0.0f, 3.0f), b = randu(L, 2, 0.1f, 3.0f), c = randu(L, 3, 0.0f, 3.0f);
+  std::vector<double> w_sq(L), u_sq(L), u0_sq(L);
+  for (size_t l = 0; l < L; ++l) {
+    w_sq[l] = a[l];
+    u_sq[l] = l % 13 == 0 ? 0.0 : b[l];
+    u0_sq[l] = c[l];
+  }
+  const auto max_ratio = randu(L, 4, 0.2f, 6.0f), last0 = randu(L, 5, 0.5f, 4.0f), cf = randu(L, 6, 0.0f, 2.0f);
+  const float lr = 2e-3f, wd = 0.01f, fmin = 0.5f, fmax = 4.0f, ft = 0.1f;
+  std::vector<float> last = last0, coef(L);
+  for (size_t l = 0; l < L; ++l) {  // optim/onebit_lamb.cpp, step 8
+    double f = max_ratio[l];
+    if (wd > 0 && u_sq[l] > 0) {
+      const double rho = std::min(1.0, std::sqrt(u0_sq[l]) / std::sqrt(u_sq[l]));
+      f = rho * f + (1 - rho);
+    }
+    f = std::clamp(f, static_cast<double>(fmin), static_cast<double>(fmax));
+    const double prev = last[l];
+    f = std::clamp(f, prev * (1 - ft), prev * (1 + ft));
+    last[l] = static_cast<float>(f);
+    coef[l] = lr * (cf[l] * last[l]);
+  }
+  auto dw = dev(w_sq), du = dev(u_sq), du0 = dev(u0_sq);
+  auto dmax = dev(max_ratio), dlast = dev(last0), dcf = dev(cf);
+  DeviceArray<float> dcoef(L);
+  onebit_lamb_coefficients({{dw.data(), du.data(), du0.data(), dmax.data()}, L, lr, wd, fmin, fmax, ft, dcf.data(),
+                            dlast.data(), dcoef.data()},
+                           stream_.get());
+
+  // k from per-layer ||m||^2 (optim/onebit_lamb.cpp, init_momentum_scale), empty layers included.
+  const std::vector<size_t> bounds = {0, 10, 10, 1000, 1001, 5000};
+  const kernels::Partition part(5000, bounds);
+  const DevicePartition dpart(part);
+  const std::vector<double> m_sq = {4.0, 0.0, 17.5, 0.0, 1234.5};
+  std::vector<double> s(5);
+  double mean = 0;
+  for (size_t l = 0; l < 5; ++l) {
+    const size_t len = bounds[l + 1] - bounds[l];
+    s[l] = len ? std::sqrt(m_sq[l] / static_cast<double>(len)) : 0.0;
+    mean += s[l] / 5.0;
+  }
+  std::vector<float> k(5);
+  for (size_t l = 0; l < 5; ++l) k[l] = s[l] > 0 ? static_cast<float>(mean / s[l]) : 1.0f;
+  auto dm_sq = dev(m_sq);
+  DeviceArray<float> dk(5);
+  momentum_scales(dpart, dm_sq.data(), dk.data(), stream_.get());
+  stream_.sync();
+  EXPECT_TRUE(same_bits(last, dlast.download()));
+  EXPECT_TRUE(same_bits(coef, dcoef.download()));
+  EXPECT_TRUE(same_bits(k, dk.download()));
+}
+
+}  // namespace
+}  // namespace onebit::cuda

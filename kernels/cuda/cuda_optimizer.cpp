@@ -1,1 +1,142 @@
-// placeholder
+// What every CUDA optimizer shares (the enqueue / resolve cycle, the warmup exchange, the LAMB pass,
+// the cross-rank agreement check, state transfer), and CudaLamb: optim/optimizer.cpp on the GPU.
+#include <cstring>
+
+#include "cuda_check.hpp"
+#include "device_collectives.hpp"
+#include "onebit/cuda_optimizers.hpp"
+#include "options.hpp"
+
+namespace onebit::cuda {
+
+CudaOptimizer::CudaOptimizer(const FlatLayout& layout, Communicator& comm, Stream stream)
+    : Optimizer(layout, comm, 1),
+      stream_(stream),
+      coll_(std::make_unique<DeviceCollectives>(comm, stream)),
+      dpart_(part_),
+      w_sq_(layout.num_layers()),
+      u_sq_(layout.num_layers()),
+      coef_(layout.num_layers()),
+      skip_(1) {
+  CUDA_CHECK(cudaMallocHost(&host_flag_, sizeof(int)));
+  CUDA_CHECK(cudaEventCreateWithFlags(&done_, cudaEventDisableTiming));
+}
+
+void CudaOptimizer::drain() noexcept { (void)cudaStreamSynchronize(stream_); }
+
+CudaOptimizer::~CudaOptimizer() {
+  drain();  // kernels in flight use the buffers freed below
+  if (done_) (void)cudaEventDestroy(done_);
+  if (host_flag_) (void)cudaFreeHost(host_flag_);
+}
+
+bool CudaOptimizer::step(std::span<float> params, std::span<float> grads) {
+  check_sizes(params, grads);
+  step_async(params.data(), grads.data());
+  return sync();
+}
+
+void CudaOptimizer::step_async(float* params, float* grads) {
+  sync();  // the stage and the buffers of this step depend on the last step's outcome
+  skip_.zero(stream_);
+  enqueue(params, grads);
+  CUDA_CHECK(cudaMemcpyAsync(host_flag_, skip_.data(), sizeof(int), cudaMemcpyDeviceToHost, stream_));
+  CUDA_CHECK(cudaEventRecord(done_, stream_));
+  pending_ = true;
+}
+
+bool CudaOptimizer::sync() {
+  if (!pending_) return last_applied_;
+  coll_->wait_event(done_, name() + " step");
+  pending_ = false;
+  last_applied_ = *host_flag_ == 0;
+  if (last_applied_) {
+    applied();
+    ++step_;
+  } else {
+    ++skipped_;
+  }
+  return last_applied_;
+}
+
+void CudaOptimizer::check_agreement(const std::vector<double>& settings) {
+  // As agree_across_ranks (optim/options.cpp), through device memory so NCCL can carry it.
+  if (comm_.size() == 1) return;
+  uint64_t h = 1469598103934665603ull;  // FNV-1a over the layer sizes and the settings
+  auto mix = [&](const void* p, size_t n) {
+    for (size_t i = 0; i < n; ++i) h = (h ^ static_cast<const unsigned char*>(p)[i]) * 1099511628211ull;
+  };
+  for (const auto& l : layout_.layers()) mix(&l.size, sizeof l.size);
+  mix(settings.data(), settings.size() * sizeof(double));
+  DeviceArray<uint64_t> mine(std::span<const uint64_t>(&h, 1));
+  DeviceArray<uint64_t> all(static_cast<size_t>(comm_.size()));
+  coll_->allgather(mine.data(), all.data(), sizeof(uint64_t));
+  coll_->wait(name() + " agreement check");
+  const std::vector<uint64_t> got = all.download();
+  for (size_t r = 0; r < got.size(); ++r)
+    ONEBIT_CHECK(got[r] == got[0], name() << " on rank " << comm_.rank() << ": rank " << r
+                                          << " has different layer shapes or options than rank 0");
+}
+
+void CudaOptimizer::average_gradients(float* g) {
+  if (comm_.size() == 1) return;
+  coll_->allreduce_sum(g, layout_.total());
+  divide(g, layout_.total(), static_cast<float>(comm_.size()), stream_);
+}
+
+void CudaOptimizer::lamb_pass(float* w, float* g, float* m, float* v, const kernels::MomentParams& p,
+                              const LambCoefArgs& coef_args) {
+  lamb_norms(dpart_, g, m, v, w, p, w_sq_.data(), u_sq_.data(), stream_, skip());
+  lamb_coefficients(coef_args, skip(), stream_);
+  lamb_update(dpart_, g, m, v, w, p, coef_.data(), stream_, skip());
+}
+
+std::vector<float> CudaOptimizer::download(const DeviceArray<float>& a) const {
+  coll_->wait(name() + " state");
+  return a.download();
+}
+
+void CudaOptimizer::upload(DeviceArray<float>& a, const OptimizerState& s, const char* key, size_t n) {
+  auto it = s.tensors.find(key);
+  ONEBIT_CHECK(it != s.tensors.end(), name() << " load_state: the state has no '" << key << "'");
+  ONEBIT_CHECK(it->second.size() == n, name() << " load_state: '" << key << "' has "
+                                              << it->second.size() << " elements, expected " << n);
+  coll_->wait(name() + " load_state");
+  a.upload(it->second);
+}
+
+// --- CudaLamb ---------------------------------------------------------------------------------
+
+CudaLamb::CudaLamb(const FlatLayout& layout, Communicator& comm, Stream stream, LambOptions options)
+    : CudaOptimizer(layout, comm, stream), opt_(options), m_(layout.total()), v_(layout.total()) {
+  validate(opt_, "lamb");
+  check_agreement(settings_of(opt_));
+  m_.zero(stream_);
+  v_.zero(stream_);
+}
+
+void CudaLamb::enqueue(float* w, float* g) {
+  average_gradients(g);
+  const LambCoefArgs c{w_sq_.data(), u_sq_.data(), layout_.num_layers(), opt_.lr, opt_.min_coeff,
+                       opt_.max_coeff, true, coef_.data(), nullptr, 0.0f};
+  lamb_pass(w, g, m_.data(), v_.data(), moments(opt_), c);
+}
+
+OptimizerState CudaLamb::state() const {
+  // A step in flight must be folded in first; state() is const in the Optimizer interface.
+  const_cast<CudaLamb*>(this)->sync();
+  OptimizerState s;
+  save_common(s);
+  s.tensors["m"] = download(m_);
+  s.tensors["v"] = download(v_);
+  return s;
+}
+
+void CudaLamb::load_state(const OptimizerState& s) {
+  sync();
+  load_common(s);
+  upload(m_, s, "m", layout_.total());
+  upload(v_, s, "v", layout_.total());
+}
+
+}  // namespace onebit::cuda

@@ -60,8 +60,10 @@ DeviceMemory& DeviceMemory::operator=(DeviceMemory&& o) noexcept {
 void DeviceMemory::upload(const void* src, size_t bytes, size_t offset) {
   ONEBIT_CHECK(offset + bytes <= bytes_, "cuda upload: " << bytes << " bytes at " << offset
                                                          << " into a buffer of " << bytes_);
-  if (bytes > 0)
-    CUDA_CHECK(cudaMemcpy(static_cast<char*>(ptr_) + offset, src, bytes, cudaMemcpyHostToDevice));
+  if (bytes == 0) return;
+  // cudaMemcpy may return before a pageable upload has landed; work on other streams must see it.
+  CUDA_CHECK(cudaMemcpyAsync(static_cast<char*>(ptr_) + offset, src, bytes, cudaMemcpyHostToDevice, nullptr));
+  CUDA_CHECK(cudaStreamSynchronize(nullptr));
 }
 
 void DeviceMemory::download(void* dst, size_t bytes, size_t offset) const {

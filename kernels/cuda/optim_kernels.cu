@@ -77,7 +77,7 @@ struct OnebitNormsOp {
   float *m, *v_fresh;
   const float *v, *w;
   float beta1, one_minus_beta1, beta2, one_minus_beta2, eps, weight_decay;
-  float s, k;
+  float sk;
   const float* mask;
   size_t mask_base;
   uint8_t* bits;  // unused
@@ -88,8 +88,9 @@ struct OnebitNormsOp {
   };
   __device__ void begin() {}
   __device__ void enter(const Piece& p, const PartView& part) {
-    s = scales[p.chunk];
-    k = k_layer[p.layer];
+    // decode/k = (+-s)/k = +-(s/k) exactly (division is symmetric in sign): one divide per piece,
+    // as the CPU does.
+    sk = scales[p.chunk] / k_layer[p.layer];
     mask = masks ? masks[p.layer] : nullptr;
     mask_base = part.layer_start[p.layer];
   }
@@ -97,7 +98,7 @@ struct OnebitNormsOp {
     return {get_bit(bits_in, i), m[i], v[i], v_fresh[i], w[i], mask ? mask[i - mask_base] : 1.0f};
   }
   __device__ bool compute(size_t i, const In& in, float (&out)[4]) const {
-    float mv = pm(in.bit, s) / k;
+    float mv = pm(in.bit, sk);
     if (mask) mv = mv * in.mask;
     const float gt = (mv - beta1 * in.m) / one_minus_beta1;
     const float vf = beta2 * in.vf + one_minus_beta2 * (gt * gt);
@@ -199,7 +200,7 @@ void onebit_lamb_norms(const DevicePartition& part, const uint8_t* bits, const f
                        const kernels::OnebitLambSums& out, Stream stream, const int* skip) {
   const OnebitNormsOp op{bits, chunk_scales, k, masks, m, v_fresh, v, w,
                          p.beta1, 1.0f - p.beta1, p.beta2, 1.0f - p.beta2, p.eps, p.weight_decay,
-                         0.0f, 1.0f, nullptr, 0, nullptr};
+                         0.0f, nullptr, 0, nullptr};
   launch_tile(part, op, stream, skip, "onebit_lamb_norms");
   launch_reduce<4, 3>(part, true, SegOut<4>{{out.w_sq, out.u_sq, out.u0_sq, nullptr}, out.max_ratio, nullptr, 0},
                       stream, skip, "onebit_lamb_norms (sums)");

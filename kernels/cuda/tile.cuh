@@ -205,9 +205,9 @@ __global__ void __launch_bounds__(kWorkers) elementwise_kernel(PartView part, Op
 
 // Folds each piece's 16 lanes (in lane order) and adds the pieces of each segment in order: a
 // segment is a layer (seg_first = layer_first) or the whole buffer (seg_first = {0, pieces}). One
-// block per segment; pieces are folded in parallel, then one thread per slot chains them.
+// block per segment. The piece chain is sequential by definition (10k pieces for BERT-Large), so
+// warps 1.. fold the next chunk of pieces while threads 0..S-1 of warp 0 chain the current one.
 constexpr int kReduceThreads = 256;
-constexpr int kReduceChunk = 512;
 
 template <int S>
 struct SegOut {
@@ -221,37 +221,41 @@ template <int S, int kMaxSlot>
 __global__ void __launch_bounds__(kReduceThreads)
 reduce_kernel(const double* lanes, uint32_t num_pieces, const uint32_t* seg_first, SegOut<S> out,
               const int* skip) {
-  __shared__ double folded[S][kReduceChunk];
+  constexpr uint32_t kChunk = S <= 2 ? 1024 : 512;  // 32 KiB of shared memory at most
+  __shared__ double folded[2][S][kChunk];
   if (skip && *skip) return;
   const uint32_t first = seg_first[blockIdx.x], last = seg_first[blockIdx.x + 1];
+  const uint32_t chunks = (last - first + kChunk - 1) / kChunk;
   const int tid = threadIdx.x;
   double acc = 0.0;
   float mx = 0.0f;
-  for (uint32_t c0 = first; c0 < last; c0 += kReduceChunk) {
-    const uint32_t count = min(last - c0, static_cast<uint32_t>(kReduceChunk));
-    for (uint32_t j = tid; j < count * S; j += kReduceThreads) {
-      const int s = static_cast<int>(j / count);
-      const uint32_t p = c0 + j % count;
-      const double* l = lanes + (static_cast<size_t>(s) * num_pieces + p) * 16;
-      if (s == kMaxSlot) {
-        float m = 0.0f;
-        for (int q = 0; q < 16; ++q) m = max_lane(static_cast<float>(l[q]), m);
-        folded[s][j % count] = m;
-      } else {
+  for (uint32_t c = 0; c <= chunks; ++c) {
+    if (tid >= 32 && c < chunks) {
+      const uint32_t c0 = first + c * kChunk, count = min(last - c0, kChunk);
+      for (uint32_t j = tid - 32; j < count * S; j += kReduceThreads - 32) {
+        const int s = static_cast<int>(j / count);
+        const uint32_t p = c0 + j % count;
+        const double* l = lanes + (static_cast<size_t>(s) * num_pieces + p) * 16;
         double f = 0.0;
-        for (int q = 0; q < 16; ++q) f += l[q];
-        folded[s][j % count] = f;
+        if (s == kMaxSlot) {
+          float m = 0.0f;
+          for (int q = 0; q < 16; ++q) m = max_lane(static_cast<float>(l[q]), m);
+          f = m;
+        } else {
+          for (int q = 0; q < 16; ++q) f += l[q];
+        }
+        folded[c & 1][s][j % count] = f;
       }
-    }
-    __syncthreads();
-    if (tid < S) {
+    } else if (tid < S && c > 0) {
+      const uint32_t c0 = first + (c - 1) * kChunk, count = min(last - c0, kChunk);
+      const double* f = folded[(c - 1) & 1][tid];
       if (tid == kMaxSlot) {
         for (uint32_t j = 0; j < count; ++j) {
-          const float x = static_cast<float>(folded[tid][j]);
+          const float x = static_cast<float>(f[j]);
           mx = mx < x ? x : mx;  // std::max(mx, x)
         }
       } else {
-        for (uint32_t j = 0; j < count; ++j) acc += folded[tid][j];
+        for (uint32_t j = 0; j < count; ++j) acc += f[j];
       }
     }
     __syncthreads();

@@ -1,0 +1,99 @@
+#!/usr/bin/env bash
+# The one GPU script: configures and builds the CUDA kernels, the NCCL backend, their tests and the
+# GPU benchmark; runs the tests against the CPU reference; times BERT-Large shapes against the
+# device copy floor; writes bench/results/<gpu-name>.json. Meant for the GPU machine (no network,
+# NCCL only inside the Python package nvidia.nccl); finishes within about 8 minutes.
+#
+#   bash bench/gpu/run.sh            # everything
+#   SKIP_TESTS=1 bash bench/gpu/run.sh   # build and benchmark only
+#
+# Environment: BUILD (build folder, default build-gpu), CUDA_ARCH (default 90), JOBS, OUT (if set,
+# logs and results are copied there too), BENCH_ARGS (extra flags for onebit_gpu_bench).
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+BUILD="${BUILD:-$ROOT/build-gpu}"
+CUDA_ARCH="${CUDA_ARCH:-90}"
+JOBS="${JOBS:-$(nproc)}"
+START=$(date +%s)
+mkdir -p "$BUILD" "$ROOT/bench/results"
+LOG="$BUILD/run.log"
+: >"$LOG"
+say() { echo "[run.sh +$(($(date +%s) - START))s] $*" | tee -a "$LOG" >&2; }
+finish() {
+  local rc=$?
+  if [ -n "${OUT:-}" ] && [ -d "${OUT:-}" ]; then
+    cp "$LOG" "$OUT/" 2>/dev/null || true
+    cp "$BUILD"/cuda_tests.xml "$OUT/" 2>/dev/null || true
+    cp "$ROOT"/bench/results/*.json "$OUT/" 2>/dev/null || true
+  fi
+  say "done, exit status $rc"
+}
+trap finish EXIT
+
+# --- CUDA compiler ------------------------------------------------------------------------------
+NVCC="$(command -v nvcc || true)"
+[ -z "$NVCC" ] && [ -x /usr/local/cuda/bin/nvcc ] && NVCC=/usr/local/cuda/bin/nvcc
+[ -n "$NVCC" ] || { say "no nvcc on PATH or in /usr/local/cuda/bin"; exit 1; }
+CUDA_ROOT="$(dirname "$(dirname "$(readlink -f "$NVCC")")")"
+say "nvcc: $NVCC ($("$NVCC" --version | grep -o 'release [0-9.]*'))"
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>/dev/null | tee -a "$LOG" || true
+
+# --- NCCL: the system's, else the Python package's, with the unversioned .so the linker wants ----
+NCCL_ROOT="${NCCL_ROOT:-}"
+if [ -z "$NCCL_ROOT" ] && [ ! -f "$CUDA_ROOT/include/nccl.h" ]; then
+  PKG="$(python3 -c 'import nvidia.nccl as n, os; print(os.path.dirname(n.__file__) if n.__file__ else list(n.__path__)[0])' 2>/dev/null || true)"
+  if [ -n "$PKG" ] && [ -f "$PKG/include/nccl.h" ]; then
+    NCCL_ROOT="$BUILD/nccl"
+    mkdir -p "$NCCL_ROOT/lib"
+    ln -sfn "$PKG/include" "$NCCL_ROOT/include"
+    for so in "$PKG"/lib/libnccl.so*; do ln -sf "$so" "$NCCL_ROOT/lib/$(basename "$so")"; done
+    [ -e "$NCCL_ROOT/lib/libnccl.so" ] || ln -sf "$PKG/lib/libnccl.so.2" "$NCCL_ROOT/lib/libnccl.so"
+    say "NCCL from the Python package: $PKG"
+  fi
+fi
+[ -n "$NCCL_ROOT" ] && export LD_LIBRARY_PATH="$NCCL_ROOT/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+
+# --- configure and build --------------------------------------------------------------------------
+PREFIX=()
+[ -d "$ROOT/build-deps" ] && PREFIX=(-DCMAKE_PREFIX_PATH="$ROOT/build-deps") && say "using build-deps/ (bench/gpu/pack_deps.sh)"
+GEN=()
+command -v ninja >/dev/null && GEN=(-G Ninja)
+say "configure"
+cmake -S "$ROOT" -B "$BUILD" "${GEN[@]}" -DCMAKE_BUILD_TYPE=Release \
+  -DCMAKE_CUDA_COMPILER="$NVCC" -DCUDAToolkit_ROOT="$CUDA_ROOT" -DCMAKE_CUDA_ARCHITECTURES="$CUDA_ARCH" \
+  -DONEBIT_WITH_CUDA=ON -DONEBIT_WITH_NCCL=ON ${NCCL_ROOT:+-DNCCL_ROOT="$NCCL_ROOT"} \
+  -DONEBIT_WITH_MPI=OFF -DONEBIT_WITH_TORCH=OFF -DONEBIT_BUILD_TESTS=ON "${PREFIX[@]}" \
+  -DCMAKE_POLICY_VERSION_MINIMUM=3.5 >>"$LOG" 2>&1 ||
+  { tail -40 "$LOG"; say "configure failed; if nlohmann-json, CLI11 or GoogleTest is missing here, run" \
+      "bench/gpu/pack_deps.sh where they are installed and bring build-deps/ along"; exit 1; }
+grep -E "^-- +(CUDA|NCCL|  *nvcc|  *library)" "$LOG" | tee /dev/stderr >/dev/null || true
+say "build ($JOBS jobs)"
+cmake --build "$BUILD" -j "$JOBS" --target onebit_cuda_tests onebit_gpu_bench >>"$LOG" 2>&1 || { tail -60 "$LOG"; exit 1; }
+BIN="$BUILD/kernels/cuda"
+
+# --- tests: every CUDA kernel, the allreduce and the optimizers against the CPU ------------------
+if [ -z "${SKIP_TESTS:-}" ]; then
+  say "tests"
+  set +e
+  timeout 150 "$BIN/onebit_cuda_tests" --gtest_output="xml:$BUILD/cuda_tests.xml" 2>&1 | tee -a "$LOG" | grep -E "^\[ *(OK|FAILED|SKIPPED|PASSED|==========) |Failure|Expected|Which is|differ"
+  TESTS_RC=${PIPESTATUS[0]}
+  set -e
+  say "tests exit status $TESTS_RC"
+fi
+
+# --- benchmark -----------------------------------------------------------------------------------
+say "benchmark"
+(cd "$ROOT" && timeout 200 "$BIN/onebit_gpu_bench" --out auto ${BENCH_ARGS:-}) 2> >(tee -a "$LOG" >&2) | tee "$BUILD/bench.json" >/dev/null
+python3 - "$BUILD/bench.json" <<'PY' | tee -a "$LOG"
+import json, sys
+r = json.load(open(sys.argv[1]))
+print(f"{r['device']}: {r['params']:,} params in {r['layers']} tensors, backend {r['backend']}, "
+      f"copy {r['copy']['GBps']:.0f} GB/s ({r['copy']['ms_median']:.2f} ms for 8 B/param)")
+for name, t in list(r["results"].items()) + [("kernel " + k, v) for k, v in r["kernels"].items()]:
+    bar = f"  bar {t['bar_ms']} ms: {'met' if t['meets_bar'] else 'NOT met'}" if "bar_ms" in t else ""
+    print(f"  {name:40s} {t['ms_median']:8.3f} ms  {t['bytes_per_param']:6.3f} B/param  "
+          f"{t['GBps']:7.0f} GB/s  {t['fraction_of_copy']:.2f} of copy{bar}")
+if "cpu_check" in r:
+    print("  bitwise equal to the CPU at full size:", r["cpu_check"])
+PY
+[ "${TESTS_RC:-0}" -eq 0 ] || { say "the CUDA tests FAILED (see above)"; exit 1; }

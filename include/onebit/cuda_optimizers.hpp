@@ -1,0 +1,188 @@
+// The compressed allreduce (spec §2) and Lamb / OnebitLamb / OnebitAdam (§3-§5) with state and math
+// on the GPU: the same results as onebit::CompressedAllreduce and optimizers.hpp, bit for bit, and
+// the same checkpoint tensors, so a run can move between CPU and GPU. Works over any Communicator:
+// NCCL (device memory, stream-ordered) or a host backend, through pinned staging buffers.
+#pragma once
+#include <memory>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "onebit/cuda_kernels.hpp"
+#include "onebit/optimizers.hpp"
+
+typedef struct CUevent_st* cudaEvent_t;
+
+namespace onebit::cuda {
+
+class DeviceCollectives;
+
+// Averages one device buffer of n floats over all ranks (spec §2). Owns the error state on the
+// device. run() is the whole call; the optimizers use the enqueue-only halves.
+class CudaCompressedAllreduce {
+ public:
+  // stream: where the work runs. skip: a device flag shared with an optimizer (null: its own).
+  CudaCompressedAllreduce(Communicator& comm, Stream stream, size_t n,
+                          std::span<const size_t> layer_bounds = {}, int* skip = nullptr);
+  ~CudaCompressedAllreduce();
+
+  size_t size() const { return n_; }
+  size_t padded_size() const { return n_pad_; }
+  size_t chunk_size() const { return n_pad_ / static_cast<size_t>(world_); }
+  const DevicePartition& partition() const { return part_; }
+  Stream stream() const { return stream_; }
+  int* skip_flag() const { return skip_; }
+
+  // Averages x (device, n floats) in place and waits. Returns false, changing nothing, when any
+  // rank's x held a NaN or an infinity (every rank returns false together).
+  bool run(float* x);
+
+  // Enqueue only. compress*() sets the skip flag on the device when some rank's input was not
+  // finite; exchange() and decode() then change nothing. Once the host has read the flag, call
+  // commit(applied) before the next compress*().
+  void compress(const float* x);
+  void compress_momentum(const float* m, const float* g, float beta1, const float* k);
+  void exchange();
+  void decode(float* out);
+  void commit(bool applied);
+  const uint8_t* bits() const { return result_bits_.data(); }
+  const float* chunk_scales() const { return server_scales_.data(); }
+
+  // Error state as plain errors on the host (spec §1), as CompressedAllreduce. Synchronous.
+  std::vector<float> worker_error() const;
+  std::vector<float> server_error() const;
+  void set_errors(std::span<const float> worker, std::span<const float> server);
+
+ private:
+  size_t server_real() const;
+  void finish_compress();
+
+  std::unique_ptr<DeviceCollectives> coll_;
+  Stream stream_;
+  int rank_, world_;
+  size_t n_, n_pad_;
+  DevicePartition part_, server_part_;
+  DeviceArray<float> worker_c_[2], server_c_;
+  DeviceArray<float> worker_scale_;  // [2]: the scale of each worker_c_ buffer
+  DeviceArray<float> server_scale_;  // [1]
+  int worker_cur_ = 0;
+  DeviceArray<uint8_t> send_bits_, recv_bits_, server_bits_, result_bits_;
+  DeviceArray<float> worker_scales_, server_scales_;
+  DeviceArray<int> own_skip_;
+  int* skip_;
+  int* host_flag_ = nullptr;  // pinned, for run()
+};
+
+// The Optimizer interface on device buffers: step(params, grads) takes spans over device memory,
+// waits for the step and says whether it was applied. step_async() only enqueues; the outcome is
+// folded in by the next call that needs it (sync(), step_async(), state(), ...), so a training loop
+// that does not look at the result never waits for the GPU.
+class CudaOptimizer : public Optimizer {
+ public:
+  CudaOptimizer(const FlatLayout& layout, Communicator& comm, Stream stream);
+  ~CudaOptimizer() override;
+
+  bool step(std::span<float> params, std::span<float> grads) final;
+  void step_async(float* params, float* grads);
+  // Waits for the step in flight (within the communicator's timeout); returns whether the last step
+  // was applied.
+  bool sync();
+  Stream stream() const { return stream_; }
+
+ protected:
+  // Enqueues one step on stream(); a non-finite gradient sets skip() on the device.
+  virtual void enqueue(float* w, float* g) = 0;
+  // Host bookkeeping once a step is known to be applied (called before step_ advances).
+  virtual void applied() {}
+
+  void check_agreement(const std::vector<double>& settings);
+  void average_gradients(float* g);  // the fp32 warmup exchange
+  void lamb_pass(float* w, float* g, float* m, float* v, const kernels::MomentParams& p,
+                 const LambCoefArgs& coef_args);
+  std::vector<float> download(const DeviceArray<float>& a) const;
+  // For derived destructors: their buffers go before this class's destructor could wait.
+  void drain() noexcept;
+  void upload(DeviceArray<float>& a, const OptimizerState& s, const char* key, size_t n);
+  int* skip() const { return skip_.data(); }
+
+  Stream stream_;
+  std::unique_ptr<DeviceCollectives> coll_;
+  DevicePartition dpart_;
+  DeviceArray<double> w_sq_, u_sq_;
+  DeviceArray<float> coef_;
+
+ private:
+  DeviceArray<int> skip_;
+  int* host_flag_ = nullptr;  // pinned
+  cudaEvent_t done_ = nullptr;
+  bool pending_ = false, last_applied_ = true;
+};
+
+class CudaLamb : public CudaOptimizer {
+ public:
+  CudaLamb(const FlatLayout& layout, Communicator& comm, Stream stream, LambOptions options = {});
+  ~CudaLamb() override { drain(); }
+  OptimizerState state() const override;
+  void load_state(const OptimizerState& s) override;
+  std::string name() const override { return "lamb"; }
+  void set_lr(float lr) override { opt_.lr = lr; }
+
+ private:
+  void enqueue(float* w, float* g) override;
+  LambOptions opt_;
+  DeviceArray<float> m_, v_;
+};
+
+class CudaOnebitLamb : public CudaOptimizer {
+ public:
+  CudaOnebitLamb(const FlatLayout& layout, Communicator& comm, Stream stream, OnebitLambOptions options);
+  ~CudaOnebitLamb() override { drain(); }
+  OptimizerState state() const override;
+  void load_state(const OptimizerState& s) override;
+  std::string name() const override { return "onebit-lamb"; }
+  bool in_warmup() const override { return step_ < opt_.freeze_step; }
+  void set_lr(float lr) override { opt_.lr = lr; }
+  // As OnebitLamb::set_momentum_mask (host mask, copied to the device).
+  void set_momentum_mask(size_t layer, std::span<const float> mask);
+  std::vector<float> c_freeze();
+  std::vector<float> last_factor();
+  std::vector<float> k();
+
+ private:
+  void enqueue(float* w, float* g) override;
+  void applied() override;
+  void warmup(float* w, float* g);
+  void compression(float* w, float* g);
+
+  OnebitLambOptions opt_;
+  CudaCompressedAllreduce allreduce_;
+  DeviceArray<float> m_, v_, v_fresh_, c_freeze_, last_factor_, k_;
+  DeviceArray<double> u0_sq_, m_sq_;
+  DeviceArray<float> max_ratio_;
+  bool k_ready_ = false, pending_compression_ = false;
+  std::vector<DeviceArray<float>> masks_;
+  DeviceArray<const float*> mask_ptrs_;
+  bool any_mask_ = false;
+};
+
+class CudaOnebitAdam : public CudaOptimizer {
+ public:
+  CudaOnebitAdam(const FlatLayout& layout, Communicator& comm, Stream stream, OnebitAdamOptions options);
+  ~CudaOnebitAdam() override { drain(); }
+  OptimizerState state() const override;
+  void load_state(const OptimizerState& s) override;
+  std::string name() const override { return "onebit-adam"; }
+  bool in_warmup() const override { return step_ < opt_.freeze_step; }
+  void set_lr(float lr) override { opt_.lr = lr; }
+
+ private:
+  void enqueue(float* w, float* g) override;
+  void applied() override;
+
+  OnebitAdamOptions opt_;
+  CudaCompressedAllreduce allreduce_;
+  DeviceArray<float> m_, v_;
+  bool pending_compression_ = false;
+};
+
+}  // namespace onebit::cuda

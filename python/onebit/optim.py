@@ -1,0 +1,215 @@
+"""onebit.Lamb, onebit.OnebitLamb, onebit.OnebitAdam: torch.optim optimizers over onebit's core.
+
+Each step takes every parameter's .grad as this rank's LOCAL gradient and does all communication
+itself over torch.distributed (no DDP, no gradient averaging by the caller).
+"""
+import torch
+import torch.distributed as dist
+
+from . import _onebit
+
+_UNSET = object()
+
+
+def _communicator(process_group, timeout):
+    """The process group the optimizer talks over, as a onebit Communicator."""
+    if process_group is None:
+        if not (dist.is_available() and dist.is_initialized()):
+            return _onebit.single_rank_communicator()
+        process_group = dist.distributed_c10d._get_default_group()
+    if process_group is dist.GroupMember.NON_GROUP_MEMBER:
+        raise ValueError("onebit: this rank is not a member of the given process_group")
+    # NCCL groups take device tensors: the collectives are staged through this rank's GPU.
+    device = "cpu"
+    if dist.get_backend(process_group) == "nccl":
+        device = "cuda:%d" % torch.cuda.current_device()
+    return _onebit.c10d_communicator(process_group, timeout, device)
+
+
+class _OnebitOptimizer(torch.optim.Optimizer):
+    """Shared machinery: one onebit engine (flat buffers + core optimizer) per parameter group.
+
+    The parameters move into one flat fp32 buffer per group, and fp32 CPU parameters (and their
+    .grad) become views into it; build the optimizer after model.to(...) and do not replace
+    param.data afterwards. fp16/bf16 parameters keep an fp32 master copy inside the optimizer.
+    """
+
+    _kind = None
+    _options = ()        # hyperparameters passed to the core (besides lr and betas)
+    _fixed = ()          # hyperparameters that cannot change after construction
+
+    def __init__(self, params, defaults, process_group, momentum_masks, threads, timeout):
+        self._engines = []
+        super().__init__(params, defaults)
+        self._comm = _communicator(process_group, timeout)
+        for group in self.param_groups:
+            self._engines.append(
+                _onebit.Engine(self._kind, group["params"], self._core_options(group, threads), self._comm))
+        self._threads = threads
+        self.last_step_skipped = False
+        for param, mask in (momentum_masks or {}).items():
+            self.set_momentum_mask(param, mask)
+
+    def _core_options(self, group, threads):
+        beta1, beta2 = group["betas"]
+        options = {k: group[k] for k in self._options}
+        options.update(lr=float(group["lr"]), beta1=float(beta1), beta2=float(beta2), threads=int(threads))
+        return options
+
+    def add_param_group(self, param_group):
+        if self._engines:
+            raise RuntimeError("onebit optimizers take all parameter groups at construction")
+        super().add_param_group(param_group)
+
+    @property
+    def rank(self):
+        return self._comm.rank
+
+    @property
+    def world_size(self):
+        return self._comm.size
+
+    @property
+    def comm(self):
+        """The Communicator: backend, timeout (seconds) and stats() (bytes sent/received, time)."""
+        return self._comm
+
+    @property
+    def in_warmup(self):
+        return self._engines[0].in_warmup
+
+    @property
+    def skipped_steps(self):
+        return self._engines[0].skipped
+
+    def set_momentum_mask(self, param, mask):
+        """Spec §4: a 0/1 mask of param's shape applied to its momentum after every compressed
+        exchange (for regions whose gradient is always zero); None removes it. OnebitLamb only."""
+        for group, engine in zip(self.param_groups, self._engines):
+            for i, p in enumerate(group["params"]):
+                if p is param:
+                    engine.set_momentum_mask(i, None if mask is None else mask.detach())
+                    return
+        raise ValueError("onebit: set_momentum_mask for a tensor that is not one of the parameters")
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        """One step on every group; returns the closure's loss. If any rank's gradient held a NaN or
+        an infinity, all ranks skip the step together and last_step_skipped is True."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        skipped = False
+        for group, engine in zip(self.param_groups, self._engines):
+            engine.set_lr(float(group["lr"]))
+            skipped |= not engine.step()
+        self.last_step_skipped = skipped
+        return loss
+
+    def zero_grad(self, set_to_none=None):
+        """Zeroes the flat gradients in one pass and keeps each .grad a view into them (so
+        set_to_none is ignored: a None .grad would cost a copy on the next step)."""
+        for engine in self._engines:
+            engine.zero_grad()
+
+    def state_dict(self):
+        """param_groups as torch saves them, plus 'onebit': each group's complete core state
+        (this rank's error buffers included). Save one file per rank."""
+        index = {}
+        groups = []
+        for group in self.param_groups:
+            packed = {k: v for k, v in group.items() if k != "params"}
+            packed["params"] = [index.setdefault(id(p), len(index)) for p in group["params"]]
+            groups.append(packed)
+        engines = []
+        for engine in self._engines:
+            tensors, counters = engine.state()
+            engines.append({"kind": engine.name, "rank": self.rank, "tensors": tensors, "counters": counters})
+        return {"state": {}, "param_groups": groups, "onebit": engines}
+
+    def load_state_dict(self, state_dict):
+        saved = state_dict.get("onebit")
+        if saved is None or len(saved) != len(self._engines):
+            raise ValueError("onebit: the state_dict is not from a onebit optimizer with %d parameter groups"
+                             % len(self._engines))
+        for group, packed, engine, core in zip(self.param_groups, state_dict["param_groups"], self._engines, saved):
+            if len(packed["params"]) != len(group["params"]):
+                raise ValueError("onebit: a saved parameter group has %d parameters, this one %d"
+                                 % (len(packed["params"]), len(group["params"])))
+            for key in self._fixed:
+                if key in packed and packed[key] != group[key]:
+                    raise ValueError("onebit: the state_dict was saved with %s=%r, this optimizer has %r"
+                                     % (key, packed[key], group[key]))
+            if core["kind"] != engine.name:
+                raise ValueError("onebit: the state_dict holds a %s state, this is %s" % (core["kind"], engine.name))
+            if core["rank"] != self.rank:
+                raise ValueError("onebit: rank %d's state (its error buffers) loaded on rank %d: load each "
+                                 "rank's own file" % (core["rank"], self.rank))
+            engine.load_state(core["tensors"], {k: int(v) for k, v in core["counters"].items()})
+            for key, value in packed.items():
+                if key != "params":
+                    group[key] = value
+
+
+def _check_betas(betas):
+    if len(betas) != 2:
+        raise ValueError("onebit: betas must be a pair (beta1, beta2), got %r" % (betas,))
+    return tuple(float(b) for b in betas)
+
+
+def _need_freeze_step(freeze_step):
+    if freeze_step is None:
+        raise ValueError("onebit: freeze_step is required (the last warmup step; 15-25% of the "
+                         "planned steps is a good rule)")
+    return int(freeze_step)
+
+
+class Lamb(_OnebitOptimizer):
+    """LAMB (spec §3) with the gradient averaged over the process group, no bias correction."""
+
+    _kind = "lamb"
+    _options = ("eps", "weight_decay", "max_coeff", "min_coeff")
+    _fixed = ("betas", "eps", "weight_decay", "max_coeff", "min_coeff")
+
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, max_coeff=10.0,
+                 min_coeff=0.01, *, process_group=None, threads=1, timeout=300.0):
+        defaults = dict(lr=lr, betas=_check_betas(betas), eps=eps, weight_decay=weight_decay,
+                        max_coeff=max_coeff, min_coeff=min_coeff)
+        super().__init__(params, defaults, process_group, None, threads, timeout)
+
+
+class OnebitLamb(_OnebitOptimizer):
+    """1-bit LAMB (spec §4): LAMB warmup for steps 1..freeze_step, then compressed momentum.
+
+    momentum_masks: {parameter: 0/1 tensor of its shape} (see set_momentum_mask)."""
+
+    _kind = "onebit-lamb"
+    _options = ("freeze_step", "eps", "weight_decay", "max_coeff", "min_coeff", "coeff_beta", "factor_max",
+                "factor_min", "factor_threshold")
+    _fixed = ("freeze_step", "betas", "eps", "weight_decay", "max_coeff", "min_coeff", "coeff_beta",
+              "factor_max", "factor_min", "factor_threshold")
+
+    def __init__(self, params, lr=1e-3, freeze_step=None, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
+                 max_coeff=10.0, min_coeff=0.01, coeff_beta=0.9, factor_max=4.0, factor_min=0.5,
+                 factor_threshold=0.1, process_group=None, *, momentum_masks=None, threads=1, timeout=300.0):
+        defaults = dict(lr=lr, freeze_step=_need_freeze_step(freeze_step), betas=_check_betas(betas), eps=eps,
+                        weight_decay=weight_decay, max_coeff=max_coeff, min_coeff=min_coeff,
+                        coeff_beta=coeff_beta, factor_max=factor_max, factor_min=factor_min,
+                        factor_threshold=factor_threshold)
+        super().__init__(params, defaults, process_group, momentum_masks, threads, timeout)
+
+
+class OnebitAdam(_OnebitOptimizer):
+    """1-bit Adam (spec §5): Adam warmup (no bias correction), then frozen variance and compressed
+    momentum."""
+
+    _kind = "onebit-adam"
+    _options = ("freeze_step", "eps", "weight_decay")
+    _fixed = ("freeze_step", "betas", "eps", "weight_decay")
+
+    def __init__(self, params, lr=1e-3, freeze_step=None, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
+                 process_group=None, *, threads=1, timeout=300.0):
+        defaults = dict(lr=lr, freeze_step=_need_freeze_step(freeze_step), betas=_check_betas(betas), eps=eps,
+                        weight_decay=weight_decay)
+        super().__init__(params, defaults, process_group, None, threads, timeout)

@@ -1,0 +1,192 @@
+"""onebit's torch optimizers in one process (world size 1, no torch.distributed): the torch.optim
+contract, dtypes, masks, schedulers, state_dict checks and configuration errors."""
+import io
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import _scenarios as sc
+import onebit
+
+
+def run(opt, params, grads, steps):
+    for s in range(steps):
+        sc.set_grads(params, grads[0, s])
+        opt.step()
+    return sc.cat(params)
+
+
+def test_import_works_from_any_directory():
+    out = subprocess.run([sys.executable, "-c", "import onebit; print(onebit.OnebitLamb.__name__)"],
+                         cwd="/", capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "OnebitLamb"
+
+
+def test_without_a_process_group_the_world_is_one_rank():
+    params = sc.make_params(sc.initial_params())
+    opt = onebit.OnebitLamb(params, freeze_step=2)
+    assert opt.world_size == 1 and opt.rank == 0 and opt.comm.backend == "single"
+
+
+def test_onebit_lamb_that_never_compresses_is_lamb_bit_for_bit():
+    grads = sc.gradients(1, 6, exact_steps=0)
+    a, b = sc.make_params(sc.initial_params()), sc.make_params(sc.initial_params())
+    lamb = run(onebit.Lamb(a, lr=0.01, weight_decay=0.01), a, grads, 6)
+    lamb1 = run(onebit.OnebitLamb(b, lr=0.01, weight_decay=0.01, freeze_step=6), b, grads, 6)
+    assert torch.equal(lamb, lamb1)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_parameters_and_gradients_use_fp32_master_weights(dtype):
+    options = dict(lr=0.01, freeze_step=2)
+    p0 = sc.initial_params().to(dtype)
+    grads = sc.gradients(1, 5, exact_steps=0).to(dtype)
+    params = [p.to(dtype) for p in sc.make_params(p0.float())]
+    params = [torch.nn.Parameter(p.detach()) for p in params]
+    opt = onebit.OnebitAdam(params, **options)
+    for s in range(5):
+        sc.set_grads(params, grads[0, s])
+        opt.step()
+    assert all(p.dtype == dtype for p in params)
+    master = opt._engines[0].flat_params
+    expect = onebit._onebit.reference_run("onebit-adam", options, sc.SIZES, p0.float(), grads.float())[0]
+    assert torch.equal(master, expect)
+    assert torch.equal(sc.cat(params), expect.to(dtype).float())
+    assert "master_params" in opt.state_dict()["onebit"][0]["tensors"]
+
+
+def test_parameters_and_gradients_are_views_of_the_flat_buffers():
+    model = sc.mlp()
+    opt = onebit.Lamb(model.parameters())
+    flat, grads = opt._engines[0].flat_params, opt._engines[0].flat_grads
+    w = model[0].weight
+    assert w.data_ptr() == flat.data_ptr() and w.grad.data_ptr() == grads.data_ptr()
+    model(torch.randn(4, 8)).sum().backward()
+    assert w.grad.data_ptr() == grads.data_ptr() and grads.abs().sum() > 0
+    opt.zero_grad()
+    assert w.grad.data_ptr() == grads.data_ptr() and grads.abs().sum() == 0
+    w.grad = None  # counts as a zero gradient, and the view comes back
+    opt.step()
+    assert w.grad.data_ptr() == grads.data_ptr()
+
+
+def test_momentum_mask_keeps_masked_elements_still_in_the_compression_stage():
+    params = sc.make_params(sc.initial_params())
+    mask = torch.ones(130)
+    mask[40:] = 0
+    opt = onebit.OnebitLamb(params, lr=0.01, freeze_step=1, momentum_masks={params[3]: mask})
+    grads = sc.gradients(1, 4, exact_steps=0)
+    run(opt, params, grads, 1)
+    after_warmup = params[3].detach().clone()
+    run(opt, params, grads[:, 1:], 3)
+    assert torch.equal(params[3][40:], after_warmup[40:])  # zero momentum, no weight decay
+    assert not torch.equal(params[3][:40], after_warmup[:40])
+    with pytest.raises(onebit.Error):
+        opt.set_momentum_mask(params[0], torch.ones(3))
+    adam_params = sc.make_params(sc.initial_params())
+    with pytest.raises(onebit.Error, match="OnebitLamb"):
+        onebit.OnebitAdam(adam_params, freeze_step=1).set_momentum_mask(adam_params[0], torch.ones(37))
+
+
+def test_lr_schedulers_drive_the_learning_rate():
+    grads = sc.gradients(1, 5, exact_steps=0)
+    a, b, c = (sc.make_params(sc.initial_params()) for _ in range(3))
+    oa = onebit.OnebitLamb(a, lr=0.01, freeze_step=2)
+    sched = torch.optim.lr_scheduler.StepLR(oa, step_size=1, gamma=0.5)
+    ob = onebit.OnebitLamb(b, lr=0.01, freeze_step=2)
+    oc = onebit.OnebitLamb(c, lr=0.01, freeze_step=2)
+    for s in range(5):
+        for params, opt in ((a, oa), (b, ob), (c, oc)):
+            sc.set_grads(params, grads[0, s])
+        ob.param_groups[0]["lr"] = 0.01 * 0.5 ** s
+        oa.step(), ob.step(), oc.step()
+        sched.step()
+    assert torch.equal(sc.cat(a), sc.cat(b))
+    assert not torch.equal(sc.cat(a), sc.cat(c))
+
+
+def test_parameter_groups_have_their_own_settings():
+    model = sc.mlp()
+    opt = onebit.OnebitLamb([{"params": model[0].parameters(), "lr": 0.1},
+                             {"params": model[2].parameters(), "weight_decay": 0.1}], lr=0.01, freeze_step=2)
+    assert len(opt._engines) == 2
+    for _ in range(4):
+        opt.zero_grad()
+        model(torch.randn(16, 8)).pow(2).mean().backward()
+        opt.step()
+    assert not opt.in_warmup
+    with pytest.raises(RuntimeError):
+        opt.add_param_group({"params": [torch.nn.Parameter(torch.zeros(2))]})
+
+
+def test_closure_loss_is_returned():
+    model = sc.mlp()
+    opt = onebit.OnebitAdam(model.parameters(), freeze_step=1)
+    x = torch.randn(8, 8)
+
+    def closure():
+        opt.zero_grad()
+        loss = model(x).pow(2).mean()
+        loss.backward()
+        return loss
+
+    assert float(opt.step(closure)) > 0
+
+
+def test_state_dict_survives_torch_save_and_checks_what_it_is_loaded_into():
+    grads = sc.gradients(1, 5, exact_steps=0)
+    params = sc.make_params(sc.initial_params())
+    opt = onebit.OnebitLamb(params, lr=0.01, freeze_step=2)
+    run(opt, params, grads, 3)
+    buf = io.BytesIO()
+    torch.save(opt.state_dict(), buf)
+    buf.seek(0)
+    sd = torch.load(buf)
+    assert set(sd["onebit"][0]["tensors"]) >= {"m", "v", "v_fresh", "worker_error", "server_error", "k"}
+    assert sd["onebit"][0]["counters"]["step"] == 3
+
+    other = sc.make_params(sc.initial_params())
+    with pytest.raises(ValueError, match="freeze_step"):
+        onebit.OnebitLamb(other, lr=0.01, freeze_step=3).load_state_dict(sd)
+    wrong_rank = dict(sd, onebit=[dict(sd["onebit"][0], rank=1)])
+    with pytest.raises(ValueError, match="rank 1"):
+        onebit.OnebitLamb(sc.make_params(sc.initial_params()), freeze_step=2).load_state_dict(wrong_rank)
+    with pytest.raises(ValueError, match="onebit-lamb"):
+        onebit.OnebitAdam(sc.make_params(sc.initial_params()), freeze_step=2).load_state_dict(sd)
+    fresh = sc.make_params(sc.initial_params())
+    resumed = onebit.OnebitLamb(fresh, lr=0.5, freeze_step=2)
+    resumed.load_state_dict(sd)
+    assert resumed.param_groups[0]["lr"] == 0.01 and not resumed.in_warmup
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(betas=(1.0, 0.999)), "beta1"),
+    (dict(lr=-1.0), "lr"),
+    (dict(eps=0.0), "eps"),
+    (dict(freeze_step=0), "freeze_step"),
+    (dict(factor_min=5.0), "factor_min"),
+])
+def test_bad_settings_are_named(kwargs, match):
+    options = dict(freeze_step=2)
+    options.update(kwargs)
+    with pytest.raises(onebit.Error, match=match):
+        onebit.OnebitLamb(sc.make_params(sc.initial_params()), **options)
+
+
+def test_freeze_step_is_required():
+    with pytest.raises(ValueError, match="freeze_step is required"):
+        onebit.OnebitLamb(sc.make_params(sc.initial_params()))
+    with pytest.raises(ValueError, match="freeze_step is required"):
+        onebit.OnebitAdam(sc.make_params(sc.initial_params()))
+
+
+def test_the_example_trains_on_two_processes():
+    example = os.path.join(os.path.dirname(__file__), "..", "..", "examples", "train_onebit_lamb.py")
+    out = subprocess.run([sys.executable, example, "--world-size", "2", "--steps", "60"], capture_output=True,
+                         text=True, timeout=300)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "held-out loss" in out.stdout

@@ -1,0 +1,38 @@
+// The one place where torch versions differ for onebit (1.13 on Debian, 2.x on the GPU machines):
+// c10d headers, the Work type, and how a ProcessGroup is found behind a Python object.
+#pragma once
+#include <torch/version.h>
+
+#include <chrono>
+#include <string>
+
+#include <torch/csrc/distributed/c10d/ProcessGroup.hpp>
+#include <torch/csrc/distributed/c10d/Types.hpp>
+#include <torch/csrc/distributed/c10d/Work.hpp>
+
+namespace onebit::c10d_compat {
+
+// 1.13 and 2.x both name it c10d::Work (before 1.13 it was c10d::ProcessGroup::Work).
+using Work = ::c10d::Work;
+using ProcessGroupPtr = c10::intrusive_ptr<::c10d::ProcessGroup>;
+
+inline constexpr int kTorchMajor = TORCH_VERSION_MAJOR;
+inline constexpr int kTorchMinor = TORCH_VERSION_MINOR;
+
+// Work::wait(timeout) throws (1.13: "Operation timed out!") or returns false past the deadline,
+// depending on the version and backend; both become `false` here.
+inline bool wait(Work& work, std::chrono::milliseconds timeout) {
+  return work.wait(timeout);
+}
+
+// The backend's own name ("gloo", "nccl", ...). In 2.x a ProcessGroup wraps per-device backends and
+// getBackendName() names the default one; 1.13's ProcessGroupGloo answers itself.
+inline std::string backend_name(const ::c10d::ProcessGroup& pg) { return pg.getBackendName(); }
+
+// A ProcessGroup reached through a raw pointer that Python owns (pybind11 gives the pointer, the
+// holder type differs between versions); the returned pointer holds its own reference.
+inline ProcessGroupPtr adopt(::c10d::ProcessGroup* pg) {
+  return ProcessGroupPtr::reclaim_copy(pg);
+}
+
+}  // namespace onebit::c10d_compat

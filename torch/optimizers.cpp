@@ -1,0 +1,161 @@
+// TorchLamb, TorchOnebitLamb, TorchOnebitAdam: torch::optim optimizers whose step is onebit's core
+// optimizer on the flat buffers, with the complete state in torch serialization.
+#include <ATen/ATen.h>
+#include <torch/csrc/autograd/grad_mode.h>
+
+#include <sstream>
+
+#include "onebit/error.hpp"
+#include "onebit/torch_c10d.hpp"
+#include "onebit/torch_optimizers.hpp"
+
+namespace onebit {
+namespace {
+
+constexpr const char* kMaster = "master_params";
+
+std::string join(const std::vector<std::string>& names) {
+  std::string s;
+  for (const auto& n : names) s += (s.empty() ? "" : ",") + n;
+  return s;
+}
+
+std::vector<std::string> split(const std::string& s) {
+  std::vector<std::string> out;
+  std::stringstream in(s);
+  for (std::string item; std::getline(in, item, ',');)
+    if (!item.empty()) out.push_back(item);
+  return out;
+}
+
+std::string read_string(torch::serialize::InputArchive& archive, const std::string& key) {
+  c10::IValue v;
+  ONEBIT_CHECK(archive.try_read(key, v) && v.isString(),
+               "onebit torch optimizer load: the archive has no '" << key << "'");
+  return v.toStringRef();
+}
+
+}  // namespace
+
+TorchOptimizer::TorchOptimizer(std::vector<at::Tensor> params, double lr,
+                               std::shared_ptr<Communicator> comm)
+    : torch::optim::Optimizer(params, std::make_unique<TorchOnebitOptions>(lr)),
+      comm_(comm ? std::move(comm) : std::shared_ptr<Communicator>(make_single_rank_communicator())),
+      flat_(std::move(params)) {}
+
+at::Tensor TorchOptimizer::step(LossClosure closure) {
+  at::Tensor loss;
+  if (closure) {
+    at::AutoGradMode grad_mode(true);
+    loss = closure();
+  }
+  at::NoGradGuard no_grad;
+  flat_.gather_grads();
+  core_->set_lr(static_cast<float>(param_groups().front().options().get_lr()));
+  last_applied_ = core_->step(flat_.param_span(), flat_.grad_span());
+  if (last_applied_) flat_.write_back();
+  return loss;
+}
+
+void TorchOptimizer::zero_grad(bool /*set_to_none*/) { flat_.zero_grad(); }
+
+OptimizerState TorchOptimizer::state() const {
+  OptimizerState s = core_->state();
+  // Parameters that are not views keep fp16/bf16 (or device) copies; their exact fp32 weights
+  // live only here, so a resume needs them.
+  if (!flat_.all_views()) {
+    const float* p = flat_.params().data_ptr<float>();
+    s.tensors[kMaster].assign(p, p + flat_.layout().total());
+  }
+  return s;
+}
+
+void TorchOptimizer::load_state(const OptimizerState& s) {
+  OptimizerState core_state = s;
+  auto master = core_state.tensors.find(kMaster);
+  if (master != core_state.tensors.end()) {
+    ONEBIT_CHECK(master->second.size() == flat_.layout().total(),
+                 core_->name() << " load_state: '" << kMaster << "' has " << master->second.size()
+                               << " elements, the parameters " << flat_.layout().total());
+    std::vector<float> weights = std::move(master->second);
+    core_state.tensors.erase(master);
+    core_->load_state(core_state);
+    std::copy(weights.begin(), weights.end(), flat_.param_span().begin());
+    flat_.write_back();
+  } else {
+    core_->load_state(core_state);
+  }
+}
+
+void TorchOptimizer::save(torch::serialize::OutputArchive& archive) const {
+  const OptimizerState s = state();
+  std::vector<std::string> tensor_names, counter_names;
+  archive.write("onebit_kind", c10::IValue(core_->name()));
+  for (const auto& [name, values] : s.tensors) {
+    tensor_names.push_back(name);
+    at::Tensor t = at::empty({static_cast<int64_t>(values.size())}, at::TensorOptions().dtype(at::kFloat));
+    std::copy(values.begin(), values.end(), t.data_ptr<float>());
+    archive.write("onebit_t_" + name, t, /*is_buffer=*/true);
+  }
+  for (const auto& [name, value] : s.counters) {
+    counter_names.push_back(name);
+    archive.write("onebit_c_" + name, at::scalar_tensor(value, at::TensorOptions().dtype(at::kLong)),
+                  /*is_buffer=*/true);
+  }
+  archive.write("onebit_tensor_names", c10::IValue(join(tensor_names)));
+  archive.write("onebit_counter_names", c10::IValue(join(counter_names)));
+}
+
+void TorchOptimizer::load(torch::serialize::InputArchive& archive) {
+  const std::string kind = read_string(archive, "onebit_kind");
+  ONEBIT_CHECK(kind == core_->name(), core_->name() << " load on rank " << comm_->rank()
+                                                    << ": the archive holds a " << kind << " state");
+  OptimizerState s;
+  for (const auto& name : split(read_string(archive, "onebit_tensor_names"))) {
+    at::Tensor t;
+    archive.read("onebit_t_" + name, t, /*is_buffer=*/true);
+    t = t.to(at::kFloat).contiguous();
+    s.tensors[name].assign(t.data_ptr<float>(), t.data_ptr<float>() + t.numel());
+  }
+  for (const auto& name : split(read_string(archive, "onebit_counter_names"))) {
+    at::Tensor t;
+    archive.read("onebit_c_" + name, t, /*is_buffer=*/true);
+    s.counters[name] = t.item<int64_t>();
+  }
+  load_state(s);
+}
+
+TorchLamb::TorchLamb(std::vector<at::Tensor> params, LambOptions options, std::shared_ptr<Communicator> comm)
+    : TorchOptimizer(std::move(params), options.lr, std::move(comm)) {
+  set_core(std::make_unique<Lamb>(flat_.layout(), *comm_, options));
+}
+
+TorchOnebitLamb::TorchOnebitLamb(std::vector<at::Tensor> params, OnebitLambOptions options,
+                                 std::shared_ptr<Communicator> comm)
+    : TorchOptimizer(std::move(params), options.lr, std::move(comm)) {
+  set_core(std::make_unique<OnebitLamb>(flat_.layout(), *comm_, options));
+}
+
+void TorchOnebitLamb::set_momentum_mask(size_t index, const at::Tensor& mask) {
+  auto& core = static_cast<OnebitLamb&>(*core_);
+  ONEBIT_CHECK(index < flat_.tensors().size(),
+               "onebit-lamb set_momentum_mask: no parameter " << index << " (there are "
+                                                              << flat_.tensors().size() << ")");
+  if (!mask.defined()) {
+    core.set_momentum_mask(index, {});
+    return;
+  }
+  ONEBIT_CHECK(mask.numel() == flat_.tensors()[index].numel(),
+               "onebit-lamb set_momentum_mask: the mask for parameter " << index << " has " << mask.numel()
+                   << " elements, the parameter " << flat_.tensors()[index].numel());
+  at::Tensor m = mask.detach().to(at::kCPU, at::kFloat).contiguous().reshape({-1});
+  core.set_momentum_mask(index, {m.data_ptr<float>(), static_cast<size_t>(m.numel())});
+}
+
+TorchOnebitAdam::TorchOnebitAdam(std::vector<at::Tensor> params, OnebitAdamOptions options,
+                                 std::shared_ptr<Communicator> comm)
+    : TorchOptimizer(std::move(params), options.lr, std::move(comm)) {
+  set_core(std::make_unique<OnebitAdam>(flat_.layout(), *comm_, options));
+}
+
+}  // namespace onebit

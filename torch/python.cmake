@@ -1,0 +1,90 @@
+# The Python module `onebit`: the pybind11 extension onebit._onebit, built for ONEBIT_PYTHON (the
+# interpreter that imports torch), staged with the pure-Python package in <build>/python, installed
+# with `cmake --install <build> --component python`.
+set(Python3_EXECUTABLE "${ONEBIT_PYTHON}")
+find_package(Python3 COMPONENTS Interpreter Development.Module)
+# Prefer the pybind11 that torch ships (pip wheels), so the extension shares pybind11's type
+# registry with torch._C; Debian's torch uses the system pybind11 under /usr/include.
+execute_process(COMMAND "${ONEBIT_PYTHON}" -c "import pybind11; print(pybind11.get_include())"
+                WORKING_DIRECTORY "${PROJECT_BINARY_DIR}" OUTPUT_VARIABLE _onebit_pybind11_hint OUTPUT_STRIP_TRAILING_WHITESPACE ERROR_QUIET)
+find_path(ONEBIT_PYBIND11_INCLUDE pybind11/pybind11.h HINTS ${TORCH_INCLUDE_DIRS} ${_onebit_pybind11_hint})
+# torch._C's pybind11 ABI tags: the extension must use the same to see torch's ProcessGroup type
+# (torch.utils.cpp_extension passes these three to every extension for the same reason).
+execute_process(COMMAND "${ONEBIT_PYTHON}" -c
+                "import torch; c = torch._C; print(';'.join([c._PYBIND11_COMPILER_TYPE, c._PYBIND11_STDLIB, c._PYBIND11_BUILD_ABI]))"
+                WORKING_DIRECTORY "${PROJECT_BINARY_DIR}" OUTPUT_VARIABLE _onebit_pybind11_abi
+                OUTPUT_STRIP_TRAILING_WHITESPACE ERROR_QUIET)
+find_library(ONEBIT_TORCH_PYTHON_LIBRARY torch_python HINTS "${TORCH_INSTALL_PREFIX}/lib")
+
+if(NOT Python3_Development.Module_FOUND OR NOT ONEBIT_PYBIND11_INCLUDE OR NOT ONEBIT_TORCH_PYTHON_LIBRARY)
+  set(_onebit_py_missing "the Python module needs Python headers for ${ONEBIT_PYTHON} "
+      "(${Python3_Development.Module_FOUND}), pybind11 (${ONEBIT_PYBIND11_INCLUDE}) and libtorch_python "
+      "(${ONEBIT_TORCH_PYTHON_LIBRARY}); on Debian: apt-get install python3-dev pybind11-dev python3-torch")
+  string(TOUPPER "${ONEBIT_WITH_TORCH}" _onebit_torch_mode)
+  if(_onebit_torch_mode STREQUAL "ON")
+    message(FATAL_ERROR "ONEBIT_WITH_TORCH=ON: " ${_onebit_py_missing})
+  endif()
+  message(WARNING "ONEBIT_WITH_TORCH=AUTO builds libtorch C++ only: " ${_onebit_py_missing})
+  return()
+endif()
+
+set(ONEBIT_PYTHON_STAGE "${PROJECT_BINARY_DIR}/python")
+Python3_add_library(onebit_python MODULE WITH_SOABI python_module.cpp)
+target_include_directories(onebit_python SYSTEM PRIVATE ${ONEBIT_PYBIND11_INCLUDE})
+target_link_libraries(onebit_python PRIVATE onebit_torch ${ONEBIT_TORCH_PYTHON_LIBRARY})
+target_compile_options(onebit_python PRIVATE ${ONEBIT_WARNINGS})
+list(LENGTH _onebit_pybind11_abi _onebit_abi_parts)
+if(_onebit_abi_parts EQUAL 3)
+  list(GET _onebit_pybind11_abi 0 _compiler)
+  list(GET _onebit_pybind11_abi 1 _stdlib)
+  list(GET _onebit_pybind11_abi 2 _abi)
+  target_compile_definitions(onebit_python PRIVATE PYBIND11_COMPILER_TYPE="${_compiler}"
+                             PYBIND11_STDLIB="${_stdlib}" PYBIND11_BUILD_ABI="${_abi}")
+endif()
+set_target_properties(onebit_python PROPERTIES
+  OUTPUT_NAME _onebit
+  LIBRARY_OUTPUT_DIRECTORY "${ONEBIT_PYTHON_STAGE}/onebit"
+  CXX_VISIBILITY_PRESET hidden
+  INSTALL_RPATH_USE_LINK_PATH TRUE)
+
+# The pure-Python files, copied beside the extension on every build.
+file(GLOB ONEBIT_PY_FILES CONFIGURE_DEPENDS "${PROJECT_SOURCE_DIR}/python/onebit/*.py")
+add_custom_target(onebit_python_files ALL
+  COMMAND ${CMAKE_COMMAND} -E make_directory "${ONEBIT_PYTHON_STAGE}/onebit"
+  COMMAND ${CMAKE_COMMAND} -E copy_if_different ${ONEBIT_PY_FILES} "${ONEBIT_PYTHON_STAGE}/onebit/"
+  DEPENDS ${ONEBIT_PY_FILES}
+  COMMENT "Staging the onebit Python package in ${ONEBIT_PYTHON_STAGE}")
+add_dependencies(onebit_python onebit_python_files)
+
+# Where `cmake --install` puts the package: the interpreter's own site directory for local
+# installs (Debian: /usr/local/lib/python3.X/dist-packages, on sys.path from any directory).
+execute_process(COMMAND "${ONEBIT_PYTHON}" -c "import sysconfig; print(sysconfig.get_path('platlib'))"
+                WORKING_DIRECTORY "${PROJECT_BINARY_DIR}" OUTPUT_VARIABLE _onebit_site OUTPUT_STRIP_TRAILING_WHITESPACE)
+set(ONEBIT_PYTHON_INSTALL_DIR "${_onebit_site}" CACHE PATH "Where the onebit Python package is installed")
+install(TARGETS onebit_python LIBRARY DESTINATION "${ONEBIT_PYTHON_INSTALL_DIR}/onebit" COMPONENT python)
+install(FILES ${ONEBIT_PY_FILES} DESTINATION "${ONEBIT_PYTHON_INSTALL_DIR}/onebit" COMPONENT python)
+
+if(ONEBIT_BUILD_TESTS)
+  # The pytest suite against the staged package, cut into a few ctest tests so ctest -j runs them
+  # side by side; each pytest run has its own timeout and so does every wait inside it.
+  set(_onebit_pytests
+      "single_process|test_single_process.py|"
+      "collectives|test_distributed.py|collectives or missing_rank or nan"
+      "warmup|test_distributed.py|warmup"
+      "compression|test_distributed.py|equals_the_core"
+      "resume|test_distributed.py|resumes"
+      "training|test_distributed.py|training")
+  foreach(_entry IN LISTS _onebit_pytests)
+    string(REPLACE "|" ";" _parts "${_entry}")
+    list(GET _parts 0 _name)
+    list(GET _parts 1 _file)
+    list(GET _parts 2 _filter)
+    set(_args -m pytest -q -p no:cacheprovider "${PROJECT_SOURCE_DIR}/python/tests/${_file}")
+    if(_filter)
+      list(APPEND _args -k "${_filter}")
+    endif()
+    add_test(NAME onebit_pytest_${_name} COMMAND "${ONEBIT_PYTHON}" ${_args})
+    set_tests_properties(onebit_pytest_${_name} PROPERTIES
+      ENVIRONMENT "PYTHONPATH=${ONEBIT_PYTHON_STAGE}" TIMEOUT 900 LABELS python)
+  endforeach()
+endif()

@@ -1,0 +1,273 @@
+// The extension onebit._onebit: communicators (c10d or single rank), the torch optimizers the
+// Python classes drive, and a reference run of the core over in-process ranks for the tests.
+#include <torch/csrc/utils/pybind.h>
+
+#include <pybind11/stl.h>
+
+#include <chrono>
+#include <functional>
+#include <set>
+
+#include "c10d_compat.hpp"
+#include "onebit/error.hpp"
+#include "onebit/local_comm.hpp"
+#include "onebit/torch_c10d.hpp"
+#include "onebit/torch_optimizers.hpp"
+
+namespace py = pybind11;
+using onebit::Communicator;
+using onebit::TorchOptimizer;
+
+namespace {
+
+// Options arrive as a dict with the core's names (the Python classes split betas into beta1/2).
+class OptionReader {
+ public:
+  OptionReader(const py::dict& d, std::string who) : d_(d), who_(std::move(who)) {}
+  template <class T>
+  void get(const char* key, T& into) {
+    used_.insert(key);
+    if (d_.contains(key) && !d_[key].is_none()) into = d_[key].cast<T>();
+  }
+  void finish() const {
+    for (auto item : d_) {
+      const auto key = item.first.cast<std::string>();
+      ONEBIT_CHECK(used_.count(key), who_ << ": unknown option '" << key << "'");
+    }
+  }
+
+ private:
+  const py::dict& d_;
+  std::string who_;
+  std::set<std::string> used_;
+};
+
+template <class O>
+void read_lamb_like(OptionReader& r, O& o) {
+  r.get("lr", o.lr);
+  r.get("beta1", o.beta1);
+  r.get("beta2", o.beta2);
+  r.get("eps", o.eps);
+  r.get("weight_decay", o.weight_decay);
+  r.get("threads", o.threads);
+}
+
+onebit::LambOptions lamb_options(const py::dict& d) {
+  onebit::LambOptions o;
+  OptionReader r(d, "lamb");
+  read_lamb_like(r, o);
+  r.get("max_coeff", o.max_coeff);
+  r.get("min_coeff", o.min_coeff);
+  r.finish();
+  return o;
+}
+
+onebit::OnebitLambOptions onebit_lamb_options(const py::dict& d) {
+  onebit::OnebitLambOptions o;
+  OptionReader r(d, "onebit-lamb");
+  read_lamb_like(r, o);
+  r.get("max_coeff", o.max_coeff);
+  r.get("min_coeff", o.min_coeff);
+  r.get("freeze_step", o.freeze_step);
+  r.get("coeff_beta", o.coeff_beta);
+  r.get("factor_max", o.factor_max);
+  r.get("factor_min", o.factor_min);
+  r.get("factor_threshold", o.factor_threshold);
+  r.finish();
+  return o;
+}
+
+onebit::OnebitAdamOptions onebit_adam_options(const py::dict& d) {
+  onebit::OnebitAdamOptions o;
+  OptionReader r(d, "onebit-adam");
+  read_lamb_like(r, o);
+  r.get("freeze_step", o.freeze_step);
+  r.finish();
+  return o;
+}
+
+std::shared_ptr<TorchOptimizer> make_optimizer(const std::string& kind, std::vector<at::Tensor> params,
+                                               const py::dict& options, std::shared_ptr<Communicator> comm) {
+  if (kind == "lamb") return std::make_shared<onebit::TorchLamb>(std::move(params), lamb_options(options), comm);
+  if (kind == "onebit-lamb")
+    return std::make_shared<onebit::TorchOnebitLamb>(std::move(params), onebit_lamb_options(options), comm);
+  if (kind == "onebit-adam")
+    return std::make_shared<onebit::TorchOnebitAdam>(std::move(params), onebit_adam_options(options), comm);
+  throw onebit::Error("onebit: unknown optimizer kind '" + kind + "' (lamb, onebit-lamb, onebit-adam)");
+}
+
+// Parses the options now (Python objects need the GIL) and returns a factory the rank threads call.
+std::function<std::unique_ptr<onebit::Optimizer>(const onebit::FlatLayout&, Communicator&)> core_factory(
+    const std::string& kind, const py::dict& options) {
+  if (kind == "lamb")
+    return [o = lamb_options(options)](const onebit::FlatLayout& l, Communicator& c) {
+      return std::unique_ptr<onebit::Optimizer>(std::make_unique<onebit::Lamb>(l, c, o));
+    };
+  if (kind == "onebit-lamb")
+    return [o = onebit_lamb_options(options)](const onebit::FlatLayout& l, Communicator& c) {
+      return std::unique_ptr<onebit::Optimizer>(std::make_unique<onebit::OnebitLamb>(l, c, o));
+    };
+  if (kind == "onebit-adam")
+    return [o = onebit_adam_options(options)](const onebit::FlatLayout& l, Communicator& c) {
+      return std::unique_ptr<onebit::Optimizer>(std::make_unique<onebit::OnebitAdam>(l, c, o));
+    };
+  throw onebit::Error("onebit: unknown optimizer kind '" + kind + "'");
+}
+
+// A tensor's bytes, for the raw collectives the tests drive.
+std::span<std::byte> bytes_of(const at::Tensor& t, const char* what) {
+  ONEBIT_CHECK(t.device().is_cpu() && t.is_contiguous(), "onebit communicator: " << what
+                                                          << " must be a contiguous CPU tensor");
+  return {static_cast<std::byte*>(t.data_ptr()), t.nbytes()};
+}
+
+std::shared_ptr<Communicator> c10d_communicator(const py::object& group, double timeout_s,
+                                                const std::string& device) {
+  ::c10d::ProcessGroup* pg = nullptr;
+  try {
+    pg = group.cast<::c10d::ProcessGroup*>();
+  } catch (const py::cast_error&) {
+    throw onebit::Error("onebit: process_group must be a torch.distributed ProcessGroup, got " +
+                        py::str(py::type::handle_of(group)).cast<std::string>() +
+                        " (or this extension was built against another torch than the one imported)");
+  }
+  std::shared_ptr<Communicator> comm =
+      onebit::make_c10d_communicator(onebit::c10d_compat::adopt(pg), c10::Device(device));
+  comm->set_timeout(std::chrono::milliseconds(static_cast<int64_t>(timeout_s * 1000)));
+  return comm;
+}
+
+// The core optimizer on `world` in-process ranks: rank p starts from params0 and steps with
+// grads[p][s]; returns every rank's final parameters ([world, N]).
+at::Tensor reference_run(const std::string& kind, const py::dict& options, std::vector<size_t> sizes,
+                         const at::Tensor& params0, const at::Tensor& grads) {
+  const onebit::FlatLayout layout(sizes);
+  const auto N = static_cast<int64_t>(layout.total());
+  ONEBIT_CHECK(grads.dim() == 3 && grads.size(2) == N && params0.numel() == N,
+               "reference_run: grads must be [world, steps, N] and params0 [N] with N = " << N);
+  const at::Tensor g = grads.to(at::kFloat).contiguous();
+  const at::Tensor w0 = params0.to(at::kFloat).contiguous();
+  const int world = static_cast<int>(g.size(0));
+  const int64_t steps = g.size(1);
+  at::Tensor out = at::empty({world, N}, at::TensorOptions().dtype(at::kFloat));
+  const auto make = core_factory(kind, options);
+  {
+    py::gil_scoped_release release;
+    onebit::run_local(world, [&](Communicator& comm) {
+      std::unique_ptr<onebit::Optimizer> core = make(layout, comm);
+      const int r = comm.rank();
+      std::vector<float> w(w0.data_ptr<float>(), w0.data_ptr<float>() + N), gr(static_cast<size_t>(N));
+      for (int64_t s = 0; s < steps; ++s) {
+        const float* src = g.data_ptr<float>() + (r * steps + s) * N;
+        std::copy(src, src + N, gr.begin());
+        core->step(w, gr);
+      }
+      std::copy(w.begin(), w.end(), out.data_ptr<float>() + r * N);
+    });
+  }
+  return out;
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_onebit, m) {
+  m.doc() = "onebit: 1-bit LAMB / 1-bit Adam over torch.distributed (the compiled part)";
+  py::register_exception<onebit::Error>(m, "Error", PyExc_RuntimeError);
+  m.attr("torch_version_built") = std::to_string(onebit::c10d_compat::kTorchMajor) + "." +
+                                  std::to_string(onebit::c10d_compat::kTorchMinor);
+
+  py::class_<Communicator, std::shared_ptr<Communicator>>(m, "Communicator")
+      .def_property_readonly("rank", &Communicator::rank)
+      .def_property_readonly("size", &Communicator::size)
+      .def_property_readonly("backend", &Communicator::backend)
+      .def_property("timeout", [](const Communicator& c) { return c.timeout().count() / 1000.0; },
+                    [](Communicator& c, double s) {
+                      c.set_timeout(std::chrono::milliseconds(static_cast<int64_t>(s * 1000)));
+                    })
+      .def("stats", [](const Communicator& c) {
+        const auto& s = c.stats();
+        py::dict d;
+        d["bytes_sent"] = s.bytes_sent;
+        d["bytes_received"] = s.bytes_received;
+        d["calls"] = s.calls;
+        d["seconds"] = s.seconds;
+        return d;
+      })
+      .def("reset_stats", &Communicator::reset_stats)
+      .def("allreduce_sum", [](Communicator& c, const at::Tensor& t) {
+        ONEBIT_CHECK(t.scalar_type() == at::kFloat, "allreduce_sum: the tensor must be float32");
+        auto b = bytes_of(t, "allreduce_sum's tensor");
+        py::gil_scoped_release release;
+        c.allreduce_sum({reinterpret_cast<float*>(b.data()), b.size() / sizeof(float)});
+      })
+      .def("alltoall", [](Communicator& c, const at::Tensor& send, const at::Tensor& recv) {
+        auto s = bytes_of(send, "send"), r = bytes_of(recv, "recv");
+        py::gil_scoped_release release;
+        c.alltoall(s, r);
+      })
+      .def("allgather", [](Communicator& c, const at::Tensor& send, const at::Tensor& recv) {
+        auto s = bytes_of(send, "send"), r = bytes_of(recv, "recv");
+        py::gil_scoped_release release;
+        c.allgather(s, r);
+      })
+      .def("broadcast", [](Communicator& c, const at::Tensor& t, int root) {
+        auto b = bytes_of(t, "broadcast's tensor");
+        py::gil_scoped_release release;
+        c.broadcast(b, root);
+      })
+      .def("barrier", [](Communicator& c) {
+        py::gil_scoped_release release;
+        c.barrier();
+      });
+
+  m.def("c10d_communicator", &c10d_communicator, py::arg("group"), py::arg("timeout") = 300.0,
+        py::arg("device") = "cpu", "The Communicator over a torch.distributed ProcessGroup.");
+  m.def("single_rank_communicator", [] { return std::shared_ptr<Communicator>(onebit::make_single_rank_communicator()); });
+
+  py::class_<TorchOptimizer, std::shared_ptr<TorchOptimizer>>(m, "Engine")
+      .def(py::init(&make_optimizer), py::arg("kind"), py::arg("params"), py::arg("options"), py::arg("comm"))
+      .def("step", [](TorchOptimizer& o) {
+        py::gil_scoped_release release;
+        o.step();
+        return o.last_step_applied();
+      })
+      .def("zero_grad", [](TorchOptimizer& o) { o.zero_grad(); })
+      .def("set_lr", [](TorchOptimizer& o, double lr) { o.param_groups().front().options().set_lr(lr); })
+      .def_property_readonly("name", [](const TorchOptimizer& o) { return o.core().name(); })
+      .def_property_readonly("steps", [](const TorchOptimizer& o) { return o.core().steps(); })
+      .def_property_readonly("skipped", [](const TorchOptimizer& o) { return o.core().skipped(); })
+      .def_property_readonly("in_warmup", [](const TorchOptimizer& o) { return o.core().in_warmup(); })
+      .def_property_readonly("flat_params", [](TorchOptimizer& o) { return o.flat().params(); })
+      .def_property_readonly("flat_grads", [](TorchOptimizer& o) { return o.flat().grads(); })
+      .def("is_view", [](TorchOptimizer& o, size_t i) { return o.flat().is_view(i); })
+      .def("set_momentum_mask", [](TorchOptimizer& o, size_t i, const c10::optional<at::Tensor>& mask) {
+        auto* lamb = dynamic_cast<onebit::TorchOnebitLamb*>(&o);
+        ONEBIT_CHECK(lamb, o.core().name() << ": momentum masks are an OnebitLamb option (spec §4)");
+        lamb->set_momentum_mask(i, mask ? *mask : at::Tensor());
+      })
+      .def("state", [](const TorchOptimizer& o) {
+        const onebit::OptimizerState s = o.state();
+        py::dict tensors, counters;
+        for (const auto& [k, v] : s.tensors) {
+          at::Tensor t = at::empty({static_cast<int64_t>(v.size())}, at::TensorOptions().dtype(at::kFloat));
+          std::copy(v.begin(), v.end(), t.data_ptr<float>());
+          tensors[py::str(k)] = t;
+        }
+        for (const auto& [k, v] : s.counters) counters[py::str(k)] = v;
+        return py::make_tuple(tensors, counters);
+      })
+      .def("load_state", [](TorchOptimizer& o, const std::map<std::string, at::Tensor>& tensors,
+                            const std::map<std::string, int64_t>& counters) {
+        onebit::OptimizerState s;
+        for (const auto& [k, t] : tensors) {
+          at::Tensor c = t.detach().to(at::kCPU, at::kFloat).contiguous().reshape({-1});
+          s.tensors[k].assign(c.data_ptr<float>(), c.data_ptr<float>() + c.numel());
+        }
+        s.counters = counters;
+        o.load_state(s);
+      });
+
+  m.def("reference_run", &reference_run, py::arg("kind"), py::arg("options"), py::arg("sizes"),
+        py::arg("params0"), py::arg("grads"),
+        "The core optimizer on in-process ranks (the local backend): [world, N] final parameters.");
+}
