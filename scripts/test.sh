@@ -7,7 +7,9 @@ cd "$(dirname "$0")/.."
 ONEBIT_WERROR=ON scripts/setup.sh
 # OpenMPI refuses root unless told; CI runs as root.
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
-ctest --test-dir build --output-on-failure --timeout 600 -j2
+LOGS=build/test-logs
+mkdir -p "$LOGS"
+ctest --test-dir build --output-on-failure --timeout 600 -j2 | tee "$LOGS/main.log"
 
 echo "== core tests under AddressSanitizer + UndefinedBehaviorSanitizer =="
 CC=clang CXX=clang++ cmake -S . -B build-san -DCMAKE_BUILD_TYPE=RelWithDebInfo \
@@ -15,9 +17,14 @@ CC=clang CXX=clang++ cmake -S . -B build-san -DCMAKE_BUILD_TYPE=RelWithDebInfo \
   -DONEBIT_WITH_TORCH=OFF -DONEBIT_WITH_CUDA=OFF -DONEBIT_WITH_NCCL=OFF >/dev/null
 cmake --build build-san -j"$(nproc)" --target onebit_kernels_test onebit_comm_test onebit_optim_test \
   onebit_checkpoint_test onebit_checkpoint_fuzz
-ctest --test-dir build-san --output-on-failure --timeout 900 -j2 -L core
+ctest --test-dir build-san --output-on-failure --timeout 900 -j2 -L core | tee "$LOGS/sanitized.log"
 
 echo "== checkpoint reader fuzzer, ${ONEBIT_FUZZ_SECONDS:-60} s =="
 mkdir -p build-san/fuzz-corpus
 build-san/optim/onebit_checkpoint_fuzz -max_total_time="${ONEBIT_FUZZ_SECONDS:-60}" -max_len=4096 \
   build-san/fuzz-corpus 2>&1 | tail -n 3
+
+# One closing line over both ctest runs (set -o pipefail has already stopped on any failure).
+total=$(grep -ho 'tests failed out of [0-9]*' "$LOGS/main.log" "$LOGS/sanitized.log" | awk '{s += $5} END {print s}')
+skipped=$(cat "$LOGS/main.log" "$LOGS/sanitized.log" | grep -cE '^[[:space:]]+[0-9]+ - .*\(Skipped\)$' || true)
+echo "onebit: $((total - skipped)) passed, 0 failed, $skipped skipped"
