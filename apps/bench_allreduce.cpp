@@ -12,6 +12,7 @@
 #include <iostream>
 
 #include "bench_common.hpp"
+#include "lan/lan.hpp"
 #include "onebit/compressed_allreduce.hpp"
 #include "onebit/error.hpp"
 #include "onebit/kernels.hpp"
@@ -24,6 +25,9 @@ namespace {
 struct Measured {
   uint64_t bytes_compressed = 0, bytes_fp32 = 0;
   double seconds_compressed = 0, seconds_fp32 = 0;
+  // Seconds inside the collectives (the rest is the kernels' compute), for the rank with the least
+  // and the most: the least is the last to arrive, so it is close to the transfer alone.
+  double in_collectives_compressed[2] = {0, 0}, in_collectives_fp32[2] = {0, 0};
 };
 
 // The time of one collective is its slowest rank's: gather every rank's samples, take the max of
@@ -36,6 +40,19 @@ double slowest_rank_median(Communicator& comm, const std::vector<double>& mine) 
   return median(worst);
 }
 
+// As slowest_rank_median, but the median over repeats of the fastest and of the slowest rank.
+void rank_range_median(Communicator& comm, const std::vector<double>& mine, double out[2]) {
+  std::vector<double> all(mine.size() * static_cast<size_t>(comm.size()));
+  comm.allgather_values(std::span<const double>(mine), std::span<double>(all));
+  std::vector<double> least(mine.size(), 1e300), most(mine.size(), 0.0);
+  for (size_t i = 0; i < all.size(); ++i) {
+    least[i % mine.size()] = std::min(least[i % mine.size()], all[i]);
+    most[i % mine.size()] = std::max(most[i % mine.size()], all[i]);
+  }
+  out[0] = median(least);
+  out[1] = median(most);
+}
+
 // One rank's part of the benchmark. Both collectives start from the same input each time, so
 // neither sees values the other has grown or shrunk.
 Measured measure(Communicator& comm, const AllreduceOptions& o) {
@@ -46,19 +63,22 @@ Measured measure(Communicator& comm, const AllreduceOptions& o) {
   CompressedAllreduce compressed(comm, pool, n);
 
   // The first call is untimed (page faults, connection set-up) and is the one whose bytes count.
-  auto run = [&](const std::function<void()>& op, uint64_t& bytes) {
+  auto run = [&](const std::function<void()>& op, uint64_t& bytes, double in_collectives[2]) {
     std::copy(input.begin(), input.end(), x.begin());
     comm.reset_stats();
     op();
     bytes = comm.stats().bytes_sent;
-    std::vector<double> times;
+    std::vector<double> times, comm_times;
     for (int r = 0; r < o.repeats; ++r) {
       std::copy(input.begin(), input.end(), x.begin());
       comm.barrier();
+      const double before = comm.stats().seconds;
       const auto t0 = std::chrono::steady_clock::now();
       op();
       times.push_back(seconds_since(t0));
+      comm_times.push_back(comm.stats().seconds - before);
     }
+    rank_range_median(comm, comm_times, in_collectives);
     return slowest_rank_median(comm, times);
   };
   Measured m;
@@ -66,17 +86,36 @@ Measured measure(Communicator& comm, const AllreduceOptions& o) {
       [&] {
         if (!compressed.run(x)) throw Error("bench allreduce: the compressed allreduce saw a non-finite input");
       },
-      m.bytes_compressed);
-  m.seconds_fp32 = run([&] { comm.allreduce_sum(x); }, m.bytes_fp32);
+      m.bytes_compressed, m.in_collectives_compressed);
+  m.seconds_fp32 = run([&] { comm.allreduce_sum(x); }, m.bytes_fp32, m.in_collectives_fp32);
   return m;
+}
+
+std::string transport(const AllreduceOptions& o) {
+  // The local backend's ranks are threads of one process: its "wire" is memory.
+  if (o.backend == "local") return "in-process threads, no network";
+  if (!o.rate.empty()) return "processes under mpirun, one per network namespace, TCP over shaped veth links";
+  return "processes under mpirun";
+}
+
+// The shaped network the ranks ran in (onebit lan), or null for none.
+nlohmann::json network_json(const AllreduceOptions& o) {
+  if (o.rate.empty()) return nullptr;
+  const lan::LinkShape s = lan::make_shape(o.rate, o.delay);
+  return {{"rate", s.rate_text},
+          {"rate_bits_per_s", s.rate_bits_per_s},
+          {"delay", s.delay_text},
+          {"delay_s", static_cast<double>(s.delay_us) * 1e-6},
+          {"workers", o.workers},
+          {"shaping", "tc tbf on both directions of each worker's veth, netem delay on the worker side"}};
 }
 
 nlohmann::json to_json(const AllreduceOptions& o, const Measured& m) {
   return {
       {"bench", "allreduce"},
       {"backend", o.backend},
-      // The local backend's ranks are threads of one process: its "wire" is memory.
-      {"transport", o.backend == "local" ? "in-process threads, no network" : "processes under mpirun"},
+      {"transport", transport(o)},
+      {"network", network_json(o)},
       {"workers", o.workers},
       {"elements", o.elements},
       {"threads_per_rank", o.threads},
@@ -84,6 +123,9 @@ nlohmann::json to_json(const AllreduceOptions& o, const Measured& m) {
       {"isa", kernels::isa_name(kernels::active_isa())},
       {"bytes_per_rank", {{"compressed", m.bytes_compressed}, {"fp32", m.bytes_fp32}}},
       {"seconds", {{"compressed", m.seconds_compressed}, {"fp32", m.seconds_fp32}}},
+      {"seconds_in_collectives",
+       {{"compressed", {{"least_rank", m.in_collectives_compressed[0]}, {"most_rank", m.in_collectives_compressed[1]}}},
+        {"fp32", {{"least_rank", m.in_collectives_fp32[0]}, {"most_rank", m.in_collectives_fp32[1]}}}}},
       {"byte_ratio", m.bytes_compressed ? static_cast<double>(m.bytes_fp32) / static_cast<double>(m.bytes_compressed) : 0.0},
       {"time_ratio", m.seconds_fp32 / m.seconds_compressed},
       {"machine", machine_json()},
@@ -94,9 +136,14 @@ void print_text(std::ostream& os, const AllreduceOptions& o, const nlohmann::jso
   os << "allreduce of " << o.elements << " fp32 elements on " << o.workers << " ranks, median of "
      << o.repeats << " (slowest rank)\n";
   os << "backend " << o.backend << ": " << j["transport"].get<std::string>() << "\n";
-  print_table(os, {{"", "bytes sent/rank", "seconds"},
-                   {"compressed (1-bit)", human_bytes(static_cast<double>(m.bytes_compressed)), fixed(m.seconds_compressed, 6)},
-                   {"fp32 (" + o.backend + ")", human_bytes(static_cast<double>(m.bytes_fp32)), fixed(m.seconds_fp32, 6)}});
+  if (!o.rate.empty())
+    os << "network: " << o.workers << " workers, each link " << o.rate << " both ways, " << o.delay
+       << " one-way delay\n";
+  print_table(os, {{"", "bytes sent/rank", "seconds", "in collectives (ranks' range)"},
+                   {"compressed (1-bit)", human_bytes(static_cast<double>(m.bytes_compressed)), fixed(m.seconds_compressed, 6),
+                    fixed(m.in_collectives_compressed[0], 6) + " - " + fixed(m.in_collectives_compressed[1], 6)},
+                   {"fp32 (" + o.backend + ")", human_bytes(static_cast<double>(m.bytes_fp32)), fixed(m.seconds_fp32, 6),
+                    fixed(m.in_collectives_fp32[0], 6) + " - " + fixed(m.in_collectives_fp32[1], 6)}});
   os << "byte_ratio (fp32 / compressed): " << fixed(j["byte_ratio"].get<double>(), 2) << "\n";
   os << "time_ratio (fp32 / compressed, speedup): " << fixed(j["time_ratio"].get<double>(), 3) << "\n";
   os << "machine: " << j["machine"]["cpu"].get<std::string>() << ", " << j["machine"]["cores"].get<int>()
@@ -145,10 +192,24 @@ CLI::App* add_allreduce_command(CLI::App& bench, AllreduceOptions& o) {
   c->add_option("--repeats", o.repeats, "timed runs (median reported)")->check(CLI::Range(1, 100000))->capture_default_str();
   c->add_flag("--json", o.json, "print JSON instead of a table");
   c->add_option("--out", o.out, "also write the JSON to this file");
+  c->add_option("--rate", o.rate,
+                "run the ranks in a shaped network (onebit lan; root, --backend mpi): each link's rate, "
+                "both directions (100mbit, 1gbit)");
+  c->add_option("--delay", o.delay, "with --rate: one-way latency between two workers (500us, 1ms)")
+      ->capture_default_str();
+  c->add_option("--timeout", o.timeout_s, "with --rate: seconds before the whole run is killed")
+      ->check(CLI::Range(1.0, 1e7))
+      ->capture_default_str();
   return c;
 }
 
 int run_allreduce(const AllreduceOptions& o, const std::vector<std::string>& args) {
+  if (!o.rate.empty()) {
+    lan::make_shape(o.rate, o.delay);  // a bad --rate fails here, before anything starts
+    if (o.backend != "mpi")
+      throw Error("bench allreduce --rate: needs --backend mpi (one rank process per network namespace); the " +
+                  o.backend + " backend's ranks are threads of one process");
+  }
   if (o.backend == "local") {
     Measured result;
     run_local(o.workers, [&](Communicator& comm) {
@@ -163,7 +224,14 @@ int run_allreduce(const AllreduceOptions& o, const std::vector<std::string>& arg
   if (!mpi_available())
     throw Error("bench allreduce --backend mpi: this onebit was built without MPI (install OpenMPI and "
                 "configure with -DONEBIT_WITH_MPI=ON)");
-  if (std::getenv("OMPI_COMM_WORLD_SIZE") == nullptr) return relaunch_under_mpirun(o.workers, args);
+  if (std::getenv("OMPI_COMM_WORLD_SIZE") == nullptr) {
+    if (o.rate.empty()) return relaunch_under_mpirun(o.workers, args);
+    // The ranks run this same command line: they see OMPI_COMM_WORLD_SIZE and measure, and rank 0
+    // reports the network from the --rate/--delay it was given.
+    return lan::run_mpi_in_network(o.workers, lan::make_shape(o.rate, o.delay), args,
+                                   std::chrono::milliseconds(static_cast<int64_t>(o.timeout_s * 1000)),
+                                   "bench allreduce --rate");
+  }
   std::unique_ptr<Communicator> comm = make_mpi_communicator();
   if (comm->size() != o.workers)
     throw Error("bench allreduce: --workers " + std::to_string(o.workers) + " but the MPI world has " +

@@ -75,6 +75,10 @@ struct AllreduceOptions {
   int repeats = 7;
   bool json = false;
   std::string out;
+  // With --rate: one rank per namespace of a shaped network (onebit lan), TCP over its links.
+  std::string rate;            // empty: no shaped network
+  std::string delay = "0ms";
+  double timeout_s = 3600;     // whole run under --rate, network set-up included
 };
 
 struct StepOptions {

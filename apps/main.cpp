@@ -7,6 +7,8 @@
 #include <vector>
 
 #include "bench_common.hpp"
+#include "lan/lan.hpp"
+#include "plan.hpp"
 #include "onebit/error.hpp"
 
 int main(int argc, char** argv) {
@@ -23,6 +25,11 @@ int main(int argc, char** argv) {
   CLI::App* compress_cmd = add_compress_command(*bench, compress);
   CLI::App* allreduce_cmd = add_allreduce_command(*bench, allreduce);
   CLI::App* step_cmd = add_step_command(*bench, step);
+  onebit::plan::PlanOptions plan;
+  CLI::App* plan_cmd = onebit::plan::add_plan_command(app, plan);
+  onebit::lan::LanOptions lan;
+  CLI::App* lan_cmd = onebit::lan::add_lan_command(app, lan);
+  CLI::App* lan_exec_cmd = onebit::lan::add_lan_exec_command(app);
 
   try {
     app.parse(argc, argv);
@@ -37,6 +44,9 @@ int main(int argc, char** argv) {
     if (compress_cmd->parsed()) return run_compress(compress);
     if (allreduce_cmd->parsed()) return run_allreduce(allreduce, std::vector<std::string>(argv + 1, argv + argc));
     if (step_cmd->parsed()) return run_step(step);
+    if (plan_cmd->parsed()) return onebit::plan::run_plan(plan);
+    if (lan_cmd->parsed()) return onebit::lan::run_lan(lan);
+    if (lan_exec_cmd->parsed()) return onebit::lan::run_lan_exec(lan_exec_cmd->remaining());
   } catch (const onebit::Error& e) {
     std::cerr << "onebit: " << e.what() << "\n";
     return 1;

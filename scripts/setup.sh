@@ -11,7 +11,10 @@ PACKAGES=(build-essential cmake git pkg-config
           libopenmpi-dev openmpi-bin
           iproute2 python3                            # onebit lan (ip, tc) and its tests
           libtorch-dev python3-torch python3-pybind11 pybind11-dev python3-dev python3-pytest
-          clang libclang-rt-14-dev)                    # sanitizer builds and the fuzzer
+          clang libclang-rt-14-dev                     # sanitizer builds and the fuzzer
+          libsentencepiece-dev libgloo-dev             # onebit train: tokenizer; Gloo headers for c10d
+          libopenblas0-openmp                          # a real BLAS for libtorch (the default is netlib's, ~10x slower)
+          python3.11-doc python3-matplotlib)           # onebit train's default corpus; compare's picture
 missing=()
 for p in "${PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -1,0 +1,20 @@
+// `onebit plan`: is 1-bit LAMB worth it on this network? Predictions from the calibrated model.
+#pragma once
+#include <CLI/CLI.hpp>
+#include <string>
+
+namespace onebit::plan {
+
+struct PlanOptions {
+  double params = 0;
+  int workers = 0;
+  std::string bandwidth, latency, calibration;
+  double step_compute = 0;
+  double freeze_fraction = -1;  // < 0: kDefaultFreezeFraction
+  bool json = false;
+};
+
+CLI::App* add_plan_command(CLI::App& app, PlanOptions& o);
+int run_plan(const PlanOptions& o);
+
+}  // namespace onebit::plan

@@ -1,0 +1,81 @@
+// The planner's model: per-step communication of LAMB (fp32 / fp16 ring allreduce) and 1-bit LAMB
+// (compressed allreduce), from an alpha-beta network model calibrated by `onebit bench allreduce`.
+#pragma once
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+namespace onebit::plan {
+
+// The share of steps spent in warmup when the user gives none: the paper's BERT-Large setting
+// that yields its 4.6x whole-run volume reduction (the spec's rule of thumb is 15-25%).
+constexpr double kDefaultFreezeFraction = 0.165;
+
+// Measured constants of one machine + network + engine. Uncalibrated defaults are documented.
+struct Calibration {
+  bool calibrated = false;
+  std::string source = "defaults: 50 us per message, links at their nominal rate, compression compute ignored";
+  double alpha = 50e-6;         // seconds per message step of a collective
+  double efficiency = 1.0;      // achieved bandwidth / nominal link rate
+  double compute_per_element = 0;  // seconds per element of compressed-allreduce compute (compress, server, decode)
+  int workers = 0;              // ranks of the calibration run
+  double nominal_bandwidth = 0; // bytes/s of the link during calibration (0: unknown)
+
+  nlohmann::json to_json() const;
+  static Calibration from_json(const nlohmann::json& j);
+};
+Calibration load_calibration(const std::string& path);
+void save_calibration(const std::string& path, const Calibration& c);
+
+// One measured point of `bench allreduce`: both allreduces of the same buffer.
+struct Sample {
+  double elements = 0;
+  double fp32_seconds = 0;
+  double compressed_seconds = 0;
+};
+// Least-squares fit of alpha, bandwidth efficiency and compute per element to samples taken at
+// one world size on a link of nominal_bandwidth bytes/s (0 if unknown: efficiency is then the
+// achieved bandwidth relative to the nominal one later given to plan, i.e. taken as 1).
+Calibration fit(const std::vector<Sample>& samples, int workers, double nominal_bandwidth);
+
+// Bytes one rank sends per call (the same counts the communicators report).
+double ring_allreduce_bytes(double elements, int workers, double bytes_per_element);
+double compressed_allreduce_bytes(double elements, int workers);
+
+struct Input {
+  double params = 0;
+  int workers = 0;
+  double bandwidth = 0;     // bytes/s of each worker's link
+  double latency = -1;      // seconds per message; < 0: from the calibration
+  double step_compute = 0;  // seconds of forward+backward+update per step, without communication
+  double freeze_fraction = kDefaultFreezeFraction;
+  Calibration cal;
+};
+
+struct Exchange {
+  std::string name;
+  double bytes = 0;    // sent per rank per step
+  double seconds = 0;  // communication per step
+};
+
+struct Plan {
+  Input in;
+  Exchange lamb_fp32, lamb_fp16, onebit;  // onebit: a compression-stage step
+  // Whole run, 1-bit LAMB's warmup exchanging gradients in the baseline's precision.
+  double volume_ratio_vs_fp32 = 0, volume_ratio_vs_fp16 = 0;
+  double speedup_vs_fp32 = 0, speedup_vs_fp16 = 0;
+  nlohmann::json to_json() const;
+};
+
+// Seconds of one ring allreduce / one compressed allreduce under the model.
+double ring_allreduce_seconds(const Input& in, double elements, double bytes_per_element);
+double compressed_allreduce_seconds(const Input& in, double elements);
+
+Plan make_plan(const Input& in);
+
+// "1gbit", "100mbit", "10GB/s", "125000000" (bytes/s) -> bytes/s; "50us", "1ms", "0.002" -> s.
+double parse_bandwidth(const std::string& s);
+double parse_duration(const std::string& s);
+
+}  // namespace onebit::plan

@@ -1,0 +1,80 @@
+// The planner's model: the paper's volume arithmetic, unit parsing, and a calibration fit that
+// recovers known constants.
+#include "plan_model.hpp"
+
+#include <gtest/gtest.h>
+
+#include <cstdio>
+
+#include "onebit/error.hpp"
+
+namespace onebit::plan {
+namespace {
+
+// Spec: whole-run reduction 1/(w + (1-w)/16) against fp16; BERT-Large, 256 workers, w = 16.5%: 4.6x.
+TEST(Plan, BertLargeOn256WorkersGivesThePapers46x) {
+  Input in;
+  in.params = 335141888;
+  in.workers = 256;
+  in.bandwidth = parse_bandwidth("100gbit");
+  in.freeze_fraction = 0.165;
+  const Plan p = make_plan(in);
+  EXPECT_NEAR(p.volume_ratio_vs_fp16, 4.6, 0.01);
+  EXPECT_NEAR(p.volume_ratio_vs_fp16, 1 / (0.165 + 0.835 / 16), 0.01);
+  EXPECT_NEAR(p.lamb_fp16.bytes / p.onebit.bytes, 16.0, 0.05);
+  EXPECT_NEAR(p.lamb_fp32.bytes / p.onebit.bytes, 32.0, 0.1);
+}
+
+TEST(Plan, SpeedupFollowsTheStepTimes) {
+  Input in;
+  in.params = 1e8;
+  in.workers = 4;
+  in.bandwidth = parse_bandwidth("1gbit");
+  in.latency = 0;
+  in.step_compute = 1.0;
+  in.freeze_fraction = 0;
+  const Plan p = make_plan(in);
+  const double fp32 = 2.0 * 3 / 4 * 4e8 / 1.25e8;  // ring allreduce of 400 MB at 125 MB/s
+  EXPECT_NEAR(p.lamb_fp32.seconds, fp32, 1e-9);
+  EXPECT_NEAR(p.speedup_vs_fp32, (1 + fp32) / (1 + p.onebit.seconds), 1e-9);
+  in.workers = 1;  // nothing to exchange: no speedup to have
+  EXPECT_DOUBLE_EQ(make_plan(in).speedup_vs_fp32, 1.0);
+}
+
+TEST(Plan, FitRecoversKnownConstants) {
+  Input truth;
+  truth.workers = 4;
+  truth.bandwidth = 1.25e8;
+  truth.cal.alpha = 2e-4;
+  truth.cal.efficiency = 0.9;
+  truth.cal.compute_per_element = 3e-9;
+  std::vector<Sample> samples;
+  for (double n : {1e5, 1e6, 1e7})
+    samples.push_back({n, ring_allreduce_seconds(truth, n, 4), compressed_allreduce_seconds(truth, n)});
+  const Calibration c = fit(samples, 4, 1.25e8);
+  EXPECT_NEAR(c.alpha, 2e-4, 1e-9);
+  EXPECT_NEAR(c.efficiency, 0.9, 1e-9);
+  EXPECT_NEAR(c.compute_per_element, 3e-9, 1e-15);
+  const std::string path = ::testing::TempDir() + "/cal.json";
+  save_calibration(path, c);
+  const Calibration back = load_calibration(path);
+  EXPECT_EQ(back.to_json(), c.to_json());
+  std::remove(path.c_str());
+}
+
+TEST(Plan, UnitsAndBadInput) {
+  EXPECT_DOUBLE_EQ(parse_bandwidth("1gbit"), 1.25e8);
+  EXPECT_DOUBLE_EQ(parse_bandwidth("100mbit"), 1.25e7);
+  EXPECT_DOUBLE_EQ(parse_bandwidth("2GB/s"), 2e9);
+  EXPECT_DOUBLE_EQ(parse_duration("50us"), 5e-5);
+  EXPECT_DOUBLE_EQ(parse_duration("1.5ms"), 1.5e-3);
+  EXPECT_THROW(parse_bandwidth("fast"), Error);
+  EXPECT_THROW(parse_bandwidth("10 parsecs"), Error);
+  EXPECT_THROW(load_calibration("/nonexistent/cal.json"), Error);
+  Input in;
+  in.params = 1e6, in.workers = 2, in.bandwidth = 0;
+  EXPECT_THROW(make_plan(in), Error);
+}
+
+}  // namespace
+}  // namespace onebit::plan
