@@ -12,6 +12,7 @@
 #include <iostream>
 
 #include "bench_common.hpp"
+#include "plan_model.hpp"
 #include "lan/lan.hpp"
 #include "onebit/compressed_allreduce.hpp"
 #include "onebit/error.hpp"
@@ -88,6 +89,26 @@ Measured measure(Communicator& comm, const AllreduceOptions& o) {
       },
       m.bytes_compressed, m.in_collectives_compressed);
   m.seconds_fp32 = run([&] { comm.allreduce_sum(x); }, m.bytes_fp32, m.in_collectives_fp32);
+  return m;
+}
+
+// The benchmark at o.elements, and with --calibration at two smaller sizes too, whose fit rank 0
+// writes for `onebit plan`.
+Measured measure_and_calibrate(Communicator& comm, const AllreduceOptions& o) {
+  const Measured m = measure(comm, o);
+  if (o.calibration.empty()) return m;
+  ONEBIT_CHECK(comm.size() >= 2, "bench allreduce --calibration: needs at least 2 workers");
+  std::vector<plan::Sample> samples{{static_cast<double>(o.elements), m.seconds_fp32, m.seconds_compressed}};
+  for (size_t divisor : {10, 100}) {
+    AllreduceOptions smaller = o;
+    smaller.elements = std::max<size_t>(o.elements / divisor, 64 * static_cast<size_t>(comm.size()));
+    const Measured s = measure(comm, smaller);
+    samples.push_back({static_cast<double>(smaller.elements), s.seconds_fp32, s.seconds_compressed});
+  }
+  const double nominal = o.rate.empty() ? 0.0 : lan::make_shape(o.rate, o.delay).rate_bits_per_s / 8.0;
+  plan::Calibration c = plan::fit(samples, comm.size(), nominal);
+  c.source += ", backend " + o.backend + (o.rate.empty() ? "" : ", links shaped to " + o.rate);
+  if (comm.rank() == 0) plan::save_calibration(o.calibration, c);
   return m;
 }
 
@@ -197,6 +218,8 @@ CLI::App* add_allreduce_command(CLI::App& bench, AllreduceOptions& o) {
                 "both directions (100mbit, 1gbit)");
   c->add_option("--delay", o.delay, "with --rate: one-way latency between two workers (500us, 1ms)")
       ->capture_default_str();
+  c->add_option("--calibration", o.calibration,
+                "also time elements/10 and elements/100, fit the constants of `onebit plan` and write them to this file");
   c->add_option("--timeout", o.timeout_s, "with --rate: seconds before the whole run is killed")
       ->check(CLI::Range(1.0, 1e7))
       ->capture_default_str();
@@ -213,7 +236,7 @@ int run_allreduce(const AllreduceOptions& o, const std::vector<std::string>& arg
   if (o.backend == "local") {
     Measured result;
     run_local(o.workers, [&](Communicator& comm) {
-      const Measured m = measure(comm, o);
+      const Measured m = measure_and_calibrate(comm, o);
       if (comm.rank() == 0) result = m;
     });
     const nlohmann::json j = to_json(o, result);
@@ -236,7 +259,7 @@ int run_allreduce(const AllreduceOptions& o, const std::vector<std::string>& arg
   if (comm->size() != o.workers)
     throw Error("bench allreduce: --workers " + std::to_string(o.workers) + " but the MPI world has " +
                 std::to_string(comm->size()) + " ranks");
-  const Measured m = measure(*comm, o);
+  const Measured m = measure_and_calibrate(*comm, o);
   if (comm->rank() == 0) {
     const nlohmann::json j = to_json(o, m);
     emit(j, o.json, o.out, [&](std::ostream& os) { print_text(os, o, j, m); });

@@ -79,6 +79,8 @@ struct AllreduceOptions {
   std::string rate;            // empty: no shaped network
   std::string delay = "0ms";
   double timeout_s = 3600;     // whole run under --rate, network set-up included
+  // Also measure at elements/10 and /100, fit the planner's constants, write them here.
+  std::string calibration;
 };
 
 struct StepOptions {
