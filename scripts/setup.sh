@@ -30,7 +30,8 @@ if ! command -v nvcc >/dev/null && [ -x /usr/local/cuda/bin/nvcc ]; then
   export PATH=/usr/local/cuda/bin:$PATH
 fi
 
-cmake -S . -B build -DCMAKE_BUILD_TYPE=Release -DONEBIT_WERROR="${ONEBIT_WERROR:-OFF}" ${ONEBIT_CMAKE_ARGS:-}
+# ONEBIT_WERROR only when given, so a later plain set-up keeps the build (and does not rebuild it).
+cmake -S . -B build -DCMAKE_BUILD_TYPE=Release ${ONEBIT_WERROR:+-DONEBIT_WERROR=$ONEBIT_WERROR} ${ONEBIT_CMAKE_ARGS:-}
 cmake --build build -j"$(nproc)"
 # `import onebit` for Debian's python3 from any directory (when the build has torch).
 if [ -d build/python/onebit ]; then
