@@ -10,6 +10,9 @@
 #include "lan/lan.hpp"
 #include "plan.hpp"
 #include "onebit/error.hpp"
+#ifdef ONEBIT_HAVE_TORCH
+#include "train_cmd.hpp"
+#endif
 
 int main(int argc, char** argv) {
   using namespace onebit::bench;
@@ -30,6 +33,12 @@ int main(int argc, char** argv) {
   onebit::lan::LanOptions lan;
   CLI::App* lan_cmd = onebit::lan::add_lan_command(app, lan);
   CLI::App* lan_exec_cmd = onebit::lan::add_lan_exec_command(app);
+#ifdef ONEBIT_HAVE_TORCH
+  onebit::train::TrainOptions train;
+  onebit::train::CompareOptions compare;
+  CLI::App* train_cmd = onebit::train::add_train_command(app, train);
+  CLI::App* compare_cmd = onebit::train::add_compare_command(app, compare);
+#endif
 
   try {
     app.parse(argc, argv);
@@ -47,6 +56,10 @@ int main(int argc, char** argv) {
     if (plan_cmd->parsed()) return onebit::plan::run_plan(plan);
     if (lan_cmd->parsed()) return onebit::lan::run_lan(lan);
     if (lan_exec_cmd->parsed()) return onebit::lan::run_lan_exec(lan_exec_cmd->remaining());
+#ifdef ONEBIT_HAVE_TORCH
+    if (train_cmd->parsed()) return onebit::train::run_train(train);
+    if (compare_cmd->parsed()) return onebit::train::run_compare(compare);
+#endif
   } catch (const onebit::Error& e) {
     std::cerr << "onebit: " << e.what() << "\n";
     return 1;

@@ -1,0 +1,83 @@
+// The options of `onebit train` and `onebit compare` (defaults live in train/options.hpp).
+#include "train_cmd.hpp"
+
+#include <CLI/CLI.hpp>
+
+#include "train/compare.hpp"
+#include "train/corpus.hpp"
+#include "train/trainer.hpp"
+
+namespace onebit::train {
+namespace {
+
+// Everything but --optimizer, --out and --resume, which differ between the two commands.
+void add_shared(CLI::App* c, TrainOptions& o) {
+  c->add_option("--model", o.model, "tiny | mini | small | base | large (BERT shapes; tiny: H128 L2, trains in minutes on 2 cores)")
+      ->check(CLI::IsMember({"tiny", "mini", "small", "base", "large"}))
+      ->capture_default_str();
+  c->add_option("--data", o.data, "text files or directories (default: the python3.11-doc corpus in " +
+                                       std::string(kDefaultCorpus) + ")");
+  c->add_option("--vocab", o.vocab, "SentencePiece vocabulary size (0: the preset's, tiny 1024, base/large 30522)")
+      ->capture_default_str();
+  c->add_option("--seq", o.seq, "tokens per sequence (0: the preset's, tiny 64, others 128)")->capture_default_str();
+  c->add_option("--heldout", o.heldout, "fraction of documents held out for evaluation")->capture_default_str();
+  c->add_option("--cache-dir", o.cache_dir, "tokenizer and token cache (default: $XDG_CACHE_HOME/onebit or ~/.cache/onebit)");
+  c->add_option("--batch", o.batch, "global batch in sequences (split evenly over the workers)")->capture_default_str();
+  c->add_option("--steps", o.steps, "optimizer steps")->capture_default_str();
+  c->add_option("--freeze-step", o.freeze_step,
+                "last uncompressed warmup step of the 1-bit optimizers (-1: 16% of --steps)")
+      ->capture_default_str();
+  c->add_option("--warmup-steps", o.warmup_steps, "linear learning-rate warmup, then linear decay (-1: 10% of --steps)")
+      ->capture_default_str();
+  c->add_option("--lr", o.lr, "peak learning rate (0: the preset's LAMB rate, tiny 1e-2; a tenth of it for onebit-adam)")->capture_default_str();
+  c->add_option("--clip", o.clip, "clip each worker's local gradient to this global norm (0: off)")->capture_default_str();
+  c->add_option("--weight-decay", o.weight_decay, "decoupled weight decay")->capture_default_str();
+  c->add_option("--beta2", o.beta2, "second-moment decay")->capture_default_str();
+  c->add_option("--dropout", o.dropout, "dropout (-1: the preset's, tiny 0, others 0.1)")->capture_default_str();
+  c->add_option("--seed", o.seed, "seed of the initial weights, the data order, the masks and dropout")->capture_default_str();
+  c->add_option("--workers", o.workers, "worker processes to start on this machine (ignored under mpirun/srun/RANK)")
+      ->capture_default_str();
+  c->add_option("--backend", o.backend, "gloo | mpi | nccl")->check(CLI::IsMember({"gloo", "mpi", "nccl"}))->capture_default_str();
+  c->add_option("--device", o.device, "cpu | cuda")->check(CLI::IsMember({"cpu", "cuda"}))->capture_default_str();
+  c->add_option("--threads", o.threads, "CPU threads per worker (0: cores / local workers)")->capture_default_str();
+  c->add_option("--timeout", o.timeout, "seconds any rendezvous or collective may wait")->capture_default_str();
+  c->add_option("--eval-every", o.eval_every, "held-out loss every K steps (0: about 20 times per run)")->capture_default_str();
+  c->add_option("--eval-samples", o.eval_samples, "held-out sequences per evaluation (the same ones every time)")
+      ->capture_default_str();
+  c->add_option("--save-every", o.save_every, "checkpoint every K steps (0: only at the end)")->capture_default_str();
+  c->add_flag_function("--no-progress", [&o](int64_t) { o.progress = false; }, "no progress bar even on a terminal");
+}
+
+}  // namespace
+
+CLI::App* add_train_command(CLI::App& app, TrainOptions& o) {
+  CLI::App* c = app.add_subcommand(
+      "train", "data-parallel BERT masked-LM pre-training with LAMB, 1-bit LAMB or 1-bit Adam; writes --out");
+  add_shared(c, o);
+  c->add_option("--optimizer", o.optimizer, "lamb | onebit-lamb | onebit-adam")
+      ->check(CLI::IsMember({"lamb", "onebit-lamb", "onebit-adam"}))
+      ->capture_default_str();
+  c->add_option("--out", o.out, "run directory: metrics.jsonl, summary.json, checkpoints/, tokenizer.model")
+      ->capture_default_str();
+  c->add_option("--resume", o.resume, "continue exactly from a run directory's latest checkpoint (or a checkpoint directory)");
+  return c;
+}
+
+CLI::App* add_compare_command(CLI::App& app, CompareOptions& o) {
+  o.base.workers = 4;
+  CLI::App* c = app.add_subcommand(
+      "compare", "LAMB vs 1-bit LAMB on identical data, seed and schedule: compare.json, loss_vs_samples.png, a table");
+  add_shared(c, o.base);
+  c->add_option("--out", o.out, "directory for compare.json, the picture and both runs")->capture_default_str();
+  c->add_option("--python", o.python, "Python with matplotlib for the picture (default: /usr/bin/python3)");
+  return c;
+}
+
+int run_train(const TrainOptions& o) {
+  train(o);
+  return 0;
+}
+
+int run_compare(const CompareOptions& o) { return compare(o); }
+
+}  // namespace onebit::train

@@ -1,0 +1,171 @@
+// `onebit compare` (see compare.hpp). The picture is drawn by the plot script compiled into this
+// binary (train/plot_compare.py), run with a Python that has matplotlib.
+#include "train/compare.hpp"
+
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <iostream>
+#include <sstream>
+#include <thread>
+
+#include "onebit/error.hpp"
+#include "train/corpus.hpp"
+#include "train/distributed.hpp"
+#include "train/metrics.hpp"
+#include "train/plot_script.hpp"  // generated: kPlotScript
+#include "train/trainer.hpp"
+
+namespace fs = std::filesystem;
+
+namespace onebit::train {
+namespace {
+
+nlohmann::json read_json(const fs::path& p) {
+  std::ifstream in(p);
+  ONEBIT_CHECK(in.good(), "onebit compare: " << p << " is missing");
+  return nlohmann::json::parse(in);
+}
+
+// Runs argv[0] (found on PATH) and waits at most `seconds`; returns "" on exit status 0, else why not.
+std::string run_with_timeout(const std::vector<std::string>& argv, double seconds) {
+  std::vector<char*> c;
+  for (const auto& a : argv) c.push_back(const_cast<char*>(a.c_str()));
+  c.push_back(nullptr);
+  const pid_t pid = ::fork();
+  if (pid < 0) return "fork failed";
+  if (pid == 0) {
+    ::execvp(c[0], c.data());
+    ::_exit(127);
+  }
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(static_cast<int64_t>(seconds * 1000));
+  for (;;) {
+    int st = 0;
+    if (::waitpid(pid, &st, WNOHANG) == pid) {
+      if (WIFEXITED(st) && WEXITSTATUS(st) == 0) return "";
+      if (WIFEXITED(st) && WEXITSTATUS(st) == 127) return argv[0] + " could not be started";
+      return argv[0] + (WIFEXITED(st) ? " exited with status " + std::to_string(WEXITSTATUS(st)) : " was killed");
+    }
+    if (std::chrono::steady_clock::now() > deadline) {
+      ::kill(pid, SIGKILL);
+      ::waitpid(pid, nullptr, 0);
+      return argv[0] + " took longer than " + std::to_string(static_cast<int>(seconds)) + " s";
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+}
+
+std::string fmt(const char* f, double v) {
+  char buf[64];
+  std::snprintf(buf, sizeof buf, f, v);
+  return buf;
+}
+
+void print_table(const nlohmann::json& c) {
+  const auto& a = c["lamb"];
+  const auto& b = c["onebit_lamb"];
+  const auto& r = c["ratios"];
+  const auto& s = c["settings"];
+  std::cout << "\nonebit compare: " << s["model"].get<std::string>() << " BERT, " << s["workers"] << " workers ("
+            << s["backend"].get<std::string>() << "), " << s["steps"] << " steps x " << s["batch"]
+            << " sequences; 1-bit LAMB compresses after step " << s["freeze_step"] << "\n";
+  auto row = [](const std::string& name, const std::string& x, const std::string& y, const std::string& z) {
+    char buf[160];
+    std::snprintf(buf, sizeof buf, "  %-24s %14s %14s   %s\n", name.c_str(), x.c_str(), y.c_str(), z.c_str());
+    std::cout << buf;
+  };
+  row("", "LAMB", "1-bit LAMB", "ratio");
+  row("final held-out loss", fmt("%.4f", a["heldout_loss"]), fmt("%.4f", b["heldout_loss"]),
+      fmt("%.4f", r["heldout_loss"]) + " (1-bit / LAMB)");
+  row("bytes sent per worker", human_bytes(a["bytes_sent"]), human_bytes(b["bytes_sent"]),
+      fmt("%.2fx fewer", r["bytes_sent"]));
+  row("wall seconds", fmt("%.1f", a["wall_seconds"]), fmt("%.1f", b["wall_seconds"]),
+      fmt("%.2fx", r["wall_seconds"]) + " (LAMB / 1-bit)");
+  row("training samples/s", fmt("%.1f", a["samples_per_second"]), fmt("%.1f", b["samples_per_second"]),
+      fmt("%.2fx", r["samples_per_second"]) + " (1-bit / LAMB)");
+  std::cout << "  loss within 2%: " << (c["checks"]["heldout_loss_within_2_percent"].get<bool>() ? "yes" : "NO")
+            << ", bytes at least 4.6x fewer: " << (c["checks"]["bytes_at_least_4_6x_fewer"].get<bool>() ? "yes" : "NO")
+            << "\n";
+}
+
+}  // namespace
+
+nlohmann::json compare_json(const nlohmann::json& lamb, const nlohmann::json& onebit, double lamb_wall,
+                            double onebit_wall, const TrainOptions& s) {
+  auto entry = [](const nlohmann::json& sum, double wall, const std::string& dir) {
+    return nlohmann::json{{"dir", dir},
+                          {"heldout_loss", sum.at("final_heldout_loss")},
+                          {"train_loss", sum.at("final_train_loss")},
+                          {"bytes_sent", sum.at("bytes_sent")},
+                          {"comm_seconds", sum.at("totals").at("comm_seconds")},
+                          {"compute_seconds", sum.at("totals").at("compute_seconds")},
+                          {"wall_seconds", wall},
+                          {"samples_per_second", sum.at("samples_per_second")}};
+  };
+  nlohmann::json c;
+  c["lamb"] = entry(lamb, lamb_wall, "lamb");
+  c["onebit_lamb"] = entry(onebit, onebit_wall, "onebit-lamb");
+  const double la = c["lamb"]["heldout_loss"], lb = c["onebit_lamb"]["heldout_loss"];
+  const double ba = c["lamb"]["bytes_sent"], bb = c["onebit_lamb"]["bytes_sent"];
+  c["ratios"] = {{"heldout_loss", lb / la},
+                 {"bytes_sent", bb > 0 ? ba / bb : 0.0},
+                 {"wall_seconds", lamb_wall / onebit_wall},
+                 {"samples_per_second", onebit.at("samples_per_second").get<double>() /
+                                            lamb.at("samples_per_second").get<double>()}};
+  c["checks"] = {{"heldout_loss_within_2_percent", std::abs(lb / la - 1) <= 0.02},
+                 {"bytes_at_least_4_6x_fewer", bb > 0 && ba / bb >= 4.6}};
+  c["settings"] = {{"model", s.model}, {"workers", s.workers}, {"backend", s.backend}, {"device", s.device},
+                   {"steps", s.steps}, {"batch", s.batch}, {"seq", s.seq}, {"lr", s.lr},
+                   {"warmup_steps", s.warmup_steps}, {"freeze_step", s.freeze_step},
+                   {"freeze_samples", static_cast<int64_t>(s.freeze_step) * s.batch}, {"seed", s.seed},
+                   {"parameters", lamb.at("parameters")}, {"eval_samples", lamb.at("heldout_sequences_evaluated")}};
+  return c;
+}
+
+int compare(const CompareOptions& in) {
+  ONEBIT_CHECK(!detect_job(), "onebit compare starts its own workers; run it outside mpirun/srun and without RANK set");
+  TrainOptions base = resolve_options(in.base);
+  base.resume.clear();
+  validate_options(base);
+  fs::create_directories(in.out);
+  // The tokenizer is learned (or loaded) once, before either run is timed.
+  prepare_corpus(CorpusOptions{base.data, base.vocab, base.heldout, base.cache_dir, true});
+
+  nlohmann::json summaries[2];
+  double walls[2];
+  const char* names[2] = {"lamb", "onebit-lamb"};
+  for (int i = 0; i < 2; ++i) {
+    TrainOptions o = base;
+    o.optimizer = names[i];
+    o.out = (fs::path(in.out) / names[i]).string();
+    std::cout << "onebit compare: training with " << names[i] << " -> " << o.out << std::endl;
+    const auto t0 = std::chrono::steady_clock::now();
+    train(o);
+    walls[i] = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    summaries[i] = read_json(fs::path(o.out) / "summary.json");
+  }
+  const nlohmann::json c = compare_json(summaries[0], summaries[1], walls[0], walls[1], base);
+  std::ofstream(fs::path(in.out) / "compare.json") << c.dump(2) << "\n";
+  print_table(c);
+
+  const fs::path script = fs::path(in.out) / "plot_compare.py";
+  std::ofstream(script) << kPlotScript;
+  std::string python = in.python;
+  if (python.empty()) python = ::access("/usr/bin/python3", X_OK) == 0 ? "/usr/bin/python3" : "python3";
+  const std::string failure = run_with_timeout({python, script.string(), in.out}, 120);
+  const fs::path png = fs::path(in.out) / "loss_vs_samples.png";
+  if (!failure.empty() || !fs::exists(png)) {
+    std::cerr << "onebit compare: the picture was not drawn: " << (failure.empty() ? "no file written" : failure)
+              << " (needs matplotlib: apt-get install python3-matplotlib, or --python)\n";
+    return 1;
+  }
+  std::cout << "  picture: " << png.string() << "\n  results: " << (fs::path(in.out) / "compare.json").string() << "\n";
+  return 0;
+}
+
+}  // namespace onebit::train

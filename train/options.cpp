@@ -1,0 +1,126 @@
+// TrainOptions back to a command line, for the workers the launcher starts (see options.hpp).
+#include "train/options.hpp"
+
+#include <charconv>
+
+namespace onebit::train {
+namespace {
+// Shortest text that parses back to the same double.
+std::string exact(double v) {
+  char buf[64];
+  auto r = std::to_chars(buf, buf + sizeof buf, v);
+  return std::string(buf, r.ptr);
+}
+}  // namespace
+
+std::vector<std::string> to_args(const TrainOptions& o) {
+  std::vector<std::string> a;
+  auto add = [&](const char* flag, const std::string& v) {
+    a.emplace_back(flag);
+    a.push_back(v);
+  };
+  add("--model", o.model);
+  for (const auto& d : o.data) add("--data", d);
+  add("--vocab", std::to_string(o.vocab));
+  add("--seq", std::to_string(o.seq));
+  add("--heldout", exact(o.heldout));
+  if (!o.cache_dir.empty()) add("--cache-dir", o.cache_dir);
+  add("--optimizer", o.optimizer);
+  add("--batch", std::to_string(o.batch));
+  add("--steps", std::to_string(o.steps));
+  add("--freeze-step", std::to_string(o.freeze_step));
+  add("--warmup-steps", std::to_string(o.warmup_steps));
+  add("--lr", exact(o.lr));
+  add("--clip", exact(o.clip));
+  add("--weight-decay", exact(o.weight_decay));
+  add("--beta2", exact(o.beta2));
+  add("--dropout", exact(o.dropout));
+  add("--seed", std::to_string(o.seed));
+  add("--workers", std::to_string(o.workers));
+  add("--backend", o.backend);
+  add("--device", o.device);
+  add("--threads", std::to_string(o.threads));
+  add("--timeout", exact(o.timeout));
+  add("--out", o.out);
+  add("--eval-every", std::to_string(o.eval_every));
+  add("--eval-samples", std::to_string(o.eval_samples));
+  add("--save-every", std::to_string(o.save_every));
+  if (!o.resume.empty()) add("--resume", o.resume);
+  if (!o.progress) a.emplace_back("--no-progress");
+  return a;
+}
+
+}  // namespace onebit::train
+
+// --- defaults, checks and the recorded form (used by the trainer and compare) ---
+#include <cmath>
+
+#include "onebit/error.hpp"
+#include "train/model.hpp"
+#include "train/trainer.hpp"
+
+namespace onebit::train {
+
+TrainOptions resolve_options(const TrainOptions& in) {
+  TrainOptions o = in;
+  const BertConfig c = bert_preset(o.model);
+  if (o.vocab == 0) o.vocab = c.vocab;
+  if (o.seq == 0) o.seq = c.seq;
+  // The presets' rates are LAMB's (a step of lr times each layer's weight norm); Adam steps lr per
+  // element, and 1-bit Adam diverges at LAMB's tiny rate (1e-2), so it gets a tenth.
+  if (o.lr == 0) o.lr = o.optimizer == "onebit-adam" ? c.lr / 10 : c.lr;
+  if (o.dropout < 0) o.dropout = c.dropout;
+  if (o.freeze_step < 0)
+    o.freeze_step = std::max(1, static_cast<int>(std::lround(kDefaultFreezeFraction * o.steps)));
+  if (o.warmup_steps < 0) o.warmup_steps = static_cast<int>(std::lround(kDefaultWarmupFraction * o.steps));
+  if (o.eval_every <= 0) o.eval_every = std::max(1, o.steps / 20);
+  return o;
+}
+
+void validate_options(const TrainOptions& o) {
+  auto one_of = [](const std::string& v, std::initializer_list<const char*> ok) {
+    for (const char* s : ok)
+      if (v == s) return true;
+    return false;
+  };
+  ONEBIT_CHECK(one_of(o.optimizer, {"lamb", "onebit-lamb", "onebit-adam"}),
+               "onebit train: --optimizer must be lamb, onebit-lamb or onebit-adam, not '" << o.optimizer << "'");
+  ONEBIT_CHECK(one_of(o.backend, {"gloo", "mpi", "nccl"}), "onebit train: --backend must be gloo, mpi or nccl, not '" << o.backend << "'");
+  ONEBIT_CHECK(one_of(o.device, {"cpu", "cuda"}), "onebit train: --device must be cpu or cuda, not '" << o.device << "'");
+  ONEBIT_CHECK(!(o.backend == "nccl" && o.device != "cuda"), "onebit train: --backend nccl needs --device cuda");
+  ONEBIT_CHECK(o.steps >= 1, "onebit train: --steps must be at least 1, not " << o.steps);
+  ONEBIT_CHECK(o.batch >= 1, "onebit train: --batch must be at least 1, not " << o.batch);
+  ONEBIT_CHECK(o.workers >= 1, "onebit train: --workers must be at least 1, not " << o.workers);
+  ONEBIT_CHECK(o.batch % o.workers == 0, "onebit train: --batch " << o.batch << " is not a multiple of --workers " << o.workers);
+  ONEBIT_CHECK(o.freeze_step >= 1, "onebit train: --freeze-step must be at least 1, not " << o.freeze_step);
+  ONEBIT_CHECK(o.warmup_steps >= 0 && o.warmup_steps <= o.steps,
+               "onebit train: --warmup-steps must be in [0, --steps], not " << o.warmup_steps);
+  ONEBIT_CHECK(o.lr > 0 && std::isfinite(o.lr), "onebit train: --lr must be positive, not " << o.lr);
+  ONEBIT_CHECK(o.clip >= 0, "onebit train: --clip must be >= 0 (0: off), not " << o.clip);
+  ONEBIT_CHECK(o.weight_decay >= 0, "onebit train: --weight-decay must be >= 0, not " << o.weight_decay);
+  ONEBIT_CHECK(o.beta2 >= 0 && o.beta2 < 1, "onebit train: --beta2 must be in [0, 1), not " << o.beta2);
+  ONEBIT_CHECK(o.dropout >= 0 && o.dropout < 1, "onebit train: --dropout must be in [0, 1), not " << o.dropout);
+  ONEBIT_CHECK(o.heldout > 0 && o.heldout < 1, "onebit train: --heldout must be in (0, 1), not " << o.heldout);
+  ONEBIT_CHECK(o.eval_samples >= 1, "onebit train: --eval-samples must be at least 1, not " << o.eval_samples);
+  ONEBIT_CHECK(o.save_every >= 0, "onebit train: --save-every must be >= 0, not " << o.save_every);
+  ONEBIT_CHECK(o.timeout > 0, "onebit train: --timeout must be positive, not " << o.timeout);
+  ONEBIT_CHECK(o.threads >= 0, "onebit train: --threads must be >= 0 (0: automatic), not " << o.threads);
+  ONEBIT_CHECK(!o.out.empty(), "onebit train: --out must name a directory");
+}
+
+nlohmann::json options_json(const TrainOptions& o) {
+  return {{"model", o.model}, {"data", o.data}, {"vocab", o.vocab}, {"seq", o.seq}, {"heldout", o.heldout},
+          {"optimizer", o.optimizer}, {"batch", o.batch}, {"steps", o.steps}, {"freeze_step", o.freeze_step},
+          {"warmup_steps", o.warmup_steps}, {"lr", o.lr}, {"clip", o.clip}, {"weight_decay", o.weight_decay},
+          {"beta2", o.beta2}, {"dropout", o.dropout}, {"seed", o.seed}, {"workers", o.workers},
+          {"backend", o.backend}, {"device", o.device}, {"threads", o.threads}, {"timeout", o.timeout},
+          {"out", o.out}, {"eval_every", o.eval_every}, {"eval_samples", o.eval_samples},
+          {"save_every", o.save_every}, {"resume", o.resume}};
+}
+
+double lr_at(int64_t step, double peak, int64_t warmup, int64_t steps) {
+  if (warmup > 0 && step <= warmup) return peak * static_cast<double>(step) / static_cast<double>(warmup);
+  return peak * static_cast<double>(steps - step + 1) / static_cast<double>(steps - warmup);
+}
+
+}  // namespace onebit::train

@@ -1,0 +1,191 @@
+// Setup and evaluation pieces of a training rank (see trainer_parts.hpp).
+#include "train/trainer_parts.hpp"
+
+#include <algorithm>
+#include <chrono>
+#include <cstdlib>
+#include <thread>
+
+#include "onebit/error.hpp"
+#include "train/random.hpp"
+
+namespace onebit::train {
+namespace {
+
+template <class T>
+void broadcast_vector(Communicator& comm, std::vector<T>& v, size_t n) {
+  v.resize(n);
+  if (n) comm.broadcast(std::as_writable_bytes(std::span<T>(v)), 0);
+}
+
+}  // namespace
+
+PreparedCorpus share_corpus(const TrainOptions& o, Communicator& comm) {
+  CorpusOptions co{o.data, o.vocab, o.heldout, o.cache_dir, comm.rank() == 0};
+  if (comm.size() == 1) return prepare_corpus(co);
+  PreparedCorpus c;
+  std::string error;
+  if (comm.rank() == 0) {
+    try {
+      c = prepare_corpus(co);
+    } catch (const std::exception& e) {
+      error = e.what();
+    }
+  }
+  // Learning a tokenizer on a big corpus takes minutes; the other ranks wait for it here.
+  const auto saved = comm.timeout();
+  comm.set_timeout(std::max<std::chrono::milliseconds>(saved, std::chrono::minutes(30)));
+  std::vector<int64_t> sizes{static_cast<int64_t>(error.size()), static_cast<int64_t>(c.key.size()),
+                             static_cast<int64_t>(c.tokenizer_model.size()), static_cast<int64_t>(c.train.size()),
+                             static_cast<int64_t>(c.heldout.size()), c.train_documents, c.heldout_documents};
+  comm.broadcast(std::as_writable_bytes(std::span<int64_t>(sizes)), 0);
+  std::vector<char> text;
+  if (comm.rank() == 0) text.assign(error.begin(), error.end());
+  broadcast_vector(comm, text, static_cast<size_t>(sizes[0]));
+  if (sizes[0] > 0) {
+    comm.set_timeout(saved);
+    if (comm.rank() == 0) throw Error(error);
+    ONEBIT_CHECK(false, "onebit train on rank " << comm.rank() << ": rank 0 could not prepare the corpus: "
+                                                << std::string(text.begin(), text.end()));
+  }
+  auto share_string = [&](std::string& s, int64_t n) {
+    std::vector<char> buf(s.begin(), s.end());
+    broadcast_vector(comm, buf, static_cast<size_t>(n));
+    s.assign(buf.begin(), buf.end());
+  };
+  share_string(c.key, sizes[1]);
+  share_string(c.tokenizer_model, sizes[2]);
+  broadcast_vector(comm, c.train, static_cast<size_t>(sizes[3]));
+  broadcast_vector(comm, c.heldout, static_cast<size_t>(sizes[4]));
+  c.train_documents = sizes[5];
+  c.heldout_documents = sizes[6];
+  comm.set_timeout(saved);
+  return c;
+}
+
+std::unique_ptr<TorchOptimizer> make_optimizer(const TrainOptions& o, const std::vector<at::Tensor>& params,
+                                               std::shared_ptr<Communicator> comm, int threads) {
+  if (o.optimizer == "lamb") {
+    LambOptions l;
+    l.lr = static_cast<float>(o.lr), l.beta2 = static_cast<float>(o.beta2);
+    l.weight_decay = static_cast<float>(o.weight_decay), l.threads = threads;
+    return std::make_unique<TorchLamb>(params, l, std::move(comm));
+  }
+  if (o.optimizer == "onebit-lamb") {
+    OnebitLambOptions l;
+    l.lr = static_cast<float>(o.lr), l.beta2 = static_cast<float>(o.beta2);
+    l.weight_decay = static_cast<float>(o.weight_decay), l.threads = threads, l.freeze_step = o.freeze_step;
+    return std::make_unique<TorchOnebitLamb>(params, l, std::move(comm));
+  }
+  ONEBIT_CHECK(o.optimizer == "onebit-adam", "onebit train: --optimizer must be lamb, onebit-lamb or onebit-adam, not '"
+                                                 << o.optimizer << "'");
+  OnebitAdamOptions a;
+  a.lr = static_cast<float>(o.lr), a.beta2 = static_cast<float>(o.beta2);
+  a.weight_decay = static_cast<float>(o.weight_decay), a.threads = threads, a.freeze_step = o.freeze_step;
+  return std::make_unique<TorchOnebitAdam>(params, a, std::move(comm));
+}
+
+namespace {
+// The first row of parameter `name` that never gets a gradient, or -1 when every row may.
+int64_t first_dead_row(const std::string& name, int seq) {
+  if (name == kPositionTable) return seq;
+  if (name == kTokenTypeTable) return 1;
+  if (name.ends_with(kKeyBiasSuffix)) return 0;
+  return -1;
+}
+}  // namespace
+
+int set_momentum_masks(TorchOptimizer& opt, const std::vector<std::string>& names, int seq) {
+  auto* lamb = dynamic_cast<TorchOnebitLamb*>(&opt);
+  if (!lamb) return 0;
+  int masked = 0;
+  for (size_t i = 0; i < names.size(); ++i) {
+    const int64_t first_dead = first_dead_row(names[i], seq);
+    const at::Tensor& p = opt.flat().tensors()[i];
+    if (first_dead < 0 || first_dead >= p.size(0)) continue;
+    at::Tensor mask = torch::ones(p.sizes(), torch::kFloat);
+    mask.slice(0, first_dead).zero_();
+    lamb->set_momentum_mask(i, mask);
+    ++masked;
+  }
+  return masked;
+}
+
+DeadParameters::DeadParameters(TorchOptimizer& opt, const std::vector<std::string>& names, int seq) {
+  if (!dynamic_cast<TorchOnebitAdam*>(&opt)) return;
+  const auto w = opt.flat().param_span();
+  for (size_t i = 0; i < names.size(); ++i) {
+    const int64_t first_dead = first_dead_row(names[i], seq);
+    const at::Tensor& p = opt.flat().tensors()[i];
+    if (first_dead < 0 || first_dead >= p.size(0)) continue;
+    const size_t row = static_cast<size_t>(p.numel() / p.size(0));
+    const size_t begin = opt.flat().layout()[i].offset + static_cast<size_t>(first_dead) * row;
+    const size_t end = opt.flat().layout()[i].offset + opt.flat().layout()[i].size;
+    regions_.emplace_back(begin, std::vector<float>(w.begin() + static_cast<ptrdiff_t>(begin), w.begin() + static_cast<ptrdiff_t>(end)));
+  }
+}
+
+void DeadParameters::restore(TorchOptimizer& opt) const {
+  if (regions_.empty()) return;
+  const auto w = opt.flat().param_span();
+  for (const auto& [offset, values] : regions_) std::copy(values.begin(), values.end(), w.begin() + static_cast<ptrdiff_t>(offset));
+  opt.flat().write_back();
+}
+
+size_t DeadParameters::elements() const {
+  size_t n = 0;
+  for (const auto& r : regions_) n += r.second.size();
+  return n;
+}
+
+double evaluate(BertForMlm& model, const MlmData& data, Communicator& comm, int samples, int batch,
+                const torch::Device& device) {
+  const int64_t n = std::min<int64_t>(samples, data.heldout_sequences());
+  const int64_t p = comm.size(), r = comm.rank();
+  const int64_t first = n * r / p, last = n * (r + 1) / p;
+  model->eval();
+  double sum = 0, count = 0;
+  {
+    torch::NoGradGuard no_grad;
+    for (int64_t i = first; i < last; i += batch) {
+      Batch b = data.heldout_batch(i, std::min<int64_t>(batch, last - i));
+      const double m = static_cast<double>(b.labels.ne(kIgnore).sum().item<int64_t>());
+      if (m == 0) continue;
+      sum += model->mlm_loss(b.ids.to(device), b.labels.to(device)).item<double>() * m;
+      count += m;
+    }
+  }
+  model->train();
+  float totals[2] = {static_cast<float>(sum), static_cast<float>(count)};
+  comm.allreduce_sum(totals);
+  ONEBIT_CHECK(totals[1] > 0, "onebit train: the held-out set has no masked tokens to evaluate");
+  return totals[0] / totals[1];
+}
+
+uint64_t weights_fingerprint(TorchOptimizer& opt) {
+  const auto w = opt.flat().param_span();
+  return fnv1a(std::string_view(reinterpret_cast<const char*>(w.data()), w.size_bytes()));
+}
+
+void check_ranks_identical(TorchOptimizer& opt, Communicator& comm, const char* when) {
+  const uint64_t mine = weights_fingerprint(opt);
+  std::vector<uint64_t> all(static_cast<size_t>(comm.size()));
+  comm.allgather_values<uint64_t>(std::span<const uint64_t>(&mine, 1), all);
+  for (size_t r = 0; r < all.size(); ++r)
+    ONEBIT_CHECK(all[r] == all[0], "onebit train " << when << ": rank " << r << "'s weights differ from rank 0's "
+                                                   << "(fingerprints " << std::hex << all[r] << " vs " << all[0] << ")");
+}
+
+int threads_per_rank(int requested, int world) {
+  if (requested > 0) return requested;
+  int local = world;
+  for (const char* v : {"LOCAL_WORLD_SIZE", "OMPI_COMM_WORLD_LOCAL_SIZE", "SLURM_NTASKS_PER_NODE"})
+    if (const char* s = std::getenv(v); s && std::atoi(s) > 0) {
+      local = std::atoi(s);
+      break;
+    }
+  const int cores = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  return std::max(1, cores / std::max(1, local));
+}
+
+}  // namespace onebit::train

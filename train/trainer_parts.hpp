@@ -1,0 +1,60 @@
+// Pieces of one training rank, kept apart from the loop in trainer.cpp: sharing the corpus, building
+// the optimizer with its momentum masks, the held-out evaluation, and the weights' fingerprint.
+#pragma once
+#include <torch/torch.h>
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "onebit/communicator.hpp"
+#include "onebit/torch_optimizers.hpp"
+#include "train/corpus.hpp"
+#include "train/data.hpp"
+#include "train/model.hpp"
+#include "train/options.hpp"
+
+namespace onebit::train {
+
+// Rank 0 prepares the corpus (from the cache, or learning the tokenizer) and broadcasts it, so every
+// rank trains on identical tokens even without a shared file system. A failure on rank 0 reaches
+// every rank as an error instead of a hang.
+PreparedCorpus share_corpus(const TrainOptions& o, Communicator& comm);
+
+// The optimizer over `params` (in the order of model->named_parameters()).
+std::unique_ptr<TorchOptimizer> make_optimizer(const TrainOptions& o, const std::vector<at::Tensor>& params,
+                                               std::shared_ptr<Communicator> comm, int threads);
+
+// Spec §4: rows of the position table at or beyond --seq, token-type rows other than 0 and the key
+// biases never get a gradient, and 1-bit compression cannot send an exact zero (with v = 0 such an
+// element's update would be m/eps), so 1-bit LAMB masks their momentum. Returns the masked tensors.
+int set_momentum_masks(TorchOptimizer& opt, const std::vector<std::string>& names, int seq);
+
+// The same dead parameters for 1-bit Adam, whose core has no momentum mask (spec §4 defines it for
+// 1-bit LAMB): without one they drift by about lr*m/eps per step (a key bias reached 28 in 40 steps).
+// The trainer keeps their values from the start and puts them back after every step, the same on
+// every rank. Empty for the other optimizers.
+class DeadParameters {
+ public:
+  DeadParameters(TorchOptimizer& opt, const std::vector<std::string>& names, int seq);
+  void restore(TorchOptimizer& opt) const;
+  size_t elements() const;
+
+ private:
+  std::vector<std::pair<size_t, std::vector<float>>> regions_;  // flat offset, values
+};
+
+// Mean masked-LM loss over the first `samples` held-out sequences (sharded over the ranks).
+double evaluate(BertForMlm& model, const MlmData& data, Communicator& comm, int samples, int batch,
+                const torch::Device& device);
+
+// A hash of the fp32 weights: equal on all ranks after every step (spec §6).
+uint64_t weights_fingerprint(TorchOptimizer& opt);
+
+// Throws onebit::Error unless every rank holds the same weights fingerprint.
+void check_ranks_identical(TorchOptimizer& opt, Communicator& comm, const char* when);
+
+// CPU threads this rank should use: --threads, or the machine's cores shared by the local ranks.
+int threads_per_rank(int requested, int world);
+
+}  // namespace onebit::train
