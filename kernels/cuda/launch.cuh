@@ -23,8 +23,9 @@ template <class Op>
 void launch_tile(const DevicePartition& part, const Op& op, Stream stream, const int* skip,
                  const char* what) {
   if (part.num_blocks() == 0) return;
-  tile_kernel<Op><<<static_cast<unsigned>(part.num_blocks()), TileShape<Op>::kThreads, 0, stream>>>(
-      view(part), op, part.lanes(), skip);
+  const size_t chains = part.num_blocks() * 16;
+  tile_kernel<Op><<<static_cast<unsigned>((chains + kChainThreads - 1) / kChainThreads), kChainThreads, 0, stream>>>(
+      view(part), op, part.lanes(), skip, part.num_blocks());
   CUDA_CHECK_LAUNCH(what);
 }
 

@@ -1,13 +1,13 @@
 // The launch shapes every CUDA kernel shares, and the reduction that reproduces the CPU's pinned
-// sum order: one thread block per Partition block (kBlock elements), elements in coalesced order,
-// and per-(piece, lane) sums walked in element order by dedicated "summer" threads.
+// sum order.
 //
-// Why summers: the CPU adds x^2 for lane i%16 in element order within each piece, folds the 16
-// lanes, then adds the pieces in order. Double addition does not reassociate, so each lane of each
-// piece is one sequential chain. Workers compute a tile of 1024 elements coalesced and leave the
-// values to be squared in shared memory; 16 summer threads per sum walk the tile's 64 rows of 16 while
-// the workers compute the next tile (double-buffered). Blocks are small and many, so the chains'
-// latency hides behind other blocks' memory traffic.
+// The CPU adds x^2 for lane i%16 in element order within each piece (a piece never crosses a
+// Partition block of kBlock elements), folds the 16 lanes, then adds the pieces in order. Double
+// addition does not reassociate, so each (piece, lane) is one sequential chain. tile_kernel gives
+// every (block, lane) chain its own thread, which computes its elements and sums them in order:
+// no shared memory and no barriers. A half-warp walks one block's rows of 16 consecutive elements
+// (64 bytes per array, whole 32-byte sectors); its 16 sign bits are one 16-bit store from a warp
+// vote. A BERT-Large buffer is 164K chains, about one resident wave on an H100.
 #pragma once
 #include <cuda_runtime.h>
 
@@ -17,10 +17,9 @@
 namespace onebit::cuda::detail {
 
 constexpr size_t kBlock = size_t{1} << 15;  // kernels::Partition::kBlock
-constexpr int kWorkers = 256;
-constexpr int kTile = 1024;
-constexpr int kRows = kTile / 16;
-constexpr int kPad = 16;  // shifts each sum's shared row by 16 banks: two half-warps never collide
+constexpr int kRowsPerBlock = static_cast<int>(kBlock / 16);
+constexpr int kWorkers = 256;       // threads per CUDA block of the element-wise kernel
+constexpr int kChainThreads = 256;  // threads per CUDA block of tile_kernel: 16 Partition blocks
 
 struct Piece {  // kernels::Piece, as laid out on the host
   size_t begin, end;
@@ -47,130 +46,104 @@ __device__ __forceinline__ float max_lane(float x, float m) { return x > m ? x :
 
 // Op for tile_kernel:
 //   kSlots: values per element to reduce (1..4); kMaxSlot: the slot reduced by max (or -1)
-//   kBits: element() returns the sign bit, stored to op.bits; kPieces: op.enter(piece) is called
+//   kBits: compute() returns the sign bit, stored to op.bits; kPieces: op.enter(piece) is called
 //   before the first element of each piece (per-layer and per-chunk parameters)
-//   void begin() at kernel start (reads device scalars); In load(i);
-//   bool compute(i, const In&, float (&v)[kSlots])
+//   void begin() at kernel start (reads device scalars); In load(i) (every global read; loads of
+//   several rows are issued before any compute); bool compute(i, const In&, float (&v)[kSlots])
 template <class Op>
-struct TileShape {
-  static constexpr int kSummers = (Op::kSlots * 16 + 31) / 32 * 32;
-  static constexpr int kThreads = kWorkers + kSummers;
-};
-
-template <class Op>
-__device__ __forceinline__ void store_word(Op& op, size_t i, size_t end, unsigned word) {
-  // Lane 0 holds the warp's first element, a multiple of 32. Only the buffer's last word can be
+__device__ __forceinline__ void store_row_bits(Op& op, size_t row, size_t end, unsigned bits16) {
+  // row: the index of the row's first element, a multiple of 16. Only the buffer's last row can be
   // partial; its bits past the end are left as they were (as the CPU leaves them).
-  uint32_t* words = reinterpret_cast<uint32_t*>(op.bits);
-  if (i + 32 <= end) {
-    words[i / 32] = word;
+  uint16_t* rows = reinterpret_cast<uint16_t*>(op.bits);
+  if (row + 16 <= end) {
+    rows[row / 16] = static_cast<uint16_t>(bits16);
   } else {
-    const uint32_t mask = (1u << (end - i)) - 1u;
-    words[i / 32] = (words[i / 32] & ~mask) | (word & mask);
+    const unsigned mask = (1u << (end - row)) - 1u;
+    rows[row / 16] = static_cast<uint16_t>((rows[row / 16] & ~mask) | (bits16 & mask));
   }
 }
 
 template <class Op>
-__global__ void __launch_bounds__(TileShape<Op>::kThreads)
-tile_kernel(PartView part, Op op, double* lanes, const int* skip) {
+__global__ void __launch_bounds__(kChainThreads, 4)
+tile_kernel(PartView part, Op op, double* lanes, const int* skip, size_t num_blocks) {
   constexpr int S = Op::kSlots;
-  __shared__ float vals[2][S][kTile + kPad];
+  constexpr int U = sizeof(typename Op::In) <= 8 ? 8 : 4;  // rows loaded ahead per thread
   if (skip && *skip) return;
+  const size_t b = (static_cast<size_t>(blockIdx.x) * kChainThreads + threadIdx.x) / 16;
+  const int col = static_cast<int>(threadIdx.x & 15);
+  // A half-warp past the last block has no elements but still takes part in the warp's votes.
+  const bool active = b < num_blocks;
+  const size_t base = b * kBlock;
+  const size_t end = active ? min(base + kBlock, part.n) : base;
+  uint32_t p = active ? part.block_first[b] : 0;
+  const uint32_t p_last = active ? part.block_first[b + 1] : 0;
+  size_t p_end = active ? part.pieces[p].end : 0;
   op.begin();
-  const size_t base = static_cast<size_t>(blockIdx.x) * kBlock;
-  const size_t end = min(base + kBlock, part.n);
-  const uint32_t p_first = part.block_first[blockIdx.x], p_last = part.block_first[blockIdx.x + 1];
-  const int tiles = static_cast<int>((end - base + kTile - 1) / kTile);
-  const int tid = threadIdx.x;
-
-  // Worker state: the piece of the worker's current element.
-  uint32_t wp = p_first;
-  size_t wp_end = part.pieces[wp].end;
-  if constexpr (Op::kPieces) op.enter(part.pieces[wp], part);
-  // Summer state: slot, lane (column), current piece and the running lane sum.
-  const int slot = (tid - kWorkers) / 16, col = tid & 15;
-  uint32_t sp = p_first;
-  size_t sp_end = wp_end;
-  double acc = 0.0;
+  if constexpr (Op::kPieces)
+    if (active) op.enter(part.pieces[p], part);
+  double acc[S];
   float mx = 0.0f;
+  for (int s = 0; s < S; ++s) acc[s] = 0.0;
+  // Every (piece, lane) of the block gets exactly one value, 0 where the lane has no element.
   auto emit = [&] {
-    lanes[(static_cast<size_t>(slot) * part.num_pieces + sp) * 16 + col] =
-        slot == Op::kMaxSlot ? static_cast<double>(mx) : acc;
-    acc = 0.0;
+    for (int s = 0; s < S; ++s) {
+      lanes[(static_cast<size_t>(s) * part.num_pieces + p) * 16 + col] =
+          s == Op::kMaxSlot ? static_cast<double>(mx) : acc[s];
+      acc[s] = 0.0;
+    }
     mx = 0.0f;
   };
-
-  for (int t = 0; t <= tiles; ++t) {
-    if (tid < kWorkers) {
-      if (t < tiles) {
-        const size_t tile_base = base + static_cast<size_t>(t) * kTile;
-        float(*buf)[kTile + kPad] = vals[t & 1];
-        constexpr int K = kTile / kWorkers;
-        // Warp-uniform choice: both paths vote, and a vote must be reached by the whole warp.
-        if (__all_sync(0xffffffffu, tile_base + kTile <= min(wp_end, end))) {
-          // Fast path: the whole tile lies in the current piece; loads first, for memory parallelism.
-          typename Op::In in[K];
+  auto take = [&](const float (&v)[S]) {
 #pragma unroll
-          for (int k = 0; k < K; ++k) in[k] = op.load(tile_base + k * kWorkers + tid);
-#pragma unroll
-          for (int k = 0; k < K; ++k) {
-            const size_t i = tile_base + k * kWorkers + tid;
-            float v[S];
-            const bool bit = op.compute(i, in[k], v);
-#pragma unroll
-            for (int s = 0; s < S; ++s) buf[s][k * kWorkers + tid] = v[s];
-            if constexpr (Op::kBits) {
-              const unsigned word = __ballot_sync(0xffffffffu, bit);
-              if ((tid & 31) == 0) store_word(op, i, end, word);
-            }
-          }
-        } else {
-#pragma unroll
-          for (int k = 0; k < K; ++k) {
-            const size_t i = tile_base + k * kWorkers + tid;
-            float v[S];
-#pragma unroll
-            for (int s = 0; s < S; ++s) v[s] = 0.0f;
-            bool bit = false;
-            if (i < end) {
-              while (i >= wp_end) {
-                wp_end = part.pieces[++wp].end;
-                if constexpr (Op::kPieces) op.enter(part.pieces[wp], part);
-              }
-              bit = op.compute(i, op.load(i), v);
-            }
-#pragma unroll
-            for (int s = 0; s < S; ++s) buf[s][k * kWorkers + tid] = v[s];
-            if constexpr (Op::kBits) {
-              const unsigned word = __ballot_sync(0xffffffffu, bit);
-              if ((tid & 31) == 0 && i < end) store_word(op, i, end, word);
-            }
-          }
-        }
-      }
-    } else if (t > 0 && slot < S) {
-      const size_t tile_base = base + static_cast<size_t>(t - 1) * kTile;
-      const float* row = vals[(t - 1) & 1][slot];
-      for (int r = 0; r < kRows; ++r) {
-        const size_t i = tile_base + r * 16 + col;
-        if (i >= end) break;
-        while (i >= sp_end) {
-          emit();
-          sp_end = part.pieces[++sp].end;
-        }
-        const float x = row[r * 16 + col];
-        if (slot == Op::kMaxSlot) {
-          mx = max_lane(x, mx);
-        } else {
-          acc += sq(x);
-        }
+    for (int s = 0; s < S; ++s) {
+      if (s == Op::kMaxSlot) {
+        mx = max_lane(v[s], mx);
+      } else {
+        acc[s] += sq(v[s]);
       }
     }
-    __syncthreads();
+  };
+  auto vote = [&](size_t row, bool bit, bool has) {
+    const unsigned word = __ballot_sync(0xffffffffu, bit);
+    if (col == 0 && has) store_row_bits(op, row, end, (word >> (threadIdx.x & 16)) & 0xffffu);
+  };
+
+  for (int r0 = 0; r0 < kRowsPerBlock; r0 += U) {
+    const size_t row0 = base + static_cast<size_t>(r0) * 16;
+    const size_t i0 = row0 + col;
+    // Warp-uniform choice (the votes need the whole warp): every row of both half-warps lies in
+    // the thread's current piece.
+    if (__all_sync(0xffffffffu, i0 + (U - 1) * 16 < min(p_end, end))) {
+      typename Op::In in[U];
+#pragma unroll
+      for (int u = 0; u < U; ++u) in[u] = op.load(i0 + u * 16);
+#pragma unroll
+      for (int u = 0; u < U; ++u) {
+        float v[S];
+        const bool bit = op.compute(i0 + u * 16, in[u], v);
+        take(v);
+        if constexpr (Op::kBits) vote(row0 + u * 16, bit, true);
+      }
+    } else {
+      for (int u = 0; u < U; ++u) {
+        const size_t i = i0 + u * 16;
+        const bool has = i < end;
+        bool bit = false;
+        if (has) {
+          while (i >= p_end) {
+            emit();
+            p_end = part.pieces[++p].end;
+            if constexpr (Op::kPieces) op.enter(part.pieces[p], part);
+          }
+          float v[S];
+          bit = op.compute(i, op.load(i), v);
+          take(v);
+        }
+        if constexpr (Op::kBits) vote(row0 + u * 16, bit, row0 + u * 16 < end);
+      }
+    }
   }
-  // Every (piece, lane) of the block gets exactly one value, 0 where the lane has no element.
-  if (tid >= kWorkers && slot < S)
-    for (; sp < p_last; ++sp) emit();
+  for (; p < p_last; ++p) emit();
 }
 
 // Element-wise pass (no sums): one block per Partition block, runs of elements within one piece.
