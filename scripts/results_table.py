@@ -37,11 +37,40 @@ def rows_for(machine_dir):
                          f"memcpy {r['seconds']['memcpy']*1e3:.1f} ms",
                          f"{r['time_ratio']:.2f}x memcpy ({r['bytes_per_param']['step']:g} B/param, bytes moved: "
                          f"{r['floor_time_ratio']:.2f}x)", name))
+    for path in sorted(glob.glob(os.path.join(machine_dir, "*", "compare.json"))):
+        r, name = load(path), os.path.relpath(path, ROOT)
+        st, a, b = r["settings"], r["lamb"], r["onebit_lamb"]
+        rows.append((f"`onebit compare`: {st['model']} BERT, {st['workers']} workers ({st['backend']}), "
+                     f"{st['steps']} steps x {st['batch']}",
+                     f"1-bit LAMB: held-out loss {b['heldout_loss']:.4f}, {b['bytes_sent']/1e6:.1f} MB/worker",
+                     f"LAMB: held-out loss {a['heldout_loss']:.4f}, {a['bytes_sent']/1e6:.1f} MB/worker",
+                     f"{r['ratios']['bytes_sent']:.2f}x fewer bytes, loss ratio {r['ratios']['heldout_loss']:.4f}",
+                     name))
     return rows
+
+
+def gpu_table(path):
+    """One GPU's file from bench/gpu/run.sh: each step against the device copy bandwidth."""
+    r = load(path)
+    name = os.path.relpath(path, ROOT)
+    out = [f"GPU `{r['device']}` ({r['params']:,} parameters in {r['layers']} tensors, world size "
+           f"{r['world_size']} over {r['backend']}; device copy {r['copy']['GBps']:.0f} GB/s in the same run):\n",
+           "| step | time | bytes moved | fraction of copy bandwidth | bar | vs reference | source |",
+           "|---|---|---|---|---|---|---|"]
+    for key, t in r["results"].items():
+        bar = f"{t['bar_ms']} ms: {'met' if t['meets_bar'] else 'not met'}" if "bar_ms" in t else ""
+        ref = f"{r['speedup_vs_reference'][key]:.1f}x faster" if key in r.get("speedup_vs_reference", {}) else ""
+        out.append(f"| {key.replace('_', ' ')} | {t['ms_median']:.2f} ms | {t['bytes_per_param']:g} B/param | "
+                   f"{t['fraction_of_copy']:.2f} | {bar} | {ref} | [{os.path.basename(path)}]({name}) |")
+    out.append("")
+    return out
 
 
 def table():
     out = []
+    for path in sorted(glob.glob(os.path.join(ROOT, "bench", "results", "*.json"))):
+        if load(path).get("bench") == "gpu":
+            out += gpu_table(path)
     for machine_dir in sorted(glob.glob(os.path.join(ROOT, "bench", "results", "*"))):
         if not os.path.isdir(machine_dir):
             continue
