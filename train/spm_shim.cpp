@@ -52,30 +52,38 @@ T* copy_out(const T* data, size_t n) {
   return out;
 }
 
+// Runs f (which returns a sentencepiece Status) with every failure turned into 1 and a message.
+template <class F>
+int guarded(char* err, size_t errlen, F f) {
+  try {
+    const sentencepiece::util::Status st = f();
+    if (st.ok()) return 0;
+    set_error(err, errlen, st.ToString());
+  } catch (const std::exception& e) {
+    set_error(err, errlen, e.what());
+  }
+  return 1;
+}
+
 }  // namespace
 
 extern "C" {
 
 int onebit_spm_train(const char* const* keys, const char* const* values, int nargs, onebit_spm_next_line next,
                      void* ctx, char** model, size_t* model_len, char* err, size_t errlen) {
-  try {
+  return guarded(err, errlen, [&] {
     std::unordered_map<std::string, std::string> args;
     for (int i = 0; i < nargs; ++i) args[keys[i]] = values[i];
     sentencepiece::SetRandomGeneratorSeed(12345);  // deterministic sentence sampling
     Lines lines(next, ctx);
     std::string out;
     auto st = sentencepiece::SentencePieceTrainer::Train(args, &lines, &out);
-    if (!st.ok()) {
-      set_error(err, errlen, st.ToString());
-      return 1;
+    if (st.ok()) {
+      *model = copy_out(out.data(), out.size());
+      *model_len = out.size();
     }
-    *model = copy_out(out.data(), out.size());
-    *model_len = out.size();
-    return 0;
-  } catch (const std::exception& e) {
-    set_error(err, errlen, e.what());
-    return 1;
-  }
+    return st;
+  });
 }
 
 void* onebit_spm_load(const char* model, size_t len, char* err, size_t errlen) {
@@ -98,7 +106,7 @@ void onebit_spm_free(void* processor) { delete static_cast<sentencepiece::Senten
 
 int onebit_spm_encode_lines(void* processor, const char* text, size_t len, int32_t** ids, size_t* n, char* err,
                             size_t errlen) {
-  try {
+  return guarded(err, errlen, [&] {
     auto* sp = static_cast<sentencepiece::SentencePieceProcessor*>(processor);
     std::string_view t(text, len);
     std::vector<int32_t> out;
@@ -111,38 +119,27 @@ int onebit_spm_encode_lines(void* processor, const char* text, size_t len, int32
       pos = end + 1;
       if (blank(line)) continue;
       auto st = sp->Encode(line, &line_ids);
-      if (!st.ok()) {
-        set_error(err, errlen, st.ToString());
-        return 1;
-      }
+      if (!st.ok()) return st;
       out.insert(out.end(), line_ids.begin(), line_ids.end());
     }
     *ids = copy_out(out.data(), out.size());
     *n = out.size();
-    return 0;
-  } catch (const std::exception& e) {
-    set_error(err, errlen, e.what());
-    return 1;
-  }
+    return sentencepiece::util::Status();
+  });
 }
 
 int onebit_spm_decode(void* processor, const int32_t* ids, size_t n, char** text, size_t* len, char* err,
                       size_t errlen) {
-  try {
+  return guarded(err, errlen, [&] {
     auto* sp = static_cast<sentencepiece::SentencePieceProcessor*>(processor);
     std::string out;
     auto st = sp->Decode(std::vector<int>(ids, ids + n), &out);
-    if (!st.ok()) {
-      set_error(err, errlen, st.ToString());
-      return 1;
+    if (st.ok()) {
+      *text = copy_out(out.data(), out.size());
+      *len = out.size();
     }
-    *text = copy_out(out.data(), out.size());
-    *len = out.size();
-    return 0;
-  } catch (const std::exception& e) {
-    set_error(err, errlen, e.what());
-    return 1;
-  }
+    return st;
+  });
 }
 
 int onebit_spm_vocab_size(void* processor) {
