@@ -1,6 +1,7 @@
 // What every optimizer shares (sizes, the warmup exchange, LAMB trust ratios, state), and Lamb (spec §3).
 #include <algorithm>
 #include <cmath>
+#include <sstream>
 
 #include "onebit/error.hpp"
 #include "onebit/optimizers.hpp"
@@ -78,6 +79,37 @@ const std::vector<float>& find_tensor(const OptimizerState& s, const char* key, 
   ONEBIT_CHECK(it->second.size() == expect, who << " load_state: '" << key << "' has "
                                                 << it->second.size() << " elements, expected " << expect);
   return it->second;
+}
+
+std::string load_state(Optimizer& opt, const OptimizerState& s, OnResize on_resize) {
+  const auto saved = s.counters.find("world_size");
+  const int64_t world = opt.comm().size();
+  if (saved == s.counters.end() || saved->second == world) {
+    opt.load_state(s);
+    return {};
+  }
+  ONEBIT_CHECK(on_resize == OnResize::kResetErrors,
+               opt.name() << " load_state on rank " << opt.comm().rank() << ": the state was saved by "
+                          << saved->second << " ranks, this run has " << world
+                          << " (loading it anyway resets the error buffers: OnResize::kResetErrors)");
+  OptimizerState resized = s;
+  resized.counters["world_size"] = world;
+  // The error buffers' shapes on this rank of this world: the optimizer's own.
+  const OptimizerState mine = opt.state();
+  std::string reset;
+  for (const char* key : {"worker_error", "server_error"}) {
+    const auto it = mine.tensors.find(key);
+    if (it == mine.tensors.end()) continue;
+    resized.tensors[key].assign(it->second.size(), 0.0f);
+    reset += std::string(reset.empty() ? "" : " and ") + key;
+  }
+  opt.load_state(resized);
+  if (reset.empty()) return {};
+  std::ostringstream w;
+  w << opt.name() << " on rank " << opt.comm().rank() << ": the state was saved by " << saved->second
+    << " ranks, this run has " << world << "; " << reset
+    << " restart from zero (the run continues, but not bit for bit as it would have)";
+  return w.str();
 }
 
 // --- Lamb ------------------------------------------------------------------------------------

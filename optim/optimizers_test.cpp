@@ -6,12 +6,13 @@
 
 #include <cmath>
 #include <cstring>
-#include <mutex>
+#include <functional>
 #include <random>
 
 #include "../tests/reference_optimizers.hpp"
 #include "onebit/error.hpp"
 #include "onebit/local_comm.hpp"
+#include "options.hpp"
 
 namespace onebit {
 namespace {
@@ -214,7 +215,7 @@ TEST(OnebitLamb, NonFiniteGradientOnOneRankSkipsTheStepEverywhere) {
 
 // Save in the middle of either stage, load into a fresh optimizer: the rest is bit for bit the same.
 TEST(Optimizers, ResumeContinuesBitForBit) {
-  const int P = 3, steps = 10;
+  const int P = 4, steps = 10;
   for (int stop : {2, 4, 7}) {
     for (bool adam : {false, true}) {
       run_local(P, [&](Communicator& comm) {
@@ -289,25 +290,124 @@ TEST(Optimizers, BadOptionsAreNamed) {
   });
 }
 
-TEST(Optimizers, RanksThatDisagreeAreReportedOnEveryRank) {
-  std::mutex mu;
-  int errors = 0;
+// Runs fn on P local ranks and returns every rank's error message (empty: no error).
+std::vector<std::string> errors_on_each_rank(int P, const std::function<void(Communicator&)>& fn) {
+  std::vector<std::string> errors(static_cast<size_t>(P));
   try {
-    run_local(2, [&](Communicator& comm) {
-      OnebitLambOptions o;
-      o.freeze_step = comm.rank() == 0 ? 100 : 200;
+    run_local(P, [&](Communicator& comm) {
       try {
-        OnebitLamb opt(kLayout, comm, o);
-      } catch (const Error&) {
-        std::lock_guard<std::mutex> lock(mu);
-        ++errors;
+        fn(comm);
+      } catch (const Error& e) {
+        errors[static_cast<size_t>(comm.rank())] = e.what();
         throw;
       }
     });
-  } catch (const Error& e) {
-    EXPECT_NE(std::string(e.what()).find("different"), std::string::npos) << e.what();
+  } catch (const Error&) {
   }
-  EXPECT_EQ(errors, 2);
+  return errors;
+}
+
+TEST(Optimizers, RanksThatDisagreeAreReportedOnEveryRankNamingWhat) {
+  auto expect_on_every_rank = [](const std::vector<std::string>& errors, const std::string& what) {
+    for (size_t r = 0; r < errors.size(); ++r)
+      EXPECT_NE(errors[r].find(what), std::string::npos) << "rank " << r << ": '" << errors[r] << "'";
+  };
+  expect_on_every_rank(errors_on_each_rank(3, [](Communicator& comm) {
+                         OnebitLambOptions o;
+                         o.freeze_step = comm.rank() == 2 ? 200 : 100;
+                         OnebitLamb opt(kLayout, comm, o);
+                       }),
+                       "rank 2 has freeze_step = 200, rank 0 has 100");
+  expect_on_every_rank(errors_on_each_rank(2, [](Communicator& comm) {
+                         LambOptions o;
+                         o.beta2 = comm.rank() == 1 ? 0.99f : 0.999f;
+                         Lamb opt(kLayout, comm, o);
+                       }),
+                       "rank 1 has beta2 = ");
+  expect_on_every_rank(errors_on_each_rank(2, [](Communicator& comm) {
+                         std::vector<size_t> sizes = kSizes;
+                         if (comm.rank() == 1) sizes.pop_back();
+                         Lamb opt(FlatLayout(sizes), comm, {});
+                       }),
+                       "rank 1 has 6 layers of");
+  expect_on_every_rank(errors_on_each_rank(2, [](Communicator& comm) {
+                         std::vector<size_t> sizes = kSizes;
+                         if (comm.rank() == 1) std::swap(sizes[0], sizes[1]);
+                         Lamb opt(FlatLayout(sizes), comm, {});
+                       }),
+                       "rank 1 has different layer shapes");
+  expect_on_every_rank(errors_on_each_rank(2, [](Communicator& comm) {
+                         OnebitAdamOptions o;
+                         o.freeze_step = 5;
+                         if (comm.rank() == 0) OnebitAdam opt(kLayout, comm, o);
+                         else OnebitLamb opt(kLayout, comm, OnebitLambOptions{{}, 5});
+                       }),
+                       "rank 1 builds a different optimizer");
+  // A rank of another build, whose checkpoints this one could not read.
+  expect_on_every_rank(errors_on_each_rank(2, [](Communicator& comm) {
+                         agree_across_ranks(comm, kLayout, settings_of(LambOptions{}), "lamb",
+                                            kCheckpointVersion + static_cast<uint32_t>(comm.rank()));
+                       }),
+                       "rank 1 has checkpoint format version " + std::to_string(kCheckpointVersion + 1));
+  // And agreement is no error.
+  for (const auto& e : errors_on_each_rank(3, [](Communicator& comm) { Lamb opt(kLayout, comm, {}); }))
+    EXPECT_EQ(e, "");
+}
+
+// A state saved by 2 ranks, loaded by 4: refused unless asked; asked, the error buffers restart at
+// zero, everything else carries over, and the 4 ranks go on identically.
+TEST(Optimizers, AnotherWorldSizeIsAnErrorUnlessTheErrorBuffersMayReset) {
+  OnebitLambOptions o;
+  o.freeze_step = 3, o.weight_decay = 0.01f;
+  std::vector<OptimizerState> saved(2);
+  Vec w2 = initial_weights(9);
+  run_local(2, [&](Communicator& comm) {
+    OnebitLamb opt(kLayout, comm, o);
+    Vec w = w2;
+    for (int t = 0; t < 5; ++t) {
+      Vec g = gradient(10, t, comm.rank());
+      ASSERT_TRUE(opt.step(w, g));
+    }
+    saved[static_cast<size_t>(comm.rank())] = opt.state();
+    if (comm.rank() == 0) w2 = w;
+  });
+  ASSERT_NE(saved[0].tensors.at("worker_error"), Vec(kLayout.total(), 0.0f)) << "nothing to reset";
+  const auto refused = errors_on_each_rank(4, [&](Communicator& comm) {
+    OnebitLamb opt(kLayout, comm, o);
+    (void)load_state(opt, saved[static_cast<size_t>(comm.rank() % 2)], OnResize::kError);
+  });
+  for (const auto& e : refused) EXPECT_NE(e.find("saved by 2 ranks, this run has 4"), std::string::npos) << e;
+  std::vector<Vec> after(4);
+  run_local(4, [&](Communicator& comm) {
+    OnebitLamb opt(kLayout, comm, o);
+    EXPECT_THROW(opt.load_state(saved[0]), Error);
+    const OptimizerState& s = saved[static_cast<size_t>(comm.rank() % 2)];
+    const std::string warning = load_state(opt, s, OnResize::kResetErrors);
+    EXPECT_NE(warning.find("worker_error and server_error restart from zero"), std::string::npos) << warning;
+    const OptimizerState loaded = opt.state();
+    for (const char* key : {"m", "v", "v_fresh", "c_freeze", "last_factor", "k"})
+      EXPECT_EQ(loaded.tensors.at(key), s.tensors.at(key)) << key;
+    for (const char* key : {"worker_error", "server_error"})
+      for (float e : loaded.tensors.at(key)) ASSERT_EQ(e, 0.0f) << key;
+    EXPECT_EQ(opt.steps(), 5);
+    EXPECT_FALSE(opt.in_warmup());
+    Vec w = w2;
+    for (int t = 5; t < 8; ++t) {
+      Vec g = gradient(10, t, comm.rank());
+      ASSERT_TRUE(opt.step(w, g));
+    }
+    after[static_cast<size_t>(comm.rank())] = w;
+  });
+  for (int r = 1; r < 4; ++r) EXPECT_EQ(after[static_cast<size_t>(r)], after[0]) << "rank " << r;
+  EXPECT_NE(after[0], w2);
+  // Lamb has no error buffers: nothing to warn about.
+  run_local(1, [&](Communicator& comm) {
+    Lamb lamb(kLayout, comm, {});
+    OptimizerState s = lamb.state();
+    s.counters["world_size"] = 8;
+    EXPECT_EQ(load_state(lamb, s, OnResize::kResetErrors), "");
+    EXPECT_THROW((void)load_state(lamb, s, OnResize::kError), Error);
+  });
 }
 
 TEST(FlatLayout, BertLargeShapes) {

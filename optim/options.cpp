@@ -2,7 +2,6 @@
 #include "options.hpp"
 
 #include <cmath>
-#include <cstring>
 
 #include "onebit/error.hpp"
 
@@ -45,36 +44,69 @@ void validate(const OnebitAdamOptions& o, const std::string& who) {
                                        << o.freeze_step);
 }
 
-std::vector<double> settings_of(const LambOptions& o) {
-  return {o.beta1, o.beta2, o.eps, o.weight_decay, o.max_coeff, o.min_coeff};
+Settings settings_of(const LambOptions& o) {
+  return {{"beta1", o.beta1}, {"beta2", o.beta2}, {"eps", o.eps}, {"weight_decay", o.weight_decay},
+          {"max_coeff", o.max_coeff}, {"min_coeff", o.min_coeff}};
 }
 
-std::vector<double> settings_of(const OnebitLambOptions& o) {
-  auto s = settings_of(static_cast<const LambOptions&>(o));
-  s.insert(s.end(), {static_cast<double>(o.freeze_step), o.coeff_beta, o.factor_max, o.factor_min,
-                     o.factor_threshold});
+Settings settings_of(const OnebitLambOptions& o) {
+  Settings s = settings_of(static_cast<const LambOptions&>(o));
+  s.insert(s.end(), {{"freeze_step", static_cast<double>(o.freeze_step)}, {"coeff_beta", o.coeff_beta},
+                     {"factor_max", o.factor_max}, {"factor_min", o.factor_min},
+                     {"factor_threshold", o.factor_threshold}});
   return s;
 }
 
-std::vector<double> settings_of(const OnebitAdamOptions& o) {
-  return {o.beta1, o.beta2, o.eps, o.weight_decay, static_cast<double>(o.freeze_step)};
+Settings settings_of(const OnebitAdamOptions& o) {
+  return {{"beta1", o.beta1}, {"beta2", o.beta2}, {"eps", o.eps}, {"weight_decay", o.weight_decay},
+          {"freeze_step", static_cast<double>(o.freeze_step)}};
 }
 
-void agree_across_ranks(Communicator& comm, const FlatLayout& layout,
-                        const std::vector<double>& settings, const std::string& who) {
-  if (comm.size() == 1) return;
-  // FNV-1a over the layer sizes and the settings.
-  uint64_t h = 1469598103934665603ull;
-  auto mix = [&](const void* p, size_t n) {
+Fingerprint fingerprint(const FlatLayout& layout, const Settings& settings, const std::string& kind,
+                        uint32_t version) {
+  ONEBIT_CHECK(settings.size() <= Fingerprint::kMaxSettings, kind << ": " << settings.size() << " settings to agree on, room for "
+                                                                  << Fingerprint::kMaxSettings);
+  auto fnv = [](uint64_t h, const void* p, size_t n) {
     for (size_t i = 0; i < n; ++i) h = (h ^ static_cast<const unsigned char*>(p)[i]) * 1099511628211ull;
+    return h;
   };
-  for (const auto& l : layout.layers()) mix(&l.size, sizeof l.size);
-  mix(settings.data(), settings.size() * sizeof(double));
-  std::vector<uint64_t> all(static_cast<size_t>(comm.size()));
-  comm.allgather_values(std::span<const uint64_t>(&h, 1), std::span<uint64_t>(all));
-  for (size_t r = 0; r < all.size(); ++r)
-    ONEBIT_CHECK(all[r] == all[0], who << " on rank " << comm.rank() << ": rank " << r
-                                       << " has different layer shapes or options than rank 0");
+  Fingerprint f;
+  f.kind = fnv(1469598103934665603ull, kind.data(), kind.size());
+  f.version = version;
+  f.layers = layout.num_layers();
+  f.params = layout.total();
+  f.shapes = 1469598103934665603ull;
+  for (const auto& l : layout.layers()) f.shapes = fnv(f.shapes, &l.size, sizeof l.size);
+  for (size_t i = 0; i < settings.size(); ++i) f.settings[i] = settings[i].second;
+  return f;
+}
+
+void check_fingerprints(std::span<const Fingerprint> all, const Settings& settings, int rank,
+                        const std::string& who) {
+  const Fingerprint& a = all[0];
+  for (size_t r = 1; r < all.size(); ++r) {
+    const Fingerprint& b = all[r];
+    const std::string at = who + " on rank " + std::to_string(rank) + ": rank " + std::to_string(r);
+    ONEBIT_CHECK(b.kind == a.kind, at << " builds a different optimizer than rank 0");
+    ONEBIT_CHECK(b.version == a.version, at << " has checkpoint format version " << b.version << ", rank 0 has "
+                                            << a.version << " (different onebit builds)");
+    ONEBIT_CHECK(b.layers == a.layers && b.params == a.params,
+                 at << " has " << b.layers << " layers of " << b.params << " parameters, rank 0 has " << a.layers
+                    << " of " << a.params);
+    ONEBIT_CHECK(b.shapes == a.shapes, at << " has different layer shapes than rank 0 (same count and total)");
+    for (size_t i = 0; i < settings.size(); ++i)
+      ONEBIT_CHECK(b.settings[i] == a.settings[i],
+                   at << " has " << settings[i].first << " = " << b.settings[i] << ", rank 0 has " << a.settings[i]);
+  }
+}
+
+void agree_across_ranks(Communicator& comm, const FlatLayout& layout, const Settings& settings,
+                        const std::string& who, uint32_t version) {
+  if (comm.size() == 1) return;
+  const Fingerprint mine = fingerprint(layout, settings, who, version);
+  std::vector<Fingerprint> all(static_cast<size_t>(comm.size()));
+  comm.allgather(std::as_bytes(std::span(&mine, 1)), std::as_writable_bytes(std::span(all)));
+  check_fingerprints(all, settings, comm.rank(), who);
 }
 
 }  // namespace onebit

@@ -6,6 +6,7 @@
 #include <memory>
 #include <span>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "onebit/cuda_kernels.hpp"
@@ -95,7 +96,8 @@ class CudaOptimizer : public Optimizer {
   // Host bookkeeping once a step is known to be applied (called before step_ advances).
   virtual void applied() {}
 
-  void check_agreement(const std::vector<double>& settings);
+  // The cross-rank check of optim/options.hpp: settings are (name, value) pairs.
+  void check_agreement(const std::vector<std::pair<const char*, double>>& settings);
   void average_gradients(float* g);  // the fp32 warmup exchange
   void lamb_pass(float* w, float* g, float* m, float* v, const kernels::MomentParams& p,
                  const LambCoefArgs& coef_args);

@@ -52,6 +52,13 @@ struct OptimizerState {
   std::map<std::string, int64_t> counters;
 };
 
+// What loading a state saved by a different number of ranks does. The error buffers are per rank
+// and sized by the world, so they cannot carry over; everything else is the same on every rank.
+enum class OnResize {
+  kError,        // refuse, naming both world sizes (the default everywhere)
+  kResetErrors,  // continue with the error buffers at zero: no longer bit for bit, but sound
+};
+
 class Optimizer {
  public:
   Optimizer(const FlatLayout& layout, Communicator& comm, int threads);
@@ -161,5 +168,10 @@ class OnebitAdam : public Optimizer {
   AlignedVector<float> m_, v_;
   std::vector<float> coef_;
 };
+
+// Loads `s` into `opt`, which may run on a different number of ranks than the one that saved `s`
+// only with OnResize::kResetErrors (any rank's state will do then). Returns a warning for the user
+// when error buffers were reset, else an empty string.
+[[nodiscard]] std::string load_state(Optimizer& opt, const OptimizerState& s, OnResize on_resize);
 
 }  // namespace onebit

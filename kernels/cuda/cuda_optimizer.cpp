@@ -59,23 +59,15 @@ bool CudaOptimizer::sync() {
   return last_applied_;
 }
 
-void CudaOptimizer::check_agreement(const std::vector<double>& settings) {
+void CudaOptimizer::check_agreement(const std::vector<std::pair<const char*, double>>& settings) {
   // As agree_across_ranks (optim/options.cpp), through device memory so NCCL can carry it.
   if (comm_.size() == 1) return;
-  uint64_t h = 1469598103934665603ull;  // FNV-1a over the layer sizes and the settings
-  auto mix = [&](const void* p, size_t n) {
-    for (size_t i = 0; i < n; ++i) h = (h ^ static_cast<const unsigned char*>(p)[i]) * 1099511628211ull;
-  };
-  for (const auto& l : layout_.layers()) mix(&l.size, sizeof l.size);
-  mix(settings.data(), settings.size() * sizeof(double));
-  DeviceArray<uint64_t> mine(std::span<const uint64_t>(&h, 1));
-  DeviceArray<uint64_t> all(static_cast<size_t>(comm_.size()));
-  coll_->allgather(mine.data(), all.data(), sizeof(uint64_t));
+  const Fingerprint mine = fingerprint(layout_, settings, name());
+  DeviceArray<Fingerprint> send(std::span<const Fingerprint>(&mine, 1));
+  DeviceArray<Fingerprint> all(static_cast<size_t>(comm_.size()));
+  coll_->allgather(send.data(), all.data(), sizeof(Fingerprint));
   coll_->wait(name() + " agreement check");
-  const std::vector<uint64_t> got = all.download();
-  for (size_t r = 0; r < got.size(); ++r)
-    ONEBIT_CHECK(got[r] == got[0], name() << " on rank " << comm_.rank() << ": rank " << r
-                                          << " has different layer shapes or options than rank 0");
+  check_fingerprints(all.download(), settings, comm_.rank(), name());
 }
 
 void CudaOptimizer::average_gradients(float* g) {
