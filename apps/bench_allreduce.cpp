@@ -8,7 +8,6 @@
 #include <cerrno>
 #include <cstdlib>
 #include <cstring>
-#include <filesystem>
 #include <iostream>
 
 #include "bench_common.hpp"
@@ -19,6 +18,10 @@
 #include "onebit/kernels.hpp"
 #include "onebit/local_comm.hpp"
 #include "onebit/mpi_comm.hpp"
+#ifdef ONEBIT_HAVE_TORCH
+#include "train/distributed.hpp"
+#include "train/launcher.hpp"
+#endif
 
 namespace onebit::bench {
 namespace {
@@ -106,7 +109,8 @@ Measured measure_and_calibrate(Communicator& comm, const AllreduceOptions& o) {
     samples.push_back({static_cast<double>(smaller.elements), s.seconds_fp32, s.seconds_compressed});
   }
   const double nominal = o.rate.empty() ? 0.0 : lan::make_shape(o.rate, o.delay).rate_bits_per_s / 8.0;
-  plan::Calibration c = plan::fit(samples, comm.size(), nominal);
+  // Every rank of this benchmark runs on this machine (mpirun's local ranks, or onebit lan's namespaces).
+  plan::Calibration c = plan::fit(samples, comm.size(), nominal, machine_json()["cores"].get<int>());
   c.source += ", backend " + o.backend + (o.rate.empty() ? "" : ", links shaped to " + o.rate);
   if (comm.rank() == 0) plan::save_calibration(o.calibration, c);
   return m;
@@ -115,8 +119,9 @@ Measured measure_and_calibrate(Communicator& comm, const AllreduceOptions& o) {
 std::string transport(const AllreduceOptions& o) {
   // The local backend's ranks are threads of one process: its "wire" is memory.
   if (o.backend == "local") return "in-process threads, no network";
-  if (!o.rate.empty()) return "processes under mpirun, one per network namespace, TCP over shaped veth links";
-  return "processes under mpirun";
+  const std::string start = o.backend == "mpi" ? "processes under mpirun" : "processes joined by a TCPStore rendezvous";
+  if (!o.rate.empty()) return start + ", one per network namespace, TCP over shaped veth links";
+  return o.backend == "mpi" ? start : start + ", TCP over loopback";
 }
 
 // The shaped network the ranks ran in (onebit lan), or null for none.
@@ -173,8 +178,7 @@ void print_text(std::ostream& os, const AllreduceOptions& o, const nlohmann::jso
 
 // Starts this same command as P processes under mpirun and returns their exit code.
 int relaunch_under_mpirun(int workers, const std::vector<std::string>& args) {
-  // mpirun's daemons would resolve /proc/self/exe to themselves, so pass the real path.
-  const std::string self = std::filesystem::read_symlink("/proc/self/exe").string();
+  const std::string self = lan::self_path();
   std::vector<std::string> cmd = {"mpirun", "--allow-run-as-root", "--oversubscribe", "--bind-to", "none",
                                   "-np", std::to_string(workers), self};
   cmd.insert(cmd.end(), args.begin(), args.end());
@@ -206,15 +210,17 @@ CLI::App* add_allreduce_command(CLI::App& bench, AllreduceOptions& o) {
   CLI::App* c = bench.add_subcommand("allreduce", "compressed 1-bit allreduce against the backend's fp32 allreduce");
   c->add_option("--workers", o.workers, "ranks")->required()->check(CLI::Range(1, 4096));
   c->add_option("--elements", o.elements, "fp32 elements per rank")->required()->check(positive_integer, "POSITIVE");
-  c->add_option("--backend", o.backend, "local (threads in this process) or mpi (processes under mpirun)")
-      ->check(CLI::IsMember({"local", "mpi"}))
+  c->add_option("--backend", o.backend,
+                "local (threads in this process), mpi (processes under mpirun) or gloo (processes over "
+                "PyTorch's Gloo through c10d, as `onebit train` joins)")
+      ->check(CLI::IsMember({"local", "mpi", "gloo"}))
       ->capture_default_str();
   c->add_option("--threads", o.threads, "kernel threads per rank")->check(CLI::Range(1, 1024))->capture_default_str();
   c->add_option("--repeats", o.repeats, "timed runs (median reported)")->check(CLI::Range(1, 100000))->capture_default_str();
   c->add_flag("--json", o.json, "print JSON instead of a table");
   c->add_option("--out", o.out, "also write the JSON to this file");
   c->add_option("--rate", o.rate,
-                "run the ranks in a shaped network (onebit lan; root, --backend mpi): each link's rate, "
+                "run the ranks in a shaped network (onebit lan; root, --backend mpi or gloo): each link's rate, "
                 "both directions (100mbit, 1gbit)");
   c->add_option("--delay", o.delay, "with --rate: one-way latency between two workers (500us, 1ms)")
       ->capture_default_str();
@@ -226,13 +232,63 @@ CLI::App* add_allreduce_command(CLI::App& bench, AllreduceOptions& o) {
   return c;
 }
 
+namespace {
+
+// Measures on this rank and reports from rank 0.
+int measure_and_report(Communicator& comm, const AllreduceOptions& o) {
+  if (comm.size() != o.workers)
+    throw Error("bench allreduce: --workers " + std::to_string(o.workers) + " but the " + o.backend + " world has " +
+                std::to_string(comm.size()) + " ranks");
+  const Measured m = measure_and_calibrate(comm, o);
+  if (comm.rank() == 0) {
+    const nlohmann::json j = to_json(o, m);
+    emit(j, o.json, o.out, [&](std::ostream& os) { print_text(os, o, j, m); });
+  }
+  return 0;
+}
+
+std::chrono::milliseconds whole_run_timeout(const AllreduceOptions& o) {
+  return std::chrono::milliseconds(static_cast<int64_t>(o.timeout_s * 1000));
+}
+
+// Gloo through c10d: the ranks join exactly as `onebit train` workers do (RANK, WORLD_SIZE,
+// MASTER_ADDR, MASTER_PORT), started by train's local launcher, or one per namespace with --rate.
+int run_gloo(const AllreduceOptions& o, const std::vector<std::string>& args) {
+#ifdef ONEBIT_HAVE_TORCH
+  const auto job = train::detect_job();
+  if (!job) {
+    if (!o.rate.empty()) {
+      std::vector<std::string> command{lan::self_path()};
+      command.insert(command.end(), args.begin(), args.end());
+      return lan::run_in_network(o.workers, lan::make_shape(o.rate, o.delay), command, whole_run_timeout(o),
+                                 "bench allreduce --rate");
+    }
+    train::LaunchOptions launch;
+    launch.args = args;
+    launch.workers = o.workers;
+    launch.backend = "gloo";
+    train::launch_workers(launch);
+    return 0;
+  }
+  const std::shared_ptr<Communicator> comm = train::join_job(*job, "gloo", "cpu", whole_run_timeout(o));
+  return measure_and_report(*comm, o);
+#else
+  (void)o, (void)args;
+  throw Error("bench allreduce --backend gloo: this onebit was built without libtorch (install libtorch-dev and "
+              "reconfigure)");
+#endif
+}
+
+}  // namespace
+
 int run_allreduce(const AllreduceOptions& o, const std::vector<std::string>& args) {
   if (!o.rate.empty()) {
     lan::make_shape(o.rate, o.delay);  // a bad --rate fails here, before anything starts
-    if (o.backend != "mpi")
-      throw Error("bench allreduce --rate: needs --backend mpi (one rank process per network namespace); the " +
-                  o.backend + " backend's ranks are threads of one process");
+    if (o.backend == "local")
+      throw Error("bench allreduce --rate: needs --backend mpi or gloo (one rank process per network namespace); "
+                  "the local backend's ranks are threads of one process");
   }
+  if (o.backend == "gloo") return run_gloo(o, args);
   if (o.backend == "local") {
     Measured result;
     run_local(o.workers, [&](Communicator& comm) {
@@ -251,20 +307,10 @@ int run_allreduce(const AllreduceOptions& o, const std::vector<std::string>& arg
     if (o.rate.empty()) return relaunch_under_mpirun(o.workers, args);
     // The ranks run this same command line: they see OMPI_COMM_WORLD_SIZE and measure, and rank 0
     // reports the network from the --rate/--delay it was given.
-    return lan::run_mpi_in_network(o.workers, lan::make_shape(o.rate, o.delay), args,
-                                   std::chrono::milliseconds(static_cast<int64_t>(o.timeout_s * 1000)),
+    return lan::run_mpi_in_network(o.workers, lan::make_shape(o.rate, o.delay), args, whole_run_timeout(o),
                                    "bench allreduce --rate");
   }
-  std::unique_ptr<Communicator> comm = make_mpi_communicator();
-  if (comm->size() != o.workers)
-    throw Error("bench allreduce: --workers " + std::to_string(o.workers) + " but the MPI world has " +
-                std::to_string(comm->size()) + " ranks");
-  const Measured m = measure_and_calibrate(*comm, o);
-  if (comm->rank() == 0) {
-    const nlohmann::json j = to_json(o, m);
-    emit(j, o.json, o.out, [&](std::ostream& os) { print_text(os, o, j, m); });
-  }
-  return 0;
+  return measure_and_report(*make_mpi_communicator(), o);
 }
 
 }  // namespace onebit::bench

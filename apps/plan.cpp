@@ -21,6 +21,10 @@ CLI::App* add_plan_command(CLI::App& app, PlanOptions& o) {
                 "share of steps in warmup (default " + std::to_string(kDefaultFreezeFraction) + ")")
       ->check(CLI::Range(0.0, 1.0));
   c->add_option("--calibration", o.calibration, "calibration file written by `onebit bench allreduce --calibration`");
+  c->add_option("--shared-cores", o.shared_cores,
+                "the workers all run on one machine with this many cores (as `onebit lan` does); default: one "
+                "machine each")
+      ->check(CLI::Range(1, 1 << 20));
   c->add_flag("--json", o.json, "print JSON instead of a table");
   return c;
 }
@@ -33,6 +37,7 @@ int run_plan(const PlanOptions& o) {
   if (!o.latency.empty()) in.latency = parse_duration(o.latency);
   in.step_compute = o.step_compute;
   if (o.freeze_fraction >= 0) in.freeze_fraction = o.freeze_fraction;
+  in.shared_cores = o.shared_cores;
   if (!o.calibration.empty()) in.cal = load_calibration(o.calibration);
   const Plan p = make_plan(in);
   if (o.json) {

@@ -11,6 +11,7 @@ struct PlanOptions {
   std::string bandwidth, latency, calibration;
   double step_compute = 0;
   double freeze_fraction = -1;  // < 0: kDefaultFreezeFraction
+  int shared_cores = 0;         // > 0: all workers share one machine of this many cores
   bool json = false;
 };
 

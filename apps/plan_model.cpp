@@ -5,6 +5,7 @@
 #include <fstream>
 #include <regex>
 
+#include "onebit/compressed_allreduce.hpp"
 #include "onebit/error.hpp"
 
 namespace onebit::plan {
@@ -13,7 +14,8 @@ nlohmann::json Calibration::to_json() const {
   return {{"calibrated", calibrated},   {"source", source},
           {"alpha_seconds", alpha},     {"bandwidth_efficiency", efficiency},
           {"compute_seconds_per_element", compute_per_element},
-          {"workers", workers},         {"nominal_bandwidth_bytes_per_s", nominal_bandwidth}};
+          {"workers", workers},         {"cores", cores},
+          {"nominal_bandwidth_bytes_per_s", nominal_bandwidth}};
 }
 
 Calibration Calibration::from_json(const nlohmann::json& j) {
@@ -25,6 +27,7 @@ Calibration Calibration::from_json(const nlohmann::json& j) {
     c.efficiency = j.at("bandwidth_efficiency").get<double>();
     c.compute_per_element = j.at("compute_seconds_per_element").get<double>();
     c.workers = j.at("workers").get<int>();
+    c.cores = j.value("cores", 0);
     c.nominal_bandwidth = j.at("nominal_bandwidth_bytes_per_s").get<double>();
   } catch (const nlohmann::json::exception& e) {
     throw Error(std::string("calibration: ") + e.what());
@@ -77,14 +80,32 @@ double ring_allreduce_seconds(const Input& in, double n, double bytes_per_elemen
   return 2.0 * (P - 1) * alpha_of(in) + ring_allreduce_bytes(n, P, bytes_per_element) * seconds_per_byte(in);
 }
 
+namespace {
+// How many ranks take turns on each core.
+double core_sharing(int workers, int cores) { return cores > 0 ? std::max(1.0, static_cast<double>(workers) / cores) : 1.0; }
+// a and b overlapped in `stages` equal steps: the slower one, plus the faster one's first step.
+double overlapped(double a, double b, int stages) { return std::max(a, b) + std::min(a, b) / stages; }
+}  // namespace
+
 double compressed_allreduce_seconds(const Input& in, double n) {
   const int P = in.workers;
-  // four collectives of P-1 message steps each: all-to-all, all-gather, two scale all-gathers
-  const double net = P == 1 ? 0 : 4.0 * (P - 1) * alpha_of(in) + compressed_allreduce_bytes(n, P) * seconds_per_byte(in);
-  return net + n * in.cal.compute_per_element;
+  const int stages = CompressedAllreduce::pipeline_stages(static_cast<size_t>(n), P);
+  // Bytes each pass moves per element of the buffer: compress reads the input and the error state
+  // and writes the state and the bits; the server reads P chunks of bits and its error state, per
+  // chunk element; decode reads bits and writes the output.
+  const double compress_b = 12.125, server_b = (8.125 + P / 8.0) / P, decode_b = 4.125;
+  const double compute = n * in.cal.compute_per_element * core_sharing(P, in.shared_cores) /
+                         (compress_b + server_b + decode_b);
+  const double compress = compute * compress_b, server = compute * server_b, decode = compute * decode_b;
+  if (P == 1) return compress + server + decode;
+  // each pipeline stage's all-to-all and all-gather, and the two scale all-gathers: P-1 steps each
+  const double latency = (2.0 * stages + 2) * (P - 1) * alpha_of(in);
+  const double half_wire = compressed_allreduce_bytes(n, P) / 2 * seconds_per_byte(in);
+  if (stages == 1) return latency + compress + 2 * half_wire + server + decode;
+  return latency + overlapped(compress, half_wire, stages) + server + overlapped(half_wire, decode, stages);
 }
 
-Calibration fit(const std::vector<Sample>& samples, int P, double nominal_bandwidth) {
+Calibration fit(const std::vector<Sample>& samples, int P, double nominal_bandwidth, int cores) {
   ONEBIT_CHECK(samples.size() >= 2, "calibration: need at least two sizes, got " << samples.size());
   ONEBIT_CHECK(P >= 2, "calibration: needs at least 2 workers");
   // fp32: t = 2(P-1) alpha + bytes * b  -> least squares for (alpha, b).
@@ -99,16 +120,33 @@ Calibration fit(const std::vector<Sample>& samples, int P, double nominal_bandwi
   Calibration c;
   c.calibrated = true;
   c.workers = P;
+  c.cores = cores;
   c.nominal_bandwidth = nominal_bandwidth;
   c.alpha = std::max(0.0, a / (2.0 * (P - 1)));
   c.efficiency = nominal_bandwidth > 0 && b > 0 ? 1.0 / (b * nominal_bandwidth) : 1.0;
-  // compressed: t = 4(P-1) alpha + bytes * b + n * gamma -> gamma by least squares on the rest.
-  double num = 0, den = 0;
-  for (const auto& s : samples) {
-    const double rest = s.compressed_seconds - 4.0 * (P - 1) * c.alpha - compressed_allreduce_bytes(s.elements, P) * b;
-    num += rest * s.elements, den += s.elements * s.elements;
+  // compressed: the pipeline model is not linear in the compute per element gamma (the overlap
+  // takes maxima), so gamma minimizes the squared relative error by golden-section search.
+  Input model;
+  model.workers = P;
+  model.bandwidth = 1.0 / b;  // as achieved: efficiency is already in it
+  model.shared_cores = cores;
+  auto error = [&](double gamma) {
+    model.cal = c;
+    model.cal.efficiency = 1.0;
+    model.cal.compute_per_element = gamma;
+    double e = 0;
+    for (const auto& s : samples) e += std::pow(compressed_allreduce_seconds(model, s.elements) / s.compressed_seconds - 1, 2);
+    return e;
+  };
+  double lo = 0, hi = 1e-6;  // a microsecond per element is far slower than any CPU's compression
+  for (int i = 0; i < 200; ++i) {
+    const double m1 = lo + (hi - lo) * 0.381966, m2 = hi - (hi - lo) * 0.381966;
+    if (error(m1) < error(m2))
+      hi = m2;
+    else
+      lo = m1;
   }
-  c.compute_per_element = std::max(0.0, num / den);
+  c.compute_per_element = (lo + hi) / 2;
   c.source = "fit to " + std::to_string(samples.size()) + " sizes of `onebit bench allreduce` at " +
              std::to_string(P) + " workers";
   return c;

@@ -18,8 +18,11 @@ struct Calibration {
   std::string source = "defaults: 50 us per message, links at their nominal rate, compression compute ignored";
   double alpha = 50e-6;         // seconds per message step of a collective
   double efficiency = 1.0;      // achieved bandwidth / nominal link rate
-  double compute_per_element = 0;  // seconds per element of compressed-allreduce compute (compress, server, decode)
+  // Seconds per element of compressed-allreduce compute (compress, server, decode) for a rank with
+  // a core of its own (measured with more ranks than cores, it is divided by that sharing).
+  double compute_per_element = 0;
   int workers = 0;              // ranks of the calibration run
+  int cores = 0;                // cores its ranks shared (0: unknown, taken as one each)
   double nominal_bandwidth = 0; // bytes/s of the link during calibration (0: unknown)
 
   nlohmann::json to_json() const;
@@ -36,8 +39,9 @@ struct Sample {
 };
 // Least-squares fit of alpha, bandwidth efficiency and compute per element to samples taken at
 // one world size on a link of nominal_bandwidth bytes/s (0 if unknown: efficiency is then the
-// achieved bandwidth relative to the nominal one later given to plan, i.e. taken as 1).
-Calibration fit(const std::vector<Sample>& samples, int workers, double nominal_bandwidth);
+// achieved bandwidth relative to the nominal one later given to plan, i.e. taken as 1), by ranks
+// that shared `cores` cores (0: each had its own).
+Calibration fit(const std::vector<Sample>& samples, int workers, double nominal_bandwidth, int cores = 0);
 
 // Bytes one rank sends per call (the same counts the communicators report).
 double ring_allreduce_bytes(double elements, int workers, double bytes_per_element);
@@ -50,6 +54,7 @@ struct Input {
   double latency = -1;      // seconds per message; < 0: from the calibration
   double step_compute = 0;  // seconds of forward+backward+update per step, without communication
   double freeze_fraction = kDefaultFreezeFraction;
+  int shared_cores = 0;     // all workers on one machine with this many cores; 0: each its own machine
   Calibration cal;
 };
 
@@ -68,7 +73,10 @@ struct Plan {
   nlohmann::json to_json() const;
 };
 
-// Seconds of one ring allreduce / one compressed allreduce under the model.
+// Seconds of one ring allreduce / one compressed allreduce under the model. The compressed one is
+// the pipeline of CompressedAllreduce::run: compression overlapped with the all-to-all (half the
+// bytes), the server stage, then the all-gather (the other half) overlapped with decoding; its
+// compute is split between the passes by the bytes each moves.
 double ring_allreduce_seconds(const Input& in, double elements, double bytes_per_element);
 double compressed_allreduce_seconds(const Input& in, double elements);
 

@@ -4,8 +4,10 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cstdio>
 
+#include "onebit/compressed_allreduce.hpp"
 #include "onebit/error.hpp"
 
 namespace onebit::plan {
@@ -41,20 +43,47 @@ TEST(Plan, SpeedupFollowsTheStepTimes) {
   EXPECT_DOUBLE_EQ(make_plan(in).speedup_vs_fp32, 1.0);
 }
 
+// The compressed allreduce's pipeline: on a slow link the compute hides behind the wire, on a fast
+// one the wire behind the compute; either way the sum of both is an upper bound.
+TEST(Plan, PipelineOverlapsComputeWithTheWire) {
+  Input in;
+  in.workers = 4;
+  in.latency = 0;
+  in.cal.compute_per_element = 4e-9;  // 0.1 s for 25M elements
+  const double n = 25e6, compute = n * 4e-9;
+  ASSERT_GT(CompressedAllreduce::pipeline_stages(static_cast<size_t>(n), 4), 1);
+  for (const char* rate : {"100mbit", "1gbit", "10gbit"}) {
+    in.bandwidth = parse_bandwidth(rate);
+    const double wire = compressed_allreduce_bytes(n, 4) / in.bandwidth;
+    const double t = compressed_allreduce_seconds(in, n);
+    EXPECT_LT(t, compute + wire) << rate;
+    EXPECT_GT(t, std::max(compute, wire) * 0.6) << rate;
+  }
+  in.shared_cores = 2;  // four workers on two cores: each gets half a core
+  EXPECT_GT(compressed_allreduce_seconds(in, n), 1.5 * compute);
+}
+
 TEST(Plan, FitRecoversKnownConstants) {
-  Input truth;
-  truth.workers = 4;
-  truth.bandwidth = 1.25e8;
-  truth.cal.alpha = 2e-4;
-  truth.cal.efficiency = 0.9;
-  truth.cal.compute_per_element = 3e-9;
-  std::vector<Sample> samples;
-  for (double n : {1e5, 1e6, 1e7})
-    samples.push_back({n, ring_allreduce_seconds(truth, n, 4), compressed_allreduce_seconds(truth, n)});
-  const Calibration c = fit(samples, 4, 1.25e8);
-  EXPECT_NEAR(c.alpha, 2e-4, 1e-9);
-  EXPECT_NEAR(c.efficiency, 0.9, 1e-9);
-  EXPECT_NEAR(c.compute_per_element, 3e-9, 1e-15);
+  for (int cores : {0, 2}) {
+    Input truth;
+    truth.workers = 4;
+    truth.bandwidth = 1.25e8;
+    truth.shared_cores = cores;
+    truth.cal.alpha = 2e-4;
+    truth.cal.efficiency = 0.9;
+    truth.cal.compute_per_element = 3e-9;
+    std::vector<Sample> samples;
+    for (double n : {2.5e5, 2.5e6, 2.5e7})
+      samples.push_back({n, ring_allreduce_seconds(truth, n, 4), compressed_allreduce_seconds(truth, n)});
+    const Calibration c = fit(samples, 4, 1.25e8, cores);
+    EXPECT_NEAR(c.alpha, 2e-4, 1e-9);
+    EXPECT_NEAR(c.efficiency, 0.9, 1e-9);
+    EXPECT_NEAR(c.compute_per_element, 3e-9, 1e-13) << cores << " cores";
+  }
+}
+
+TEST(Plan, CalibrationFileRoundTrips) {
+  const Calibration c = fit({{1e5, 0.01, 0.002}, {1e6, 0.05, 0.006}, {1e7, 0.45, 0.04}}, 4, 1.25e8, 2);
   const std::string path = ::testing::TempDir() + "/cal.json";
   save_calibration(path, c);
   const Calibration back = load_calibration(path);

@@ -70,6 +70,14 @@ CLI::App* add_compare_command(CLI::App& app, CompareOptions& o) {
   add_shared(c, o.base);
   c->add_option("--out", o.out, "directory for compare.json, the picture and both runs")->capture_default_str();
   c->add_option("--python", o.python, "Python with matplotlib for the picture (default: /usr/bin/python3)");
+  c->add_option("--rate", o.rate,
+                "run each worker in its own namespace of a shaped network (onebit lan; root): each link's rate, "
+                "both directions (100mbit, 1gbit)");
+  c->add_option("--delay", o.delay, "with --rate: one-way latency between two workers (500us, 1ms)")
+      ->capture_default_str();
+  c->add_option("--run-timeout", o.run_timeout, "with --rate: seconds before one run's workers are killed")
+      ->check(CLI::Range(1.0, 1e7))
+      ->capture_default_str();
   return c;
 }
 

@@ -4,9 +4,18 @@
 #include <algorithm>
 #include <cmath>
 
+#include <cstring>
+
 #include "onebit/error.hpp"
+#include "overlap.hpp"
 
 namespace onebit {
+namespace {
+// Stages of run()'s pipeline: each moves at least this many bytes of one chunk's sign bits (fewer,
+// larger messages below that: a collective's latency would eat the overlap), and at most kMaxStages.
+constexpr size_t kMinStageBytes = size_t{96} << 10;
+constexpr int kMaxStages = 8;
+}  // namespace
 
 CompressedAllreduce::CompressedAllreduce(Communicator& comm, ThreadPool& pool, size_t n,
                                          std::span<const size_t> layer_bounds)
@@ -24,6 +33,41 @@ CompressedAllreduce::CompressedAllreduce(Communicator& comm, ThreadPool& pool, s
   result_bits_.assign(n_pad_ / 8, 0);
   worker_scales_.assign(P, 0.0f);
   server_scales_.assign(P, 0.0f);
+  plan_stages();
+}
+
+int CompressedAllreduce::pipeline_stages(size_t n, int P) {
+  const size_t unit = 64 * static_cast<size_t>(P), chunk_bytes = (n + unit - 1) / unit * unit / static_cast<size_t>(P) / 8;
+  return static_cast<int>(std::clamp<size_t>(chunk_bytes / kMinStageBytes, 1, kMaxStages));
+}
+
+void CompressedAllreduce::plan_stages() {
+  const size_t words = chunk_size() / 64;  // 64-bit words of sign bits per chunk
+  stages_ = pipeline_stages(n_, comm_.size());
+  if (stages_ == 1) return;
+  const size_t S = static_cast<size_t>(stages_);
+  for (size_t s = 0; s <= S; ++s) stage_word_.push_back(s * words / S);
+  auto stage_of = [&](size_t offset) {  // the stage that moves word `offset` of a chunk
+    return static_cast<size_t>(std::upper_bound(stage_word_.begin(), stage_word_.end(), offset) - stage_word_.begin()) - 1;
+  };
+  // A block is compressed before the first stage that sends any of its words and decoded after the
+  // last stage that brings one in.
+  compress_stage_.assign(S, {});
+  decode_stage_.assign(S, {});
+  for (size_t b = 0; b < part_.num_blocks(); ++b) {
+    const auto pieces = part_.block(b);
+    const size_t w0 = pieces.front().begin / 64, w1 = (pieces.back().end - 1) / 64;
+    size_t first = S, last = 0;
+    for (size_t c = w0 / words; c <= w1 / words; ++c) {
+      first = std::min(first, stage_of(c == w0 / words ? w0 % words : 0));
+      last = std::max(last, stage_of(c == w1 / words ? w1 % words : words - 1));
+    }
+    compress_stage_[first].push_back(static_cast<uint32_t>(b));
+    decode_stage_[last].push_back(static_cast<uint32_t>(b));
+  }
+  piece_sums_.assign(part_.pieces().size(), 0.0);
+  stage_send_.resize(send_bits_.size() / S + 8 * static_cast<size_t>(comm_.size()));
+  stage_recv_.resize(stage_send_.size());
 }
 
 size_t CompressedAllreduce::server_real() const {
@@ -78,7 +122,63 @@ void CompressedAllreduce::decode(std::span<float> out) {
   kernels::decode(part_, pool_, result_bits_.data(), server_scales_.data(), out.data());
 }
 
+// Stage s of the all-to-all (gather false) or of the all-gather (gather true), through staging
+// buffers: every chunk's words of this stage, packed.
+void CompressedAllreduce::exchange_stage(int s, bool gather) {
+  const size_t P = static_cast<size_t>(comm_.size()), chunk_bytes = chunk_size() / 8;
+  const size_t off = stage_word_[s] * 8, len = (stage_word_[s + 1] - stage_word_[s]) * 8;
+  const auto recv = std::as_writable_bytes(std::span(stage_recv_.data(), P * len));
+  if (gather) {
+    comm_.allgather(std::as_bytes(std::span(server_bits_.data() + off, len)), recv);
+  } else {
+    for (size_t j = 0; j < P; ++j) std::memcpy(stage_send_.data() + j * len, send_bits_.data() + j * chunk_bytes + off, len);
+    comm_.alltoall(std::as_bytes(std::span(stage_send_.data(), P * len)), recv);
+  }
+  uint8_t* dest = gather ? result_bits_.data() : recv_bits_.data();
+  for (size_t j = 0; j < P; ++j) std::memcpy(dest + j * chunk_bytes + off, stage_recv_.data() + j * len, len);
+}
+
+// run() as a pipeline of stages_ stages, the same bits as compress + exchange + decode: a helper
+// thread compresses the blocks of stage s+1 while this one sends stage s; then, after the server
+// stage, this thread gathers stage s+1 while the helper decodes stage s.
+bool CompressedAllreduce::run_pipelined(std::span<float> x) {
+  ONEBIT_CHECK(x.size() == n_, "compressed allreduce on rank " << comm_.rank() << ": buffer has "
+                                                                << x.size() << " elements, built for " << n_);
+  const int cur = worker_cur_;
+  {
+    Overlap compressing([&](Overlap& o) {
+      for (int s = 0; s < stages_; ++s) {
+        kernels::compress_blocks(part_, pool_, compress_stage_[s], x.data(), worker_c_[cur].data(), worker_scale_,
+                                 worker_c_[1 - cur].data(), send_bits_.data(), piece_sums_.data());
+        o.helper_finished(s + 1);
+      }
+    });
+    for (int s = 0; s < stages_; ++s) {
+      compressing.wait_helper(s + 1);
+      exchange_stage(s, false);
+    }
+    compressing.join();
+  }
+  // A non-finite input shows in its rank's scale; the bits sent so far are simply not used.
+  if (!finish_compress(kernels::sum_pieces(piece_sums_))) return false;
+  const double sum_sq = kernels::server_average(server_part_, pool_, recv_bits_.data(), chunk_size() / 8,
+                                                worker_scales_, server_c_.data(), server_scale_, server_bits_.data());
+  server_scale_ = kernels::scale_from_sum(sum_sq, server_real());
+  comm_.allgather_values(std::span<const float>(&server_scale_, 1), std::span<float>(server_scales_));
+  Overlap decoding([&](Overlap& o) {
+    for (int s = 0; s < stages_ && o.wait_caller(s + 1); ++s)
+      kernels::decode_blocks(part_, pool_, decode_stage_[s], result_bits_.data(), server_scales_.data(), x.data());
+  });
+  for (int s = 0; s < stages_; ++s) {
+    exchange_stage(s, true);
+    decoding.caller_finished(s + 1);
+  }
+  decoding.join();
+  return true;
+}
+
 bool CompressedAllreduce::run(std::span<float> x) {
+  if (stages_ > 1) return run_pipelined(x);
   if (!compress(x)) return false;
   exchange();
   decode(x);

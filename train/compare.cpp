@@ -6,6 +6,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <filesystem>
@@ -14,6 +15,7 @@
 #include <sstream>
 #include <thread>
 
+#include "lan/lan.hpp"
 #include "onebit/error.hpp"
 #include "train/corpus.hpp"
 #include "train/distributed.hpp"
@@ -93,6 +95,20 @@ void print_table(const nlohmann::json& c) {
             << "\n";
 }
 
+// One training run: started by `train` itself on this machine's loopback, or with --rate as one
+// `onebit train` worker per namespace of a freshly built shaped network, torn down afterwards.
+void run_training(const TrainOptions& o, const CompareOptions& in) {
+  if (in.rate.empty()) return train(o);
+  std::vector<std::string> command{lan::self_path(), "train"};
+  const auto args = to_args(o);
+  command.insert(command.end(), args.begin(), args.end());
+  const int status = lan::run_in_network(o.workers, lan::make_shape(in.rate, in.delay), command,
+                                         std::chrono::milliseconds(static_cast<int64_t>(in.run_timeout * 1000)),
+                                         "compare --rate (" + o.optimizer + ")");
+  ONEBIT_CHECK(status == 0, "onebit compare --rate: the " << o.optimizer << " run failed (exit status " << status
+                                                          << (status == 124 ? ", --run-timeout" : "") << ")");
+}
+
 }  // namespace
 
 nlohmann::json compare_json(const nlohmann::json& lamb, const nlohmann::json& onebit, double lamb_wall,
@@ -131,6 +147,13 @@ int compare(const CompareOptions& in) {
   ONEBIT_CHECK(!detect_job(), "onebit compare starts its own workers; run it outside mpirun/srun and without RANK set");
   TrainOptions base = resolve_options(in.base);
   base.resume.clear();
+  if (!in.rate.empty()) {
+    lan::make_shape(in.rate, in.delay);  // a bad --rate fails before any training
+    lan::require_root("compare --rate");
+    // Every namespace's worker shares this machine's cores, though each looks like a machine of its own.
+    if (base.threads == 0)
+      base.threads = std::max(1, static_cast<int>(std::thread::hardware_concurrency()) / base.workers);
+  }
   validate_options(base);
   fs::create_directories(in.out);
   // The tokenizer is learned (or loaded) once, before either run is timed.
@@ -145,11 +168,15 @@ int compare(const CompareOptions& in) {
     o.out = (fs::path(in.out) / names[i]).string();
     std::cout << "onebit compare: training with " << names[i] << " -> " << o.out << std::endl;
     const auto t0 = std::chrono::steady_clock::now();
-    train(o);
+    run_training(o, in);
     walls[i] = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     summaries[i] = read_json(fs::path(o.out) / "summary.json");
   }
-  const nlohmann::json c = compare_json(summaries[0], summaries[1], walls[0], walls[1], base);
+  nlohmann::json c = compare_json(summaries[0], summaries[1], walls[0], walls[1], base);
+  c["settings"]["network"] = in.rate.empty() ? nlohmann::json("loopback, no shaping")
+                                             : nlohmann::json{{"rate", in.rate}, {"delay", in.delay},
+                                                              {"shaping", "onebit lan: one namespace per worker, "
+                                                                          "tc tbf on each veth, both directions"}};
   std::ofstream(fs::path(in.out) / "compare.json") << c.dump(2) << "\n";
   print_table(c);
 

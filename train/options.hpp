@@ -55,6 +55,10 @@ struct CompareOptions {
   TrainOptions base;                 // shared by both runs; base.optimizer is ignored
   std::string out = "out/compare";   // compare.json, loss_vs_samples.png, and one run directory each
   std::string python;                // interpreter for the picture; empty: /usr/bin/python3, else python3
+  // With rate: each run's workers, one per namespace of a shaped network (onebit lan, root).
+  std::string rate;                  // each worker's link, both directions (1gbit, 100mbit); empty: loopback
+  std::string delay = "0ms";         // with rate: one-way worker-to-worker latency (needs netem)
+  double run_timeout = 7200;         // with rate: seconds before one run's workers are killed
 };
 
 // The arguments that make a worker parse back exactly `o` (every field spelled out).

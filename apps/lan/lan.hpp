@@ -142,6 +142,16 @@ std::vector<std::string> rank_env(const Network& net, int rank, int master_port)
 std::vector<ProcessSpec> per_rank_specs(const Network& net, const std::vector<std::string>& command,
                                         int master_port);
 
+// Builds the network, runs `command` once per worker namespace (rank_env: RANK, MASTER_ADDR, ...;
+// output prefixed "[rank i] "), waits at most `timeout`, tears the network down and returns the
+// command's exit status: 0, the first failing rank's, 124 on timeout, 128 + signal when interrupted.
+// Needs root. This is `onebit lan`, and what the commands taking --rate run their ranks in.
+int run_in_network(int workers, const LinkShape& shape, const std::vector<std::string>& command,
+                   std::chrono::milliseconds timeout, const std::string& what, int master_port = 29500);
+
+// The path of this executable, for commands that start themselves inside the network.
+std::string self_path();
+
 // Builds the network, runs `rank_argv` as one MPI rank per worker namespace over TCP (mpirun in
 // worker 0's namespace, the others started through `onebit lan-exec`), waits at most `timeout`,
 // tears the network down and returns mpirun's exit code. Needs root.

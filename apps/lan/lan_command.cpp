@@ -42,11 +42,6 @@ class TempDir {
   std::filesystem::path path_;
 };
 
-std::string self_path() {
-  // mpirun and its daemons would resolve /proc/self/exe to themselves, so pass the real path.
-  return std::filesystem::read_symlink("/proc/self/exe").string();
-}
-
 std::string describe(const LinkShape& s, int workers) {
   std::string d = std::to_string(workers) + " workers, each link " + s.rate_text + " both ways";
   if (s.delay_us > 0) d += ", " + s.delay_text + " one-way delay";
@@ -54,6 +49,11 @@ std::string describe(const LinkShape& s, int workers) {
 }
 
 }  // namespace
+
+std::string self_path() {
+  // mpirun and its daemons would resolve /proc/self/exe to themselves, so pass the real path.
+  return std::filesystem::read_symlink("/proc/self/exe").string();
+}
 
 std::vector<std::string> rank_env(const Network& net, int rank, int master_port) {
   return {
@@ -143,18 +143,23 @@ CLI::App* add_lan_command(CLI::App& app, LanOptions& o) {
   return c;
 }
 
-int run_lan(const LanOptions& o) {
-  require_root("lan");
-  const LinkShape shape = make_shape(o.rate, o.delay);
+int run_in_network(int workers, const LinkShape& shape, const std::vector<std::string>& command,
+                   std::chrono::milliseconds timeout, const std::string& what, int master_port) {
+  require_root(what);
   SignalGuard guard;
   try {
-    Network net(o.workers, shape);
-    std::cerr << "onebit: lan: " << describe(shape, o.workers) << " (namespaces " << net.tag() << "-*)\n";
-    return supervise(per_rank_specs(net, o.command, o.master_port), to_ms(o.timeout_s)).exit_code;
+    Network net(workers, shape);
+    std::cerr << "onebit: " << what << ": " << describe(shape, workers) << " (namespaces " << net.tag() << "-*)\n";
+    return supervise(per_rank_specs(net, command, master_port), timeout).exit_code;
   } catch (const Interrupted& e) {
-    std::cerr << "onebit: lan: " << e.what() << "; the network was torn down\n";
+    std::cerr << "onebit: " << what << ": " << e.what() << "; the network was torn down\n";
     return 128 + e.signal();
   }
+}
+
+int run_lan(const LanOptions& o) {
+  require_root("lan");
+  return run_in_network(o.workers, make_shape(o.rate, o.delay), o.command, to_ms(o.timeout_s), "lan", o.master_port);
 }
 
 // --- onebit lan-exec ---------------------------------------------------------------------------

@@ -22,6 +22,9 @@ class CompressedAllreduce {
   CompressedAllreduce(Communicator& comm, ThreadPool& pool, size_t n,
                       std::span<const size_t> layer_bounds = {});
 
+  // Stages of run()'s pipeline for n elements over P ranks (1: no pipeline), for planners.
+  static int pipeline_stages(size_t n, int P);
+
   size_t size() const { return n_; }
   size_t padded_size() const { return n_pad_; }
   size_t chunk_size() const { return n_pad_ / static_cast<size_t>(comm_.size()); }
@@ -53,6 +56,10 @@ class CompressedAllreduce {
  private:
   bool finish_compress(double sum_sq);
   size_t server_real() const;  // real elements in this rank's chunk
+  // run() on large buffers: compression overlapped with the all-to-all, decoding with the all-gather.
+  void plan_stages();
+  bool run_pipelined(std::span<float> x);
+  void exchange_stage(int s, bool gather);
 
   Communicator& comm_;
   ThreadPool& pool_;
@@ -66,6 +73,14 @@ class CompressedAllreduce {
   float server_scale_ = 0;
   std::vector<uint8_t> send_bits_, recv_bits_, server_bits_, result_bits_;
   std::vector<float> worker_scales_, server_scales_;
+  // The pipeline of run(): stage s moves words [stage_word_[s], stage_word_[s+1]) of every chunk's
+  // sign bits; compress_stage_[s] are the blocks compressed before its all-to-all, decode_stage_[s]
+  // the blocks decoded once its all-gather is in.
+  int stages_ = 1;
+  std::vector<size_t> stage_word_;
+  std::vector<std::vector<uint32_t>> compress_stage_, decode_stage_;
+  std::vector<double> piece_sums_;
+  std::vector<uint8_t> stage_send_, stage_recv_;
 };
 
 }  // namespace onebit

@@ -33,14 +33,21 @@ constexpr size_t kStreamBytes = size_t{32} << 20;
 
 const PieceKernels& K() { return *table_for(active().load(std::memory_order_relaxed)); }
 
+// Runs fn(piece index, piece) over the pieces of blocks block_at(0 .. count-1), whole blocks per
+// thread.
+template <class BlockAt, class Fn>
+void for_blocks(const Partition& part, ThreadPool& pool, size_t count, BlockAt block_at, Fn fn) {
+  const auto& pieces = part.pieces();
+  pool.for_range(count, [&](size_t i0, size_t i1) {
+    for (size_t i = i0; i < i1; ++i)
+      for (const Piece& p : part.block(block_at(i))) fn(static_cast<size_t>(&p - pieces.data()), p);
+  });
+}
+
 // Runs fn(piece index, piece) over all pieces, whole blocks per thread.
 template <class Fn>
 void for_pieces(const Partition& part, ThreadPool& pool, Fn fn) {
-  const auto& pieces = part.pieces();
-  pool.for_range(part.num_blocks(), [&](size_t b0, size_t b1) {
-    for (size_t b = b0; b < b1; ++b)
-      for (const Piece& p : part.block(b)) fn(static_cast<size_t>(&p - pieces.data()), p);
-  });
+  for_blocks(part, pool, part.num_blocks(), [](size_t b) { return b; }, fn);
 }
 
 }  // namespace
@@ -117,20 +124,51 @@ void materialize_error(std::span<const float> c, float s, std::span<float> out) 
   for (size_t i = 0; i < c.size(); ++i) out[i] = c[i] - (c[i] >= 0.0f ? s : -s);
 }
 
+double sum_pieces(std::span<const double> piece_sums) {
+  double total = 0;
+  for (double s : piece_sums) total += s;
+  return total;
+}
+
 namespace {
-double compress_with(const Partition& part, ThreadPool& pool, CompressArgs a, const float* k) {
+template <class BlockAt>
+void compress_into(const Partition& part, ThreadPool& pool, CompressArgs a, const float* k, size_t count,
+                   BlockAt block_at, double* sums) {
   a.stream = part.size() * sizeof(float) > kStreamBytes;
-  std::vector<double> sums(part.pieces().size());
-  for_pieces(part, pool, [&](size_t idx, const Piece& p) {
+  for_blocks(part, pool, count, block_at, [&](size_t idx, const Piece& p) {
     CompressArgs pa = a;
     if (k) pa.k = k[p.layer];
     sums[idx] = K().compress(p.begin, p.end, pa);
   });
-  double total = 0;
-  for (double s : sums) total += s;
-  return total;
+}
+
+double compress_with(const Partition& part, ThreadPool& pool, const CompressArgs& a, const float* k) {
+  std::vector<double> sums(part.pieces().size());
+  compress_into(part, pool, a, k, part.num_blocks(), [](size_t b) { return b; }, sums.data());
+  return sum_pieces(sums);
+}
+
+template <class BlockAt>
+void decode_into(const Partition& part, ThreadPool& pool, size_t count, BlockAt block_at, const uint8_t* bits,
+                 const float* chunk_scales, float* out) {
+  const bool stream = part.size() * sizeof(float) > kStreamBytes;
+  for_blocks(part, pool, count, block_at, [&](size_t, const Piece& p) {
+    K().decode(p.begin, p.end, {bits, chunk_scales[p.chunk], out, stream});
+  });
 }
 }  // namespace
+
+void compress_blocks(const Partition& part, ThreadPool& pool, std::span<const uint32_t> blocks,
+                     const float* x, const float* prev, float prev_scale, float* next,
+                     uint8_t* bits, double* piece_sums) {
+  compress_into(part, pool, {x, nullptr, nullptr, 1, 0, 1, prev, prev_scale, next, bits, false}, nullptr,
+                blocks.size(), [&](size_t i) { return blocks[i]; }, piece_sums);
+}
+
+void decode_blocks(const Partition& part, ThreadPool& pool, std::span<const uint32_t> blocks,
+                   const uint8_t* bits, const float* chunk_scales, float* out) {
+  decode_into(part, pool, blocks.size(), [&](size_t i) { return blocks[i]; }, bits, chunk_scales, out);
+}
 
 double compress(const Partition& part, ThreadPool& pool, const float* x, const float* prev,
                 float prev_scale, float* next, uint8_t* bits) {
@@ -153,17 +191,12 @@ double server_average(const Partition& part, ThreadPool& pool, const uint8_t* wo
   std::vector<double> sums(part.pieces().size());
   for_pieces(part, pool,
              [&](size_t idx, const Piece& p) { sums[idx] = K().server(p.begin, p.end, a); });
-  double total = 0;
-  for (double s : sums) total += s;
-  return total;
+  return sum_pieces(sums);
 }
 
 void decode(const Partition& part, ThreadPool& pool, const uint8_t* bits,
             const float* chunk_scales, float* out) {
-  const bool stream = part.size() * sizeof(float) > kStreamBytes;
-  for_pieces(part, pool, [&](size_t, const Piece& p) {
-    K().decode(p.begin, p.end, {bits, chunk_scales[p.chunk], out, stream});
-  });
+  decode_into(part, pool, part.num_blocks(), [](size_t b) { return b; }, bits, chunk_scales, out);
 }
 
 namespace {
