@@ -60,6 +60,9 @@ CLI::App* add_train_command(CLI::App& app, TrainOptions& o) {
   c->add_option("--out", o.out, "run directory: metrics.jsonl, summary.json, checkpoints/, tokenizer.model")
       ->capture_default_str();
   c->add_option("--resume", o.resume, "continue exactly from a run directory's latest checkpoint (or a checkpoint directory)");
+  c->add_flag("--reset-errors-on-resize", o.reset_errors_on_resize,
+              "with --resume from a run of another --workers: continue with the compression error buffers reset "
+              "(not bit for bit; without this flag such a resume is an error)");
   return c;
 }
 

@@ -70,7 +70,7 @@ OptimizerState TorchOptimizer::state() const {
   return s;
 }
 
-void TorchOptimizer::load_state(const OptimizerState& s) {
+std::string TorchOptimizer::load_state(const OptimizerState& s, OnResize on_resize) {
   OptimizerState core_state = s;
   auto master = core_state.tensors.find(kMaster);
   if (master != core_state.tensors.end()) {
@@ -79,12 +79,12 @@ void TorchOptimizer::load_state(const OptimizerState& s) {
                                << " elements, the parameters " << flat_.layout().total());
     std::vector<float> weights = std::move(master->second);
     core_state.tensors.erase(master);
-    core_->load_state(core_state);
+    std::string warning = onebit::load_state(*core_, core_state, on_resize);
     std::copy(weights.begin(), weights.end(), flat_.param_span().begin());
     flat_.write_back();
-  } else {
-    core_->load_state(core_state);
+    return warning;
   }
+  return onebit::load_state(*core_, core_state, on_resize);
 }
 
 void TorchOptimizer::save(torch::serialize::OutputArchive& archive) const {
@@ -106,7 +106,9 @@ void TorchOptimizer::save(torch::serialize::OutputArchive& archive) const {
   archive.write("onebit_counter_names", c10::IValue(join(counter_names)));
 }
 
-void TorchOptimizer::load(torch::serialize::InputArchive& archive) {
+void TorchOptimizer::load(torch::serialize::InputArchive& archive) { (void)load(archive, OnResize::kError); }
+
+std::string TorchOptimizer::load(torch::serialize::InputArchive& archive, OnResize on_resize) {
   const std::string kind = read_string(archive, "onebit_kind");
   ONEBIT_CHECK(kind == core_->name(), core_->name() << " load on rank " << comm_->rank()
                                                     << ": the archive holds a " << kind << " state");
@@ -122,7 +124,7 @@ void TorchOptimizer::load(torch::serialize::InputArchive& archive) {
     archive.read("onebit_c_" + name, t, /*is_buffer=*/true);
     s.counters[name] = t.item<int64_t>();
   }
-  load_state(s);
+  return load_state(s, on_resize);
 }
 
 TorchLamb::TorchLamb(std::vector<at::Tensor> params, LambOptions options, std::shared_ptr<Communicator> comm)

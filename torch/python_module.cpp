@@ -257,15 +257,16 @@ PYBIND11_MODULE(_onebit, m) {
         return py::make_tuple(tensors, counters);
       })
       .def("load_state", [](TorchOptimizer& o, const std::map<std::string, at::Tensor>& tensors,
-                            const std::map<std::string, int64_t>& counters) {
+                            const std::map<std::string, int64_t>& counters, bool reset_errors_on_resize) {
         onebit::OptimizerState s;
         for (const auto& [k, t] : tensors) {
           at::Tensor c = t.detach().to(at::kCPU, at::kFloat).contiguous().reshape({-1});
           s.tensors[k].assign(c.data_ptr<float>(), c.data_ptr<float>() + c.numel());
         }
         s.counters = counters;
-        o.load_state(s);
-      });
+        return o.load_state(s, reset_errors_on_resize ? onebit::OnResize::kResetErrors : onebit::OnResize::kError);
+      }, py::arg("tensors"), py::arg("counters"), py::arg("reset_errors_on_resize") = false,
+      "Returns a warning when the error buffers were reset for another world size, else ''.");
 
   m.def("reference_run", &reference_run, py::arg("kind"), py::arg("options"), py::arg("sizes"),
         py::arg("params0"), py::arg("grads"),

@@ -105,9 +105,11 @@ nlohmann::json read_checkpoint_meta(const std::string& dir) {
   return {};
 }
 
-void load_checkpoint(const std::string& dir, TorchOptimizer& opt, int rank) {
+std::string load_checkpoint(const std::string& dir, TorchOptimizer& opt, int rank, int saved_world, OnResize on_resize) {
   const fs::path d(dir);
-  const fs::path state_file = d / ("optimizer_rank" + std::to_string(rank) + ".pt");
+  // Resized, every rank's error buffers restart at zero and the rest is the same on every rank.
+  const int from = saved_world == opt.comm().size() ? rank : 0;
+  const fs::path state_file = d / ("optimizer_rank" + std::to_string(from) + ".pt");
   ONEBIT_CHECK(fs::exists(state_file), "onebit train --resume on rank " << rank << ": " << state_file
                                                                          << " is missing (was the run saved with fewer workers?)");
   try {
@@ -123,7 +125,7 @@ void load_checkpoint(const std::string& dir, TorchOptimizer& opt, int rank) {
     opt.flat().write_back();
     torch::serialize::InputArchive state;
     state.load_from(state_file.string());
-    opt.load(state);
+    return opt.load(state, on_resize);
   } catch (const onebit::Error&) {
     throw;
   } catch (const std::exception& e) {
@@ -131,6 +133,7 @@ void load_checkpoint(const std::string& dir, TorchOptimizer& opt, int rank) {
     if (auto nl = cause.find('\n'); nl != std::string::npos) cause.resize(nl);
     ONEBIT_CHECK(false, "onebit train --resume from " << dir << " on rank " << rank << " failed: " << cause);
   }
+  return {};
 }
 
 }  // namespace onebit::train

@@ -25,7 +25,9 @@ std::string find_checkpoint(const std::string& path);
 // Reads meta.json of a checkpoint directory.
 nlohmann::json read_checkpoint_meta(const std::string& dir);
 
-// Loads the weights and this rank's optimizer state into `opt`.
-void load_checkpoint(const std::string& dir, TorchOptimizer& opt, int rank);
+// Loads the weights and this rank's optimizer state into `opt`. A checkpoint of saved_world workers
+// other than this run's is loaded (from rank 0's file) only with OnResize::kResetErrors. Returns
+// the warning of onebit::load_state ("" when nothing was reset).
+std::string load_checkpoint(const std::string& dir, TorchOptimizer& opt, int rank, int saved_world, OnResize on_resize);
 
 }  // namespace onebit::train

@@ -28,6 +28,7 @@
 #include "onebit/error.hpp"
 #include "onebit/mpi_comm.hpp"
 #include "onebit/torch_c10d.hpp"
+#include "train/watchdog.hpp"
 
 namespace onebit::train {
 namespace {
@@ -74,6 +75,18 @@ c10::intrusive_ptr<c10d::Store> rendezvous(const JobInfo& job, std::chrono::mill
   return {};
 }
 
+// New client connections to the job's store, for the watchdog.
+[[maybe_unused]] StoreConnector store_clients(const JobInfo& job, std::chrono::milliseconds timeout) {
+  return [job, timeout]() -> c10::intrusive_ptr<c10d::Store> {
+    c10d::TCPStoreOptions o;
+    o.port = static_cast<uint16_t>(job.master_port);
+    o.isServer = false;
+    o.waitWorkers = false;  // not a worker of the rendezvous count
+    o.timeout = timeout;
+    return c10::make_intrusive<c10d::TCPStore>(job.master_addr, o);
+  };
+}
+
 std::shared_ptr<Communicator> join_gloo(const JobInfo& job, std::chrono::milliseconds timeout) {
 #if TORCH_VERSION_MAJOR >= 2
   #ifndef ONEBIT_TORCH_NCCL
@@ -102,9 +115,9 @@ std::shared_ptr<Communicator> join_gloo(const JobInfo& job, std::chrono::millise
     if (auto nl = cause.find('\n'); nl != std::string::npos) cause.resize(nl);
     ONEBIT_CHECK(false, "onebit train: starting Gloo on rank " << job.rank << " of " << job.size << " failed: " << cause);
   }
-  auto comm = make_c10d_communicator(pg);
+  std::shared_ptr<Communicator> comm = make_c10d_communicator(pg);
   comm->set_timeout(timeout);
-  return comm;
+  return watch_ranks(std::move(comm), store_clients(job, timeout));
 #endif
 }
 
@@ -117,9 +130,10 @@ std::shared_ptr<Communicator> join_nccl(const JobInfo& job, std::chrono::millise
   c10::intrusive_ptr<c10d::ProcessGroup> pg =
       c10::make_intrusive<c10d::ProcessGroupNCCL>(store, job.rank, job.size, opts);
   const int devices = static_cast<int>(torch::cuda::device_count());
-  auto comm = make_c10d_communicator(pg, c10::Device(c10::kCUDA, static_cast<c10::DeviceIndex>(job.local_rank % devices)));
+  std::shared_ptr<Communicator> comm =
+      make_c10d_communicator(pg, c10::Device(c10::kCUDA, static_cast<c10::DeviceIndex>(job.local_rank % devices)));
   comm->set_timeout(timeout);
-  return comm;
+  return watch_ranks(std::move(comm), store_clients(job, timeout));
 #else
   (void)timeout;
   ONEBIT_CHECK(false, "onebit train --backend nccl on rank " << job.rank << ": not available with this libtorch ("

@@ -46,6 +46,7 @@ std::vector<std::string> to_args(const TrainOptions& o) {
   add("--eval-samples", std::to_string(o.eval_samples));
   add("--save-every", std::to_string(o.save_every));
   if (!o.resume.empty()) add("--resume", o.resume);
+  if (o.reset_errors_on_resize) a.emplace_back("--reset-errors-on-resize");
   if (!o.progress) a.emplace_back("--no-progress");
   return a;
 }
@@ -115,7 +116,7 @@ nlohmann::json options_json(const TrainOptions& o) {
           {"beta2", o.beta2}, {"dropout", o.dropout}, {"seed", o.seed}, {"workers", o.workers},
           {"backend", o.backend}, {"device", o.device}, {"threads", o.threads}, {"timeout", o.timeout},
           {"out", o.out}, {"eval_every", o.eval_every}, {"eval_samples", o.eval_samples},
-          {"save_every", o.save_every}, {"resume", o.resume}};
+          {"save_every", o.save_every}, {"resume", o.resume}, {"reset_errors_on_resize", o.reset_errors_on_resize}};
 }
 
 double lr_at(int64_t step, double peak, int64_t warmup, int64_t steps) {

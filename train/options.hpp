@@ -48,6 +48,7 @@ struct TrainOptions {
   int eval_samples = 512;            // held-out sequences evaluated (a fixed subset, same for every run)
   int save_every = 0;                // checkpoint every K steps; 0: only at the end
   std::string resume;                // a run directory (its latest checkpoint) or a checkpoint directory
+  bool reset_errors_on_resize = false;  // resume with another number of workers: error buffers restart at 0
   bool progress = true;              // progress bar when stdout is a terminal
 };
 

@@ -6,9 +6,13 @@
 
 #include <chrono>
 #include <cmath>
+#include <cstdio>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <iostream>
+#include <set>
+#include <sstream>
 
 #include "onebit/error.hpp"
 #include "onebit/torch_c10d.hpp"
@@ -55,9 +59,28 @@ void check_resume_matches(const nlohmann::json& meta, const TrainOptions& o, int
   for (const char* k : kMathSettings)
     ONEBIT_CHECK(saved.at(k) == now.at(k), "onebit train --resume: the checkpoint was made with " << k << " = "
                                                << saved.at(k).dump() << ", this run has " << now.at(k).dump());
-  ONEBIT_CHECK(meta.at("world_size") == world, "onebit train --resume: the checkpoint was made by "
-                                                   << meta.at("world_size") << " workers, this run has " << world);
+  ONEBIT_CHECK(meta.at("world_size") == world || o.reset_errors_on_resize,
+               "onebit train --resume: the checkpoint was made by " << meta.at("world_size") << " workers, this run has "
+                   << world << " (add --reset-errors-on-resize to continue with the error buffers reset, not bit for bit)");
   ONEBIT_CHECK(meta.at("corpus_key") == key, "onebit train --resume: the corpus changed since the checkpoint");
+}
+
+// ONEBIT_TRAIN_INJECT_NONFINITE="RANK:STEP[,RANK:STEP...]": this rank's gradient gets a NaN at
+// those steps. A fault-injection hook for the tests (train/tests) and for trying the skip by hand.
+std::set<int64_t> injected_nonfinite_steps(int rank) {
+  std::set<int64_t> steps;
+  const char* spec = std::getenv("ONEBIT_TRAIN_INJECT_NONFINITE");
+  if (!spec) return steps;
+  std::stringstream in(spec);
+  for (std::string item; std::getline(in, item, ',');) {
+    int r = -1;
+    long long s = 0;
+    char extra = 0;
+    ONEBIT_CHECK(std::sscanf(item.c_str(), "%d:%lld%c", &r, &s, &extra) == 2,
+                 "ONEBIT_TRAIN_INJECT_NONFINITE: '" << item << "' is not RANK:STEP");
+    if (r == rank) steps.insert(s);
+  }
+  return steps;
 }
 
 // rank 0: the resumed run's history up to the checkpoint, in this run's directory.
@@ -103,6 +126,7 @@ void train_rank(const TrainOptions& in, const std::optional<JobInfo>& job) {
   check_ranks_identical(*opt, *comm, "at start");
   MlmData data(corpus, o.seq, cfg.vocab, o.seed);
   const int local_batch = o.batch / world;
+  const std::set<int64_t> nonfinite_at = injected_nonfinite_steps(rank);
 
   int64_t start = 0;
   Totals totals;
@@ -111,7 +135,9 @@ void train_rank(const TrainOptions& in, const std::optional<JobInfo>& job) {
     ckpt = find_checkpoint(o.resume);
     const auto meta = read_checkpoint_meta(ckpt);
     check_resume_matches(meta, o, world, corpus.key);
-    load_checkpoint(ckpt, *opt, rank);
+    const std::string warning = load_checkpoint(ckpt, *opt, rank, meta.at("world_size").get<int>(),
+                                                o.reset_errors_on_resize ? OnResize::kResetErrors : OnResize::kError);
+    if (rank == 0 && !warning.empty()) std::cerr << "onebit train --resume: warning: " << warning << std::endl;
     start = meta.at("step");
     totals = Totals::from_json(meta.at("totals"));
     check_ranks_identical(*opt, *comm, "after loading the checkpoint");
@@ -159,6 +185,11 @@ void train_rank(const TrainOptions& in, const std::optional<JobInfo>& job) {
     if (o.dropout > 0) torch::manual_seed(mix(o.seed, static_cast<uint64_t>(step), static_cast<uint64_t>(rank)));
     at::Tensor loss = model->mlm_loss(b.ids.to(device), b.labels.to(device));
     loss.backward();
+    if (nonfinite_at.count(step)) {
+      std::cerr << "onebit train: rank " << rank << " injects a NaN into its gradient at step " << step
+                << " (ONEBIT_TRAIN_INJECT_NONFINITE)" << std::endl;
+      params.front().mutable_grad().view({-1})[0].fill_(std::nanf(""));
+    }
     // With the 1-bit optimizers only the local gradient exists before the exchange, so every
     // optimizer clips this rank's own gradient (the same rule for all, for a fair comparison).
     const double grad_norm = o.clip > 0 ? torch::nn::utils::clip_grad_norm_(params, o.clip)

@@ -76,9 +76,11 @@ class TorchOptimizer : public torch::optim::Optimizer {
   // The complete state (the core's, this rank's error buffers included, plus the fp32 master
   // weights when some parameters are not views) and its torch serialization.
   OptimizerState state() const;
-  void load_state(const OptimizerState& s);
+  // on_resize: see onebit::load_state; returns its warning ("" when nothing was reset).
+  std::string load_state(const OptimizerState& s, OnResize on_resize = OnResize::kError);
   void save(torch::serialize::OutputArchive& archive) const override;
   void load(torch::serialize::InputArchive& archive) override;
+  std::string load(torch::serialize::InputArchive& archive, OnResize on_resize);
 
   onebit::Optimizer& core() { return *core_; }
   const onebit::Optimizer& core() const { return *core_; }

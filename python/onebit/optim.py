@@ -3,6 +3,8 @@
 Each step takes every parameter's .grad as this rank's LOCAL gradient and does all communication
 itself over torch.distributed (no DDP, no gradient averaging by the caller).
 """
+import warnings
+
 import torch
 import torch.distributed as dist
 
@@ -128,7 +130,10 @@ class _OnebitOptimizer(torch.optim.Optimizer):
             engines.append({"kind": engine.name, "rank": self.rank, "tensors": tensors, "counters": counters})
         return {"state": {}, "param_groups": groups, "onebit": engines}
 
-    def load_state_dict(self, state_dict):
+    def load_state_dict(self, state_dict, *, reset_errors_on_resize=False):
+        """Loads this rank's own state_dict: the run continues bit for bit. A state saved by a
+        different number of ranks is an error unless reset_errors_on_resize=True: then any rank's
+        file will do, the error buffers restart from zero (with a warning) and the rest carries over."""
         saved = state_dict.get("onebit")
         if saved is None or len(saved) != len(self._engines):
             raise ValueError("onebit: the state_dict is not from a onebit optimizer with %d parameter groups"
@@ -143,10 +148,19 @@ class _OnebitOptimizer(torch.optim.Optimizer):
                                      % (key, packed[key], group[key]))
             if core["kind"] != engine.name:
                 raise ValueError("onebit: the state_dict holds a %s state, this is %s" % (core["kind"], engine.name))
-            if core["rank"] != self.rank:
+            saved_world = int(core["counters"]["world_size"])
+            resized = saved_world != self.world_size
+            if resized and not reset_errors_on_resize:
+                raise ValueError("onebit: the state_dict was saved by %d ranks, this run has %d; pass "
+                                 "reset_errors_on_resize=True to continue with the error buffers reset "
+                                 "(no longer bit for bit)" % (saved_world, self.world_size))
+            if not resized and core["rank"] != self.rank:
                 raise ValueError("onebit: rank %d's state (its error buffers) loaded on rank %d: load each "
                                  "rank's own file" % (core["rank"], self.rank))
-            engine.load_state(core["tensors"], {k: int(v) for k, v in core["counters"].items()})
+            warning = engine.load_state(core["tensors"], {k: int(v) for k, v in core["counters"].items()},
+                                        reset_errors_on_resize)
+            if warning:
+                warnings.warn(warning, RuntimeWarning, stacklevel=2)
             for key, value in packed.items():
                 if key != "params":
                     group[key] = value

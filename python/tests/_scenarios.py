@@ -2,6 +2,7 @@
 with the single-process references."""
 import os
 import time
+import warnings
 
 import torch
 import torch.distributed as dist
@@ -121,13 +122,39 @@ def resume(rank, world, outdir, phase, options, first, second):
             for p, saved in zip(params, ckpt["params"]):
                 p.copy_(saved)
         opt.load_state_dict(ckpt["opt"])
-    assert not opt.in_warmup, "the checkpoint must fall inside the compression stage"
     history = []
     for s in range(first, first + second):
         set_grads(params, grads[rank, s])
         opt.step()
         history.append(cat(params).clone())
-    return {"history": history}
+    return {"history": history, "in_warmup_at_stop": first < options["freeze_step"]}
+
+
+def resize(rank, world, outdir, options, saved_world, steps):
+    """Loads the checkpoint that `resume` phase 'first' wrote with saved_world ranks into this run of
+    `world` ranks: refused by default, accepted with reset_errors_on_resize (and a warning)."""
+    ckpt = torch.load(os.path.join(outdir, "ckpt.rank%d.pt" % (rank % saved_world)))
+    params = make_params(initial_params(seed=7))
+    opt = onebit.OnebitLamb(params, **options)
+    with torch.no_grad():
+        for p, saved in zip(params, ckpt["params"]):
+            p.copy_(saved)
+    try:
+        opt.load_state_dict(ckpt["opt"])
+        refused = None
+    except ValueError as e:
+        refused = str(e)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        opt.load_state_dict(ckpt["opt"], reset_errors_on_resize=True)
+    errors = opt.state_dict()["onebit"][0]["tensors"]
+    grads = gradients(world, steps, exact_steps=steps)
+    for s in range(steps):
+        set_grads(params, grads[rank, s])
+        opt.step()
+    return {"refused": refused, "warnings": [str(w.message) for w in caught], "params": cat(params),
+            "errors_zero": bool((errors["worker_error"] == 0).all() and (errors["server_error"] == 0).all()),
+            "in_warmup": opt.in_warmup}
 
 
 def train(rank, world, outdir, steps, freeze_step):

@@ -70,13 +70,28 @@ def test_compression_stage_equals_the_core_and_ranks_stay_identical(world, kind,
 
 
 @pytest.mark.parametrize("world", WORLDS)
-def test_state_dict_resumes_bit_for_bit_in_the_compression_stage(world, tmp_path):
-    options = dict(lr=0.01, freeze_step=2, weight_decay=0.01)
-    first = run_ranks("resume", world, tmp_path, phase="first", options=options, first=4, second=4)
-    second = run_ranks("resume", world, tmp_path, phase="second", options=options, first=4, second=4)
+@pytest.mark.parametrize("first,freeze_step", [(2, 3), (4, 2)])  # stopped in warmup, in compression
+def test_state_dict_resumes_bit_for_bit(world, first, freeze_step, tmp_path):
+    options = dict(lr=0.01, freeze_step=freeze_step, weight_decay=0.01)
+    kw = dict(options=options, first=first, second=4)
+    straight = run_ranks("resume", world, tmp_path, phase="first", **kw)
+    resumed = run_ranks("resume", world, tmp_path, phase="second", **kw)
     for rank in range(world):
-        for s, (a, b) in enumerate(zip(first[rank]["history"], second[rank]["history"])):
-            assert torch.equal(a, b), "rank %d: step %d after the resume differs" % (rank, 5 + s)
+        assert resumed[rank]["in_warmup_at_stop"] == (first < freeze_step)
+        for s, (a, b) in enumerate(zip(straight[rank]["history"], resumed[rank]["history"])):
+            assert torch.equal(a, b), "rank %d: step %d after the resume differs" % (rank, first + 1 + s)
+
+
+def test_another_world_size_needs_reset_errors_on_resize(tmp_path):
+    options = dict(lr=0.01, freeze_step=2, weight_decay=0.01)
+    run_ranks("resume", 2, tmp_path, phase="first", options=options, first=4, second=0)
+    results = run_ranks("resize", 4, tmp_path, options=options, saved_world=2, steps=3)
+    for res in results:
+        assert "saved by 2 ranks, this run has 4" in res["refused"]
+        assert "reset_errors_on_resize=True" in res["refused"]
+        assert len(res["warnings"]) == 1 and "restart from zero" in res["warnings"][0], res["warnings"]
+        assert res["errors_zero"] and not res["in_warmup"]
+        assert torch.equal(res["params"], results[0]["params"])
 
 
 def test_training_on_4_ranks_lowers_the_held_out_loss(tmp_path):

@@ -1,16 +1,19 @@
-// `onebit train` and `onebit compare` as real processes (the onebit tool): two workers over Gloo
-// stay identical, a resume continues bit for bit, a killed worker ends the launch quickly, compare
-// writes its results, and an unusable backend is a clear error.
+// `onebit train` and `onebit compare` as real processes (the onebit tool): workers over Gloo stay
+// identical, resumes continue bit for bit (another worker count only when asked), a NaN is skipped
+// everywhere, a killed or stopped worker ends the others with its rank named, compare writes its
+// results, and an unusable backend is a clear error.
 #include <gtest/gtest.h>
 #include <signal.h>
 #include <sys/wait.h>
 #include <torch/serialize.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <iostream>
 #include <map>
 #include <sstream>
 #include <thread>
@@ -19,6 +22,7 @@
 
 #include "onebit/mpi_comm.hpp"
 #include "test_corpus.hpp"
+#include "train/distributed.hpp"
 
 namespace fs = std::filesystem;
 
@@ -32,8 +36,8 @@ struct Proc {
   std::string log;
 };
 
-// Starts onebit with `args`, stdout and stderr to `log`.
-Proc start(const std::vector<std::string>& args, const std::string& log) {
+// Starts onebit with `args`, stdout and stderr to `log`, with `env` ("NAME=value") added.
+Proc start(const std::vector<std::string>& args, const std::string& log, const std::vector<std::string>& env = {}) {
   std::vector<std::string> argv{ONEBIT_CLI};
   argv.insert(argv.end(), args.begin(), args.end());
   std::vector<char*> c;
@@ -44,6 +48,7 @@ Proc start(const std::vector<std::string>& args, const std::string& log) {
     FILE* f = std::freopen(log.c_str(), "w", stdout);
     if (f) ::dup2(::fileno(stdout), 2);
     for (const char* v : {"RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "OMPI_COMM_WORLD_RANK"}) ::unsetenv(v);
+    for (const auto& e : env) ::putenv(const_cast<char*>(e.c_str()));
     ::execv(c[0], c.data());
     ::_exit(127);
   }
@@ -92,11 +97,12 @@ class TrainRun : public ::testing::Test {
     corpus_ = test::write_corpus(test::tmp_dir(name + "-corpus") + "/text");
     cache_ = test::tmp_dir(name + "-cache");
   }
-  // The settings every run here shares: a tiny model on the synthetic corpus, 2 workers.
-  std::vector<std::string> tiny(const std::string& out, std::vector<std::string> more) const {
+  // The settings every run here shares: a tiny model on the synthetic corpus, `workers` workers.
+  std::vector<std::string> tiny(const std::string& out, std::vector<std::string> more, int workers = 2) const {
     std::vector<std::string> a{"train", "--data", corpus_, "--cache-dir", cache_, "--vocab", "200", "--seq", "32",
-                               "--heldout", "0.2", "--batch", "8", "--workers", "2", "--threads", "1",
-                               "--eval-samples", "16", "--out", out, "--no-progress", "--timeout", "30"};
+                               "--heldout", "0.2", "--batch", "8", "--workers", std::to_string(workers), "--threads", "1",
+                               "--eval-samples", "16", "--out", out, "--no-progress"};
+    if (std::find(more.begin(), more.end(), "--timeout") == more.end()) a.insert(a.end(), {"--timeout", "30"});
     a.insert(a.end(), more.begin(), more.end());
     return a;
   }
@@ -146,23 +152,11 @@ bool same_bits(const at::Tensor& a, const at::Tensor& b) {
          std::memcmp(a.contiguous().data_ptr(), b.contiguous().data_ptr(), a.nbytes()) == 0;
 }
 
-TEST_F(TrainRun, ResumeContinuesBitForBit) {
-  const std::string root = test::tmp_dir("resume");
-  const auto common = std::vector<std::string>{"--optimizer", "onebit-lamb", "--steps", "8", "--freeze-step", "2",
-                                               "--save-every", "4", "--eval-every", "4"};
-  Proc whole = start(tiny(root + "/whole", common), root + "/whole.log");
-  ASSERT_EQ(wait_for(whole, 120), 0) << slurp(whole.log);
-  // From step 4 of the same run (in compression, error buffers live) into a new directory.
-  auto args = tiny(root + "/resumed", common);
-  args.insert(args.end(), {"--resume", root + "/whole/checkpoints/step_00000004"});
-  Proc resumed = start(args, root + "/resumed.log");
-  ASSERT_EQ(wait_for(resumed, 120), 0) << slurp(resumed.log);
-
-  const std::string a = root + "/whole/checkpoints/step_00000008", b = root + "/resumed/checkpoints/step_00000008";
-  EXPECT_TRUE(same_bits(read_tensor(a + "/model.pt", "params"), read_tensor(b + "/model.pt", "params")));
-  // Every tensor of every rank's optimizer state, both error buffers included.
-  for (const char* rank : {"0", "1"}) {
-    const std::string f = std::string("/optimizer_rank") + rank + ".pt";
+// Every tensor of every rank's optimizer state in two checkpoints, both error buffers included.
+void expect_same_checkpoint(const std::string& a, const std::string& b, int workers) {
+  EXPECT_TRUE(same_bits(read_tensor(a + "/model.pt", "params"), read_tensor(b + "/model.pt", "params"))) << a << " " << b;
+  for (int rank = 0; rank < workers; ++rank) {
+    const std::string f = "/optimizer_rank" + std::to_string(rank) + ".pt";
     torch::serialize::InputArchive probe;
     probe.load_from(a + f);
     c10::IValue names;
@@ -171,49 +165,189 @@ TEST_F(TrainRun, ResumeContinuesBitForBit) {
     int compared = 0;
     for (std::string name; std::getline(list, name, ',');) {
       EXPECT_TRUE(same_bits(read_tensor(a + f, "onebit_t_" + name), read_tensor(b + f, "onebit_t_" + name)))
-          << name << " of rank " << rank;
+          << name << " of rank " << rank << ": " << a << " vs " << b;
       ++compared;
     }
     EXPECT_GE(compared, 8) << names.toStringRef();
     EXPECT_NE(names.toStringRef().find("worker_error"), std::string::npos);
   }
-  const auto ma = metrics(root + "/whole"), mb = metrics(root + "/resumed");
-  ASSERT_EQ(ma.size(), 8u);
-  ASSERT_EQ(mb.size(), 8u);  // steps 1-4 carried over from the checkpoint's run
-  for (size_t i = 0; i < 8; ++i) {
-    EXPECT_EQ(ma[i]["loss"].get<double>(), mb[i]["loss"].get<double>()) << "step " << i + 1;
-    EXPECT_EQ(ma[i]["bytes_sent"], mb[i]["bytes_sent"]) << "step " << i + 1;
+}
+
+// 4 workers, freeze_step 5: one run straight through 8 steps; one resumed from its step 4 (warmup),
+// saving at step 6; one resumed from that step 6 (compression, error buffers live). All three end
+// with the same bits everywhere.
+TEST_F(TrainRun, ResumeContinuesBitForBitInBothStagesOn4Workers) {
+  const std::string root = test::tmp_dir("resume");
+  const auto common = std::vector<std::string>{"--optimizer", "onebit-lamb", "--steps", "8", "--freeze-step", "5",
+                                               "--eval-every", "4"};
+  auto with = [&](const std::string& out, std::vector<std::string> more) {
+    more.insert(more.begin(), common.begin(), common.end());
+    return tiny(root + "/" + out, more, 4);
+  };
+  Proc whole = start(with("whole", {"--save-every", "4"}), root + "/whole.log");
+  ASSERT_EQ(wait_for(whole, 240), 0) << slurp(whole.log);
+  Proc warm = start(with("from_warmup", {"--save-every", "6", "--resume", root + "/whole/checkpoints/step_00000004"}),
+                    root + "/from_warmup.log");
+  ASSERT_EQ(wait_for(warm, 240), 0) << slurp(warm.log);
+  Proc comp = start(with("from_compression", {"--resume", root + "/from_warmup/checkpoints/step_00000006"}),
+                    root + "/from_compression.log");
+  ASSERT_EQ(wait_for(comp, 240), 0) << slurp(comp.log);
+
+  const auto m = metrics(root + "/whole");
+  ASSERT_EQ(m.size(), 8u);
+  EXPECT_EQ(m[3]["stage"], "warmup");       // step 4: the first resume starts in warmup
+  EXPECT_EQ(m[5]["stage"], "compression");  // step 6: the second in compression
+  const std::string last = "/checkpoints/step_00000008";
+  for (const char* run : {"from_warmup", "from_compression"}) {
+    SCOPED_TRACE(run);
+    expect_same_checkpoint(root + "/whole" + last, root + "/" + run + last, 4);
+    const auto r = metrics(root + "/" + run);
+    ASSERT_EQ(r.size(), 8u);  // the steps before the resume carried over from the checkpoint's run
+    for (size_t i = 0; i < 8; ++i) {
+      EXPECT_EQ(m[i]["loss"].get<double>(), r[i]["loss"].get<double>()) << "step " << i + 1;
+      EXPECT_EQ(m[i]["bytes_sent"], r[i]["bytes_sent"]) << "step " << i + 1;
+    }
+    EXPECT_EQ(m[7]["heldout_loss"].get<double>(), r[7]["heldout_loss"].get<double>());
   }
-  EXPECT_EQ(ma[7]["heldout_loss"].get<double>(), mb[7]["heldout_loss"].get<double>());
   // A resume with different math is refused, naming the setting.
   auto bad = tiny(root + "/bad", {"--optimizer", "onebit-lamb", "--steps", "8", "--freeze-step", "3",
-                                  "--resume", root + "/whole"});
+                                  "--resume", root + "/whole"}, 4);
   Proc refused = start(bad, root + "/bad.log");
   EXPECT_EQ(wait_for(refused, 60), 1);
   EXPECT_NE(slurp(refused.log).find("freeze_step"), std::string::npos) << slurp(refused.log);
 }
 
-TEST_F(TrainRun, AKilledWorkerEndsTheLaunchQuickly) {
-  const std::string out = test::tmp_dir("killed") + "/run";
-  Proc p = start(tiny(out, {"--optimizer", "lamb", "--steps", "100000", "--eval-every", "100000"}), out + ".log");
-  // Wait for training to be under way.
-  const auto deadline = Clock::now() + std::chrono::seconds(90);
-  while (metrics(out).size() < 2 && Clock::now() < deadline) std::this_thread::sleep_for(std::chrono::milliseconds(50));
-  ASSERT_GE(metrics(out).size(), 2u) << slurp(p.log);
+// A checkpoint of 2 workers resumed by 4: an error naming both counts and the flag; with the flag,
+// a warning, and the 4 workers go on identically from the same step.
+TEST_F(TrainRun, AnotherWorkerCountNeedsResetErrorsOnResize) {
+  const std::string root = test::tmp_dir("resize");
+  const std::vector<std::string> common{"--optimizer", "onebit-lamb", "--steps", "6", "--freeze-step", "2",
+                                        "--eval-every", "3", "--save-every", "3"};
+  Proc two = start(tiny(root + "/two", common), root + "/two.log");
+  ASSERT_EQ(wait_for(two, 180), 0) << slurp(two.log);
+  auto resume = common;
+  resume.insert(resume.end(), {"--resume", root + "/two/checkpoints/step_00000003"});
+  Proc refused = start(tiny(root + "/refused", resume, 4), root + "/refused.log");
+  EXPECT_EQ(wait_for(refused, 60), 1);
+  const std::string why = slurp(refused.log);
+  EXPECT_NE(why.find("made by 2 workers, this run has 4"), std::string::npos) << why;
+  EXPECT_NE(why.find("--reset-errors-on-resize"), std::string::npos) << why;
+  resume.push_back("--reset-errors-on-resize");
+  Proc four = start(tiny(root + "/four", resume, 4), root + "/four.log");
+  ASSERT_EQ(wait_for(four, 180), 0) << slurp(four.log);
+  EXPECT_NE(slurp(four.log).find("warning: onebit-lamb on rank 0: the state was saved by 2 ranks, this run has 4; "
+                                 "worker_error and server_error restart from zero"),
+            std::string::npos)
+      << slurp(four.log);
+  const auto summary = nlohmann::json::parse(slurp(root + "/four/summary.json"));
+  EXPECT_TRUE(summary["ranks_identical"].get<bool>());
+  EXPECT_EQ(summary["world_size"], 4);
+  EXPECT_EQ(summary["resumed_from_step"], 3);
+  const auto m = metrics(root + "/four");
+  ASSERT_EQ(m.size(), 6u);
+  for (const auto& r : m) EXPECT_TRUE(std::isfinite(r["loss"].get<double>()));
+}
+
+// A NaN injected into one rank's gradient, once in warmup (step 2, rank 1) and once in compression
+// (step 5, rank 0): both steps skipped by every rank, counted in metrics.jsonl and summary.json.
+TEST_F(TrainRun, ANonFiniteGradientOnOneRankSkipsTheStepEverywhere) {
+  const std::string out = test::tmp_dir("nan") + "/run";
+  Proc p = start(tiny(out, {"--optimizer", "onebit-lamb", "--steps", "6", "--freeze-step", "3", "--eval-every", "3"}),
+                 out + ".log", {"ONEBIT_TRAIN_INJECT_NONFINITE=1:2,0:5"});
+  ASSERT_EQ(wait_for(p, 120), 0) << slurp(p.log);
+  const auto m = metrics(out);
+  ASSERT_EQ(m.size(), 6u);
+  for (const auto& r : m) {
+    const int step = r["step"].get<int>();
+    EXPECT_EQ(r.contains("skipped"), step == 2 || step == 5) << r.dump();
+    EXPECT_TRUE(std::isfinite(r["loss"].get<double>()));
+  }
+  // One skip in warmup moves the stage change one step later: steps 1, 3, 4 are the 3 warmup steps.
+  EXPECT_EQ(m[1]["stage"], "warmup");
+  EXPECT_EQ(m[4]["stage"], "compression");
+  const auto summary = nlohmann::json::parse(slurp(out + "/summary.json"));
+  EXPECT_EQ(summary["totals"]["skipped_steps"], 2);
+  EXPECT_TRUE(summary["ranks_identical"].get<bool>());
+  const std::string ckpt = out + "/checkpoints/step_00000006/optimizer_rank1.pt";
+  EXPECT_EQ(read_tensor(ckpt, "onebit_c_skipped").item<int64_t>(), 2);
+  EXPECT_EQ(read_tensor(ckpt, "onebit_c_step").item<int64_t>(), 4);
+  EXPECT_NE(slurp(p.log).find("rank 1 injects a NaN into its gradient at step 2"), std::string::npos);
+}
+
+std::map<int, pid_t> worker_pids(const std::string& out) {
   std::ifstream pids(out + "/workers.pid");
   std::map<int, pid_t> by_rank;
   for (int r, pid; pids >> r >> pid;) by_rank[r] = pid;
-  ASSERT_EQ(by_rank.size(), 2u);
-  const auto t0 = Clock::now();
-  ASSERT_EQ(::kill(by_rank[1], SIGKILL), 0);
-  const int rc = wait_for(p, 30);
-  const double seconds = std::chrono::duration<double>(Clock::now() - t0).count();
-  EXPECT_NE(rc, 0);
-  EXPECT_NE(rc, -1) << "the launcher did not exit within 30 s";
-  EXPECT_LT(seconds, 10.0);
-  EXPECT_NE(slurp(p.log).find("worker rank 1"), std::string::npos) << slurp(p.log);
-  EXPECT_NE(::kill(by_rank[0], 0), 0) << "rank 0 is still running";
+  return by_rank;
 }
+
+bool gone(pid_t pid) { return ::kill(pid, 0) != 0; }
+
+// kill -9 of one of 4 workers in the middle of training: the launcher names it, stops the rest and
+// exits non-zero, all within 90 s.
+TEST_F(TrainRun, AKilledWorkerEndsTheLaunchQuickly) {
+  const std::string out = test::tmp_dir("killed") + "/run";
+  Proc p = start(tiny(out, {"--optimizer", "onebit-lamb", "--freeze-step", "3", "--steps", "100000", "--eval-every",
+                            "100000"}, 4),
+                 out + ".log");
+  // Wait for training to be under way, in the compression stage.
+  const auto deadline = Clock::now() + std::chrono::seconds(120);
+  while (metrics(out).size() < 4 && Clock::now() < deadline) std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  ASSERT_GE(metrics(out).size(), 4u) << slurp(p.log);
+  const auto by_rank = worker_pids(out);
+  ASSERT_EQ(by_rank.size(), 4u);
+  const auto t0 = Clock::now();
+  ASSERT_EQ(::kill(by_rank.at(2), SIGKILL), 0);
+  const int rc = wait_for(p, 90);
+  const double seconds = std::chrono::duration<double>(Clock::now() - t0).count();
+  std::cout << "launcher exited " << seconds << " s after kill -9 of worker rank 2 of 4" << std::endl;
+  EXPECT_NE(rc, 0);
+  EXPECT_NE(rc, -1) << "the launcher did not exit within 90 s";
+  EXPECT_NE(slurp(p.log).find("worker rank 2"), std::string::npos) << slurp(p.log);
+  for (const auto& [rank, pid] : by_rank) EXPECT_TRUE(gone(pid)) << "rank " << rank << " is still running";
+}
+
+// Workers started without the launcher (as torchrun or a cluster scheduler would): when one is
+// killed with kill -9 mid-step, or stops (SIGSTOP), every other one ends by itself, non-zero,
+// within its --timeout, with an error naming the lost rank.
+class LostRank : public TrainRun, public ::testing::WithParamInterface<int> {};
+
+TEST_P(LostRank, EveryOtherWorkerEndsNamingIt) {
+  const int sig = GetParam(), lost = 2, workers = 4;
+  const double timeout = 10;
+  const std::string out = test::tmp_dir(std::string("lost-") + (sig == SIGKILL ? "kill" : "stop")) + "/run";
+  const int port = free_loopback_port();
+  std::vector<Proc> ws;
+  for (int r = 0; r < workers; ++r) {
+    auto args = tiny(out, {"--optimizer", "onebit-lamb", "--freeze-step", "3", "--steps", "100000", "--eval-every",
+                           "100000", "--timeout", std::to_string(timeout)}, workers);
+    ws.push_back(start(args, out + ".rank" + std::to_string(r) + ".log",
+                       {"RANK=" + std::to_string(r), "WORLD_SIZE=" + std::to_string(workers), "MASTER_ADDR=127.0.0.1",
+                        "MASTER_PORT=" + std::to_string(port)}));
+  }
+  const auto deadline = Clock::now() + std::chrono::seconds(120);
+  while (metrics(out).size() < 4 && Clock::now() < deadline) std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  ASSERT_GE(metrics(out).size(), 4u) << slurp(ws[0].log);
+  const auto t0 = Clock::now();
+  ASSERT_EQ(::kill(ws[lost].pid, sig), 0);
+  for (int r = 0; r < workers; ++r) {
+    if (r == lost) continue;
+    const int rc = wait_for(ws[static_cast<size_t>(r)], 90);
+    const double seconds = std::chrono::duration<double>(Clock::now() - t0).count();
+    std::cout << "rank " << r << " exited with " << rc << " " << seconds << " s after " << strsignal(sig)
+              << " of rank " << lost << std::endl;
+    const std::string log = slurp(ws[static_cast<size_t>(r)].log);
+    EXPECT_NE(rc, -1) << "rank " << r << " did not end within 90 s";
+    EXPECT_NE(rc, 0) << log;
+    EXPECT_LT(seconds, timeout + 5) << "rank " << r;
+    EXPECT_NE(log.find("lost: rank " + std::to_string(lost)), std::string::npos) << "rank " << r << ":\n" << log;
+  }
+  ::kill(ws[lost].pid, SIGKILL);
+  ::waitpid(ws[lost].pid, nullptr, 0);
+}
+
+INSTANTIATE_TEST_SUITE_P(Signals, LostRank, ::testing::Values(SIGKILL, SIGSTOP),
+                         [](const auto& info) { return info.param == SIGKILL ? "Killed" : "Stopped"; });
 
 TEST_F(TrainRun, CompareWritesItsResultsAndPicture) {
   const std::string out = test::tmp_dir("compare");
