@@ -6,8 +6,7 @@
 #include <string>
 #include <vector>
 
-#include "c10d_compat.hpp"
-#include "onebit/error.hpp"
+#include "c10d_group.hpp"
 #include "onebit/torch_c10d.hpp"
 
 namespace onebit {
@@ -16,16 +15,11 @@ namespace {
 class C10dCommunicator final : public Communicator {
  public:
   C10dCommunicator(c10d_compat::ProcessGroupPtr group, c10::Device staging)
-      : group_(std::move(group)), staging_(staging) {
-    ONEBIT_CHECK(group_, "c10d communicator: no process group given");
-    rank_ = group_->getRank();
-    size_ = group_->getSize();
-    name_ = "c10d-" + c10d_compat::backend_name(*group_);
-  }
+      : group_(std::move(group), c10::DeviceType::CPU), staging_(staging) {}
 
-  int rank() const override { return rank_; }
-  int size() const override { return size_; }
-  std::string backend() const override { return name_; }
+  int rank() const override { return group_.rank(); }
+  int size() const override { return group_.size(); }
+  std::string backend() const override { return group_.name(); }
 
  protected:
   void do_allreduce_sum(std::span<float> data) override {
@@ -35,7 +29,7 @@ class C10dCommunicator final : public Communicator {
     ::c10d::AllreduceOptions o;
     o.reduceOp = ::c10d::ReduceOp::SUM;
     o.timeout = timeout();
-    run("allreduce", [&] { return group_->allreduce(t, o); });
+    run("allreduce", [&] { return group_.get().allreduce(t, o); });
     unstage(host, t[0]);
   }
 
@@ -48,7 +42,7 @@ class C10dCommunicator final : public Communicator {
     std::vector<int64_t> equal_splits;  // empty: size() equal chunks along dim 0
     ::c10d::AllToAllOptions o;
     o.timeout = timeout();
-    run("alltoall", [&] { return group_->alltoall_base(out, in, equal_splits, equal_splits, o); });
+    run("alltoall", [&] { return group_.get().alltoall_base(out, in, equal_splits, equal_splits, o); });
     unstage(out_host, out);
   }
 
@@ -61,11 +55,11 @@ class C10dCommunicator final : public Communicator {
     // _allgather_base), and on CPU it lands in place without a copy.
     const int64_t n = static_cast<int64_t>(send.size());
     std::vector<std::vector<at::Tensor>> outs(1);
-    for (int r = 0; r < size_; ++r) outs[0].push_back(out.narrow(0, r * n, n));
+    for (int r = 0; r < size(); ++r) outs[0].push_back(out.narrow(0, r * n, n));
     std::vector<at::Tensor> ins{stage(in_host)};
     ::c10d::AllgatherOptions o;
     o.timeout = timeout();
-    run("allgather", [&] { return group_->allgather(outs, ins, o); });
+    run("allgather", [&] { return group_.get().allgather(outs, ins, o); });
     unstage(out_host, out);
   }
 
@@ -76,14 +70,14 @@ class C10dCommunicator final : public Communicator {
     ::c10d::BroadcastOptions o;
     o.rootRank = root;
     o.timeout = timeout();
-    run("broadcast", [&] { return group_->broadcast(t, o); });
+    run("broadcast", [&] { return group_.get().broadcast(t, o); });
     unstage(host, t[0]);
   }
 
   void do_barrier() override {
     ::c10d::BarrierOptions o;
     o.timeout = timeout();
-    run("barrier", [&] { return group_->barrier(o); });
+    run("barrier", [&] { return group_.get().barrier(o); });
   }
 
  private:
@@ -98,33 +92,13 @@ class C10dCommunicator final : public Communicator {
     if (!staging_.is_cpu()) host.copy_(staged);
   }
 
-  // Starts one collective and waits for it, at most timeout(). Any failure leaves the ranks out of
-  // step (some may have finished the collective, some not), so the communicator stays broken.
   template <class Start>
   void run(const char* op, Start start) {
-    ONEBIT_CHECK(broken_.empty(), name_ << " " << op << " on rank " << rank_
-                                        << ": the group failed earlier (" << broken_
-                                        << "); start a new process group");
-    std::string cause;
-    try {
-      c10::intrusive_ptr<c10d_compat::Work> work = start();
-      if (c10d_compat::wait(*work, timeout())) return;
-      cause = "no answer within " + std::to_string(timeout().count()) + " ms";
-    } catch (const std::exception& e) {
-      cause = e.what();
-      // c10::Error appends a C++ backtrace; the first line carries the cause.
-      if (auto nl = cause.find('\n'); nl != std::string::npos) cause.resize(nl);
-    }
-    broken_ = std::string(op) + ": " + cause;
-    ONEBIT_CHECK(false, name_ << " " << op << " on rank " << rank_ << " of " << size_ << " failed: "
-                              << cause << " (a rank died, stalled, or called a different collective)");
+    group_.run(op, timeout(), start);
   }
 
-  c10d_compat::ProcessGroupPtr group_;
+  C10dGroup group_;
   c10::Device staging_;
-  int rank_ = 0, size_ = 1;
-  std::string name_;
-  std::string broken_;
 };
 
 // World size 1: the rank is its own peer in every collective.

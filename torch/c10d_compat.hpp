@@ -29,10 +29,42 @@ inline bool wait(Work& work, std::chrono::milliseconds timeout) {
 // getBackendName() names the default one; 1.13's ProcessGroupGloo answers itself.
 inline std::string backend_name(const ::c10d::ProcessGroup& pg) { return pg.getBackendName(); }
 
+// The engine behind the group's collectives on CUDA tensors: a 2.x ProcessGroup holds one Backend
+// per device type (and throws when it has none for CUDA); 1.13's groups are their own backend.
+inline std::string cuda_backend_name(::c10d::ProcessGroup& pg) {
+#if TORCH_VERSION_MAJOR >= 2
+  return pg.getBackend(c10::DeviceType::CUDA)->getBackendName();
+#else
+  return pg.getBackendName();
+#endif
+}
+
 // A ProcessGroup reached through a raw pointer that Python owns (pybind11 gives the pointer, the
 // holder type differs between versions); the returned pointer holds its own reference.
 inline ProcessGroupPtr adopt(::c10d::ProcessGroup* pg) {
   return ProcessGroupPtr::reclaim_copy(pg);
+}
+
+// An NCCL ProcessGroup around its backend (a ProcessGroupNCCL), as torch.distributed builds one:
+// 2.x keeps a group apart from its per-device backends (and from 2.5 takes no options), 1.13's
+// ProcessGroupNCCL is a group itself. A template so that this header needs no CUDA-enabled one.
+template <class NcclBackend>
+ProcessGroupPtr nccl_group(const c10::intrusive_ptr<::c10d::Store>& store, int rank, int size,
+                           c10::intrusive_ptr<NcclBackend> backend) {
+#if TORCH_VERSION_MAJOR >= 2
+#if TORCH_VERSION_MAJOR > 2 || TORCH_VERSION_MINOR >= 5
+  auto group = c10::make_intrusive<::c10d::ProcessGroup>(store, rank, size);
+  group->setDefaultBackend(::c10d::ProcessGroup::BackendType::NCCL);
+#else
+  auto group = c10::make_intrusive<::c10d::ProcessGroup>(store, rank, size,
+                                                         c10::make_intrusive<::c10d::ProcessGroup::Options>("nccl"));
+#endif
+  group->setBackend(c10::DeviceType::CUDA, ::c10d::ProcessGroup::BackendType::NCCL, backend);
+  return group;
+#else
+  (void)store, (void)rank, (void)size;
+  return backend;
+#endif
 }
 
 }  // namespace onebit::c10d_compat

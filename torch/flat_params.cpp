@@ -1,5 +1,6 @@
 // TorchFlatParams: torch parameters moved into one flat fp32 buffer (views where the dtype and
-// device allow, fp32 master copies elsewhere), and their gradients gathered into another.
+// device allow, fp32 master copies elsewhere), and their gradients gathered into another; on the
+// CPU, or on the parameters' GPU in builds with CUDA.
 #include <ATen/ATen.h>
 #include <torch/csrc/autograd/variable.h>
 
@@ -27,20 +28,47 @@ std::vector<size_t> sizes_of(const std::vector<at::Tensor>& params) {
   return sizes;
 }
 
+// Where the flat buffers live. Builds without CUDA keep them on the CPU whatever the parameters'
+// devices (GPU parameters get fp32 master copies there); builds with CUDA put them on the
+// parameters' GPU, which all parameters must share.
+c10::Device device_of(const std::vector<at::Tensor>& params) {
+#ifdef ONEBIT_HAVE_CUDA
+  if (params.empty() || params[0].device().is_cpu()) {
+    for (size_t i = 0; i < params.size(); ++i)
+      ONEBIT_CHECK(params[i].device().is_cpu(), "onebit torch optimizer: parameter " << i << " is on "
+                       << params[i].device() << ", parameter 0 on the CPU: one optimizer's parameters "
+                          "must all be on the CPU or all on one GPU");
+    return c10::Device(c10::kCPU);
+  }
+  const c10::Device device = params[0].device();
+  ONEBIT_CHECK(device.is_cuda(), "onebit torch optimizer: parameter 0 is on " << device
+                                     << "; parameters must be on the CPU or on a CUDA device");
+  for (size_t i = 1; i < params.size(); ++i)
+    ONEBIT_CHECK(params[i].device() == device, "onebit torch optimizer: parameter " << i << " is on "
+                     << params[i].device() << ", parameter 0 on " << device
+                     << ": one optimizer's parameters must all be on the CPU or all on one GPU");
+  return device;
+#else
+  (void)params;
+  return c10::Device(c10::kCPU);
+#endif
+}
+
 }  // namespace
 
 TorchFlatParams::TorchFlatParams(std::vector<at::Tensor> params)
     : params_(std::move(params)), layout_(sizes_of(params_)) {
   at::NoGradGuard no_grad;
   const auto n = static_cast<int64_t>(layout_.total());
-  flat_ = at::empty({n}, at::TensorOptions().dtype(at::kFloat));
-  grad_ = at::zeros({n}, at::TensorOptions().dtype(at::kFloat));
+  const auto options = at::TensorOptions().dtype(at::kFloat).device(device_of(params_));
+  flat_ = at::empty({n}, options);
+  grad_ = at::zeros({n}, options);
   view_.resize(params_.size());
   for (size_t i = 0; i < params_.size(); ++i) {
     at::Tensor& p = params_[i];
     at::Tensor region = flat_view(flat_, i);
     region.copy_(p.detach().reshape(p.sizes()));
-    view_[i] = p.scalar_type() == at::kFloat && p.device().is_cpu() && !p.is_sparse();
+    view_[i] = p.scalar_type() == at::kFloat && p.device() == flat_.device() && !p.is_sparse();
     if (view_[i]) p.set_data(region);
     if (p.grad().defined()) flat_view(grad_, i).copy_(p.grad().reshape(p.sizes()));
     if (view_[i]) p.mutable_grad() = flat_view(grad_, i);
@@ -60,8 +88,15 @@ bool TorchFlatParams::all_views() const {
 
 bool TorchFlatParams::grad_is_view(size_t i) const {
   const at::Tensor& g = params_[i].grad();
-  return g.defined() && g.scalar_type() == at::kFloat && g.device().is_cpu() && g.is_contiguous() &&
+  return g.defined() && g.scalar_type() == at::kFloat && g.device() == grad_.device() &&
+         g.is_contiguous() &&
          g.data_ptr() == static_cast<void*>(grad_.data_ptr<float>() + layout_[i].offset);
+}
+
+std::span<float> TorchFlatParams::host_span(const at::Tensor& flat, const char* what) const {
+  ONEBIT_CHECK(flat.device().is_cpu(), "onebit torch optimizer " << what << ": the flat buffers are on "
+                                           << flat.device() << ", not in host memory; use the tensor");
+  return {flat.data_ptr<float>(), layout_.total()};
 }
 
 void TorchFlatParams::gather_grads() {

@@ -1,5 +1,6 @@
 // TorchLamb, TorchOnebitLamb, TorchOnebitAdam: torch::optim optimizers whose step is onebit's core
-// optimizer on the flat buffers, with the complete state in torch serialization.
+// optimizer on the flat buffers (its CUDA twin when they are on a GPU), with the complete state in
+// torch serialization.
 #include <ATen/ATen.h>
 #include <torch/csrc/autograd/grad_mode.h>
 
@@ -8,9 +9,47 @@
 #include "onebit/error.hpp"
 #include "onebit/torch_c10d.hpp"
 #include "onebit/torch_optimizers.hpp"
+#ifdef ONEBIT_HAVE_CUDA
+#include "cuda_bridge.hpp"
+#include "onebit/cuda_optimizers.hpp"
+#endif
 
 namespace onebit {
 namespace {
+
+#ifdef ONEBIT_HAVE_CUDA
+// Each core optimizer's CUDA twin: the same results, bit for bit, on device buffers.
+template <class Core>
+struct CudaTwin;
+template <>
+struct CudaTwin<Lamb> {
+  using type = cuda::CudaLamb;
+};
+template <>
+struct CudaTwin<OnebitLamb> {
+  using type = cuda::CudaOnebitLamb;
+};
+template <>
+struct CudaTwin<OnebitAdam> {
+  using type = cuda::CudaOnebitAdam;
+};
+#endif
+
+// One core step on the flat buffers, wherever they live.
+bool core_step(Optimizer& core, TorchFlatParams& flat, torch_cuda::DeviceStream* device) {
+#ifdef ONEBIT_HAVE_CUDA
+  if (device) {
+    torch_cuda::DeviceScope scope(device->device());
+    device->wait_for_torch();  // the gradients were written on torch's stream (backward, gather_grads)
+    const size_t n = flat.layout().total();
+    // Synchronous: torch's later work (write_back, the next forward) sees the new weights.
+    return core.step({flat.params().data_ptr<float>(), n}, {flat.grads().data_ptr<float>(), n});
+  }
+#else
+  (void)device;
+#endif
+  return core.step(flat.param_span(), flat.grad_span());
+}
 
 constexpr const char* kMaster = "master_params";
 
@@ -41,7 +80,26 @@ TorchOptimizer::TorchOptimizer(std::vector<at::Tensor> params, double lr,
                                std::shared_ptr<Communicator> comm)
     : torch::optim::Optimizer(params, std::make_unique<TorchOnebitOptions>(lr)),
       comm_(comm ? std::move(comm) : std::shared_ptr<Communicator>(make_single_rank_communicator())),
-      flat_(std::move(params)) {}
+      flat_(std::move(params)) {
+  ONEBIT_CHECK(!comm_->device_memory() || !flat_.device().is_cpu(),
+               "onebit torch optimizer on rank " << comm_->rank() << ": the " << comm_->backend()
+                   << " communicator takes device memory but the parameters are on the CPU (over an NCCL "
+                      "group, make_c10d_communicator stages host buffers)");
+#ifdef ONEBIT_HAVE_CUDA
+  if (flat_.device().is_cuda()) device_ = std::make_shared<torch_cuda::DeviceStream>(flat_.device());
+#endif
+}
+
+template <class Core, class Options>
+std::unique_ptr<onebit::Optimizer> TorchOptimizer::make_core(const Options& options) {
+#ifdef ONEBIT_HAVE_CUDA
+  if (device_) {
+    torch_cuda::DeviceScope scope(device_->device());
+    return std::make_unique<typename CudaTwin<Core>::type>(flat_.layout(), *comm_, device_->get(), options);
+  }
+#endif
+  return std::make_unique<Core>(flat_.layout(), *comm_, options);
+}
 
 at::Tensor TorchOptimizer::step(LossClosure closure) {
   at::Tensor loss;
@@ -52,7 +110,7 @@ at::Tensor TorchOptimizer::step(LossClosure closure) {
   at::NoGradGuard no_grad;
   flat_.gather_grads();
   core_->set_lr(static_cast<float>(param_groups().front().options().get_lr()));
-  last_applied_ = core_->step(flat_.param_span(), flat_.grad_span());
+  last_applied_ = core_step(*core_, flat_, device_.get());
   if (last_applied_) flat_.write_back();
   return loss;
 }
@@ -64,8 +122,8 @@ OptimizerState TorchOptimizer::state() const {
   // Parameters that are not views keep fp16/bf16 (or device) copies; their exact fp32 weights
   // live only here, so a resume needs them.
   if (!flat_.all_views()) {
-    const float* p = flat_.params().data_ptr<float>();
-    s.tensors[kMaster].assign(p, p + flat_.layout().total());
+    const at::Tensor host = flat_.params().to(at::kCPU);
+    s.tensors[kMaster].assign(host.data_ptr<float>(), host.data_ptr<float>() + flat_.layout().total());
   }
   return s;
 }
@@ -80,7 +138,8 @@ std::string TorchOptimizer::load_state(const OptimizerState& s, OnResize on_resi
     std::vector<float> weights = std::move(master->second);
     core_state.tensors.erase(master);
     std::string warning = onebit::load_state(*core_, core_state, on_resize);
-    std::copy(weights.begin(), weights.end(), flat_.param_span().begin());
+    flat_.params().copy_(at::from_blob(weights.data(), {static_cast<int64_t>(weights.size())},
+                                       at::TensorOptions().dtype(at::kFloat)));
     flat_.write_back();
     return warning;
   }
@@ -129,35 +188,42 @@ std::string TorchOptimizer::load(torch::serialize::InputArchive& archive, OnResi
 
 TorchLamb::TorchLamb(std::vector<at::Tensor> params, LambOptions options, std::shared_ptr<Communicator> comm)
     : TorchOptimizer(std::move(params), options.lr, std::move(comm)) {
-  set_core(std::make_unique<Lamb>(flat_.layout(), *comm_, options));
+  set_core(make_core<Lamb>(options));
 }
 
 TorchOnebitLamb::TorchOnebitLamb(std::vector<at::Tensor> params, OnebitLambOptions options,
                                  std::shared_ptr<Communicator> comm)
     : TorchOptimizer(std::move(params), options.lr, std::move(comm)) {
-  set_core(std::make_unique<OnebitLamb>(flat_.layout(), *comm_, options));
+  set_core(make_core<OnebitLamb>(options));
 }
 
 void TorchOnebitLamb::set_momentum_mask(size_t index, const at::Tensor& mask) {
-  auto& core = static_cast<OnebitLamb&>(*core_);
   ONEBIT_CHECK(index < flat_.tensors().size(),
                "onebit-lamb set_momentum_mask: no parameter " << index << " (there are "
                                                               << flat_.tensors().size() << ")");
-  if (!mask.defined()) {
-    core.set_momentum_mask(index, {});
+  at::Tensor m;  // undefined: no mask
+  if (mask.defined()) {
+    ONEBIT_CHECK(mask.numel() == flat_.tensors()[index].numel(),
+                 "onebit-lamb set_momentum_mask: the mask for parameter " << index << " has " << mask.numel()
+                     << " elements, the parameter " << flat_.tensors()[index].numel());
+    m = mask.detach().to(at::kCPU, at::kFloat).contiguous().reshape({-1});
+  }
+  const std::span<const float> values = m.defined() ? std::span<const float>(m.data_ptr<float>(), m.numel())
+                                                    : std::span<const float>();
+#ifdef ONEBIT_HAVE_CUDA
+  if (device_) {
+    torch_cuda::DeviceScope scope(device_->device());
+    static_cast<cuda::CudaOnebitLamb&>(*core_).set_momentum_mask(index, values);
     return;
   }
-  ONEBIT_CHECK(mask.numel() == flat_.tensors()[index].numel(),
-               "onebit-lamb set_momentum_mask: the mask for parameter " << index << " has " << mask.numel()
-                   << " elements, the parameter " << flat_.tensors()[index].numel());
-  at::Tensor m = mask.detach().to(at::kCPU, at::kFloat).contiguous().reshape({-1});
-  core.set_momentum_mask(index, {m.data_ptr<float>(), static_cast<size_t>(m.numel())});
+#endif
+  static_cast<OnebitLamb&>(*core_).set_momentum_mask(index, values);
 }
 
 TorchOnebitAdam::TorchOnebitAdam(std::vector<at::Tensor> params, OnebitAdamOptions options,
                                  std::shared_ptr<Communicator> comm)
     : TorchOptimizer(std::move(params), options.lr, std::move(comm)) {
-  set_core(std::make_unique<OnebitAdam>(flat_.layout(), *comm_, options));
+  set_core(make_core<OnebitAdam>(options));
 }
 
 }  // namespace onebit

@@ -73,7 +73,8 @@ if(ONEBIT_BUILD_TESTS)
       "warmup|test_distributed.py|warmup"
       "compression|test_distributed.py|equals_the_core"
       "resume|test_distributed.py|resumes"
-      "training|test_distributed.py|training")
+      "training|test_distributed.py|training"
+      "cuda|test_cuda.py|")
   foreach(_entry IN LISTS _onebit_pytests)
     string(REPLACE "|" ";" _parts "${_entry}")
     list(GET _parts 0 _name)

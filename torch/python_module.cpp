@@ -1,9 +1,11 @@
-// The extension onebit._onebit: communicators (c10d or single rank), the torch optimizers the
-// Python classes drive, and a reference run of the core over in-process ranks for the tests.
+// The extension onebit._onebit: communicators (c10d, single rank; NCCL in builds with CUDA), the
+// torch optimizers the Python classes drive, and a reference run of the core over in-process ranks
+// for the tests.
 #include <torch/csrc/utils/pybind.h>
 
 #include <pybind11/stl.h>
 
+#include <algorithm>
 #include <chrono>
 #include <functional>
 #include <set>
@@ -121,21 +123,45 @@ std::span<std::byte> bytes_of(const at::Tensor& t, const char* what) {
   return {static_cast<std::byte*>(t.data_ptr()), t.nbytes()};
 }
 
-std::shared_ptr<Communicator> c10d_communicator(const py::object& group, double timeout_s,
-                                                const std::string& device) {
-  ::c10d::ProcessGroup* pg = nullptr;
+onebit::c10d_compat::ProcessGroupPtr process_group_of(const py::object& group) {
   try {
-    pg = group.cast<::c10d::ProcessGroup*>();
+    return onebit::c10d_compat::adopt(group.cast<::c10d::ProcessGroup*>());
   } catch (const py::cast_error&) {
     throw onebit::Error("onebit: process_group must be a torch.distributed ProcessGroup, got " +
                         py::str(py::type::handle_of(group)).cast<std::string>() +
                         " (or this extension was built against another torch than the one imported)");
   }
-  std::shared_ptr<Communicator> comm =
-      onebit::make_c10d_communicator(onebit::c10d_compat::adopt(pg), c10::Device(device));
+}
+
+std::shared_ptr<Communicator> with_timeout(std::shared_ptr<Communicator> comm, double timeout_s) {
   comm->set_timeout(std::chrono::milliseconds(static_cast<int64_t>(timeout_s * 1000)));
   return comm;
 }
+
+std::shared_ptr<Communicator> c10d_communicator(const py::object& group, double timeout_s,
+                                                const std::string& device) {
+  return with_timeout(onebit::make_c10d_communicator(process_group_of(group), c10::Device(device)), timeout_s);
+}
+
+#ifdef ONEBIT_HAVE_CUDA
+std::shared_ptr<Communicator> c10d_device_communicator(const py::object& group, double timeout_s,
+                                                       const std::string& device) {
+  return with_timeout(onebit::make_c10d_device_communicator(process_group_of(group), c10::Device(device)),
+                      timeout_s);
+}
+
+std::shared_ptr<Communicator> nccl_communicator(const py::bytes& unique_id, int rank, int size, int device,
+                                                double timeout_s) {
+  const std::string bytes = unique_id;
+  onebit::NcclUniqueId id{};
+  ONEBIT_CHECK(bytes.size() == id.size(), "onebit nccl_communicator: the unique id has " << bytes.size()
+                                              << " bytes, not " << id.size() << " (use nccl_unique_id())");
+  std::copy(bytes.begin(), bytes.end(), id.begin());
+  py::gil_scoped_release release;  // initialization waits for the other ranks
+  return onebit::make_nccl_communicator(id, rank, size, device, nullptr,
+                                        std::chrono::milliseconds(static_cast<int64_t>(timeout_s * 1000)));
+}
+#endif
 
 // The core optimizer on `world` in-process ranks: rank p starts from params0 and steps with
 // grads[p][s]; returns every rank's final parameters ([world, N]).
@@ -180,6 +206,7 @@ PYBIND11_MODULE(_onebit, m) {
       .def_property_readonly("rank", &Communicator::rank)
       .def_property_readonly("size", &Communicator::size)
       .def_property_readonly("backend", &Communicator::backend)
+      .def_property_readonly("device_memory", &Communicator::device_memory)
       .def_property("timeout", [](const Communicator& c) { return c.timeout().count() / 1000.0; },
                     [](Communicator& c, double s) {
                       c.set_timeout(std::chrono::milliseconds(static_cast<int64_t>(s * 1000)));
@@ -223,6 +250,19 @@ PYBIND11_MODULE(_onebit, m) {
   m.def("c10d_communicator", &c10d_communicator, py::arg("group"), py::arg("timeout") = 300.0,
         py::arg("device") = "cpu", "The Communicator over a torch.distributed ProcessGroup.");
   m.def("single_rank_communicator", [] { return std::shared_ptr<Communicator>(onebit::make_single_rank_communicator()); });
+#ifdef ONEBIT_HAVE_CUDA
+  m.attr("built_with_cuda") = true;
+  m.def("c10d_device_communicator", &c10d_device_communicator, py::arg("group"), py::arg("timeout") = 300.0,
+        py::arg("device"), "The Communicator over an NCCL ProcessGroup on device buffers of `device`.");
+  m.def("nccl_unique_id", [] {
+    const onebit::NcclUniqueId id = onebit::nccl_unique_id();
+    return py::bytes(id.data(), id.size());
+  }, "Rank 0 makes it and hands it to every rank of an NCCL world (any channel will do).");
+  m.def("nccl_communicator", &nccl_communicator, py::arg("unique_id"), py::arg("rank"), py::arg("size"),
+        py::arg("device"), py::arg("timeout") = 300.0, "The NCCL Communicator (device memory, one GPU per rank).");
+#else
+  m.attr("built_with_cuda") = false;
+#endif
 
   py::class_<TorchOptimizer, std::shared_ptr<TorchOptimizer>>(m, "Engine")
       .def(py::init(&make_optimizer), py::arg("kind"), py::arg("params"), py::arg("options"), py::arg("comm"))

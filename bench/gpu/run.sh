@@ -30,28 +30,9 @@ finish() {
 }
 trap finish EXIT
 
-# --- CUDA compiler ------------------------------------------------------------------------------
-NVCC="$(command -v nvcc || true)"
-[ -z "$NVCC" ] && [ -x /usr/local/cuda/bin/nvcc ] && NVCC=/usr/local/cuda/bin/nvcc
-[ -n "$NVCC" ] || { say "no nvcc on PATH or in /usr/local/cuda/bin"; exit 1; }
-CUDA_ROOT="$(dirname "$(dirname "$(readlink -f "$NVCC")")")"
-say "nvcc: $NVCC ($("$NVCC" --version | grep -o 'release [0-9.]*'))"
-nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>/dev/null | tee -a "$LOG" || true
-
-# --- NCCL: the system's, else the Python package's, with the unversioned .so the linker wants ----
-NCCL_ROOT="${NCCL_ROOT:-}"
-if [ -z "$NCCL_ROOT" ] && [ ! -f "$CUDA_ROOT/include/nccl.h" ]; then
-  PKG="$(python3 -c 'import nvidia.nccl as n, os; print(os.path.dirname(n.__file__) if n.__file__ else list(n.__path__)[0])' 2>/dev/null || true)"
-  if [ -n "$PKG" ] && [ -f "$PKG/include/nccl.h" ]; then
-    NCCL_ROOT="$BUILD/nccl"
-    mkdir -p "$NCCL_ROOT/lib"
-    ln -sfn "$PKG/include" "$NCCL_ROOT/include"
-    for so in "$PKG"/lib/libnccl.so*; do ln -sf "$so" "$NCCL_ROOT/lib/$(basename "$so")"; done
-    [ -e "$NCCL_ROOT/lib/libnccl.so" ] || ln -sf "$PKG/lib/libnccl.so.2" "$NCCL_ROOT/lib/libnccl.so"
-    say "NCCL from the Python package: $PKG"
-  fi
-fi
-[ -n "$NCCL_ROOT" ] && export LD_LIBRARY_PATH="$NCCL_ROOT/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+# --- CUDA compiler and NCCL (bench/gpu/toolchain.sh) ---------------------------------------------
+source "$ROOT/bench/gpu/toolchain.sh"
+find_gpu_toolchain "$BUILD/nccl" || exit 1
 
 # --- configure and build --------------------------------------------------------------------------
 PREFIX=()
@@ -60,8 +41,7 @@ GEN=()
 command -v ninja >/dev/null && GEN=(-G Ninja)
 say "configure"
 cmake -S "$ROOT" -B "$BUILD" "${GEN[@]}" -DCMAKE_BUILD_TYPE=Release \
-  -DCMAKE_CUDA_COMPILER="$NVCC" -DCUDAToolkit_ROOT="$CUDA_ROOT" -DCMAKE_CUDA_ARCHITECTURES="$CUDA_ARCH" \
-  -DONEBIT_WITH_CUDA=ON -DONEBIT_WITH_NCCL=ON ${NCCL_ROOT:+-DNCCL_ROOT="$NCCL_ROOT"} \
+  "${CUDA_CMAKE_FLAGS[@]}" \
   -DONEBIT_WITH_MPI=OFF -DONEBIT_WITH_TORCH=OFF -DONEBIT_BUILD_TESTS=ON "${PREFIX[@]}" \
   -DCMAKE_POLICY_VERSION_MINIMUM=3.5 >>"$LOG" 2>&1 ||
   { tail -40 "$LOG"; say "configure failed; if nlohmann-json, CLI11 or GoogleTest is missing here, run" \

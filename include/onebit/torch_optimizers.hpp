@@ -1,5 +1,6 @@
 // libtorch optimizers over onebit's core (TorchLamb, TorchOnebitLamb, TorchOnebitAdam): used like
-// torch::optim optimizers, with the parameters moved into one flat fp32 buffer they become views of.
+// torch::optim optimizers, with the parameters moved into one flat fp32 buffer they become views of,
+// on the CPU or (builds with CUDA) on the parameters' GPU, where the step runs onebit's CUDA cores.
 #pragma once
 #include <torch/optim/optimizer.h>
 #include <torch/serialize/archive.h>
@@ -14,11 +15,17 @@
 
 namespace onebit {
 
-// The parameters of one optimizer in one flat fp32 CPU buffer, and their gradients in another.
-// fp32 CPU parameters become views into the flat buffer (param.set_data), and their .grad views
-// into the flat gradient, so neither is ever copied. Other parameters (fp16, bf16, or on a GPU)
-// keep their own storage: the flat buffer holds their fp32 master copy, their gradients are
-// converted into the flat gradient and the updated weights are written back after each step.
+namespace torch_cuda {
+class DeviceStream;
+}
+
+// The parameters of one optimizer in one flat fp32 buffer, and their gradients in another, on the
+// CPU or, in builds with CUDA, on the GPU that holds the parameters (all on the same one; a mix of
+// devices is an error). fp32 parameters on the buffers' device become views into the flat buffer
+// (param.set_data), and their .grad views into the flat gradient, so neither is ever copied. Other
+// parameters (fp16, bf16; on a GPU in builds without CUDA) keep their own storage: the flat buffer
+// holds their fp32 master copy, their gradients are converted into the flat gradient and the
+// updated weights are written back after each step.
 class TorchFlatParams {
  public:
   explicit TorchFlatParams(std::vector<at::Tensor> params);
@@ -27,9 +34,12 @@ class TorchFlatParams {
   const std::vector<at::Tensor>& tensors() const { return params_; }
   const at::Tensor& params() const { return flat_; }
   const at::Tensor& grads() const { return grad_; }
-  std::span<float> param_span() { return {flat_.data_ptr<float>(), layout_.total()}; }
-  std::span<float> grad_span() { return {grad_.data_ptr<float>(), layout_.total()}; }
-  // True when tensor i is a view into the flat buffer (fp32 on the CPU).
+  // Where the flat buffers live: the CPU, or a CUDA device.
+  c10::Device device() const { return flat_.device(); }
+  // The flat buffers as host spans: an error when they live on a GPU (use params() and grads()).
+  std::span<float> param_span() { return host_span(flat_, "param_span"); }
+  std::span<float> grad_span() { return host_span(grad_, "grad_span"); }
+  // True when tensor i is a view into the flat buffer (fp32 on the buffers' device).
   bool is_view(size_t i) const { return view_[i]; }
   bool all_views() const;
 
@@ -46,6 +56,7 @@ class TorchFlatParams {
  private:
   at::Tensor flat_view(const at::Tensor& flat, size_t i) const;
   bool grad_is_view(size_t i) const;
+  std::span<float> host_span(const at::Tensor& flat, const char* what) const;
 
   std::vector<at::Tensor> params_;
   std::vector<bool> view_;
@@ -88,13 +99,18 @@ class TorchOptimizer : public torch::optim::Optimizer {
   Communicator& comm() { return *comm_; }
 
  protected:
-  // comm: nullptr means world size 1.
+  // comm: nullptr means world size 1. With the parameters on a GPU, comm may take device memory
+  // (NCCL, c10d over NCCL) or host memory (staged through pinned buffers); on the CPU, host memory.
   TorchOptimizer(std::vector<at::Tensor> params, double lr, std::shared_ptr<Communicator> comm);
+  // The core for the flat buffers' device: Core, or its CUDA twin on device_'s stream.
+  template <class Core, class Options>
+  std::unique_ptr<onebit::Optimizer> make_core(const Options& options);
   void set_core(std::unique_ptr<onebit::Optimizer> core) { core_ = std::move(core); }
 
   std::shared_ptr<Communicator> comm_;
   TorchFlatParams flat_;
-  std::unique_ptr<onebit::Optimizer> core_;
+  std::shared_ptr<torch_cuda::DeviceStream> device_;  // the core's stream; null on the CPU
+  std::unique_ptr<onebit::Optimizer> core_;           // declared after device_: destroyed first
   bool last_applied_ = true;
 };
 

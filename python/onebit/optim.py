@@ -13,27 +13,44 @@ from . import _onebit
 _UNSET = object()
 
 
-def _communicator(process_group, timeout):
-    """The process group the optimizer talks over, as a onebit Communicator."""
+def _device_of(param_groups):
+    """Where the optimizer's flat buffers live: the parameters' device. A build with CUDA keeps them
+    on the parameters' GPU, so all must share one device; a build without keeps them on the CPU."""
+    devices = sorted({str(p.device) for group in param_groups for p in group["params"]})
+    if len(devices) > 1 and _onebit.built_with_cuda:
+        raise ValueError("onebit: the parameters are on %s; one optimizer takes parameters on one device "
+                         "(all on the CPU or all on one GPU)" % ", ".join(devices))
+    return torch.device(devices[0] if len(devices) == 1 and _onebit.built_with_cuda else "cpu")
+
+
+def _communicator(process_group, timeout, device):
+    """The process group the optimizer talks over, as a onebit Communicator, for flat buffers on
+    `device`. A onebit Communicator (e.g. _onebit.nccl_communicator) is taken as it is."""
+    if isinstance(process_group, _onebit.Communicator):
+        return process_group
     if process_group is None:
         if not (dist.is_available() and dist.is_initialized()):
             return _onebit.single_rank_communicator()
         process_group = dist.distributed_c10d._get_default_group()
     if process_group is dist.GroupMember.NON_GROUP_MEMBER:
         raise ValueError("onebit: this rank is not a member of the given process_group")
-    # NCCL groups take device tensors: the collectives are staged through this rank's GPU.
-    device = "cpu"
-    if dist.get_backend(process_group) == "nccl":
-        device = "cuda:%d" % torch.cuda.current_device()
-    return _onebit.c10d_communicator(process_group, timeout, device)
+    if dist.get_backend(process_group) != "nccl":
+        return _onebit.c10d_communicator(process_group, timeout, "cpu")
+    if device.type == "cuda":
+        # Device buffers straight to NCCL, no host staging.
+        return _onebit.c10d_device_communicator(process_group, timeout, str(device))
+    # NCCL takes device tensors: host buffers are staged through this rank's GPU.
+    return _onebit.c10d_communicator(process_group, timeout, "cuda:%d" % torch.cuda.current_device())
 
 
 class _OnebitOptimizer(torch.optim.Optimizer):
     """Shared machinery: one onebit engine (flat buffers + core optimizer) per parameter group.
 
-    The parameters move into one flat fp32 buffer per group, and fp32 CPU parameters (and their
-    .grad) become views into it; build the optimizer after model.to(...) and do not replace
-    param.data afterwards. fp16/bf16 parameters keep an fp32 master copy inside the optimizer.
+    The parameters move into one flat fp32 buffer per group, and fp32 parameters (and their .grad)
+    become views into it; build the optimizer after model.to(...) and do not replace param.data
+    afterwards. fp16/bf16 parameters keep an fp32 master copy inside the optimizer. With CUDA
+    parameters (all on one GPU) the buffers stay on that GPU and the step runs there (builds with
+    CUDA); process_group may then also be a onebit Communicator such as _onebit.nccl_communicator.
     """
 
     _kind = None
@@ -43,7 +60,7 @@ class _OnebitOptimizer(torch.optim.Optimizer):
     def __init__(self, params, defaults, process_group, momentum_masks, threads, timeout):
         self._engines = []
         super().__init__(params, defaults)
-        self._comm = _communicator(process_group, timeout)
+        self._comm = _communicator(process_group, timeout, _device_of(self.param_groups))
         for group in self.param_groups:
             self._engines.append(
                 _onebit.Engine(self._kind, group["params"], self._core_options(group, threads), self._comm))

@@ -1,0 +1,159 @@
+#!/usr/bin/env bash
+# The torch phase of the GPU run: builds onebit against this machine's own torch (the pip wheel, with
+# CUDA) in a build folder of its own, and runs the torch optimizers' tests: on CPU parameters, and on
+# CUDA parameters over the NCCL Communicator and over c10d's ProcessGroupNCCL (C++ and Python), each
+# bitwise against the same optimizer on CPU parameters. A failed step is reported and the next one
+# still runs where it can; the script always exits 0 (its caller goes on) and ends with a summary.
+# About 4 minutes on 16 cores (BUDGET_S bounds the whole phase).
+#
+#   bash bench/gpu/torch_phase.sh
+#
+# Environment: BUILD_TORCH (build folder, default build-gpu-torch), CUDA_ARCH (default 90), JOBS,
+# PYTHON (the interpreter whose torch is built against, default python3), BUDGET_S (default 240),
+# OUT (if set, the log, the summary and the test reports are copied there too).
+set -uo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+BUILD="${BUILD_TORCH:-$ROOT/build-gpu-torch}"
+JOBS="${JOBS:-$(nproc)}"
+PYTHON="${PYTHON:-python3}"
+BUDGET_S="${BUDGET_S:-240}"
+START=$(date +%s)
+mkdir -p "$BUILD/reports"
+LOG="$BUILD/torch_phase.log"
+SUMMARY="$BUILD/torch_phase.summary"
+: >"$LOG"
+say() { echo "[torch_phase +$(($(date +%s) - START))s] $*" | tee -a "$LOG" >&2; }
+
+RESULTS=()
+OK=0
+record() {  # record NAME OUTCOME: one line of the summary
+  RESULTS+=("$(printf '  %-40s %s' "$1" "$2")")
+  say "$1: $2"
+}
+
+# step NAME CAP CMD...: runs CMD with its output in reports/NAME.log (and the log), under a timeout of
+# CAP seconds or what is left of the budget; records ok / FAILED / TIMED OUT with its counts.
+step() {
+  local name="$1" cap="$2" left limit t0 rc out counts
+  shift 2
+  left=$((START + BUDGET_S - $(date +%s)))
+  if [ "$left" -lt 10 ]; then
+    record "$name" "NOT RUN: the ${BUDGET_S} s budget is spent"
+    return 1
+  fi
+  limit=$((cap < left ? cap : left))
+  out="$BUILD/reports/${name// /_}.log"
+  t0=$(date +%s)
+  say "$name (at most ${limit} s)"
+  timeout "$limit" "$@" >"$out" 2>&1
+  rc=$?
+  cat "$out" >>"$LOG"
+  # gtest's and pytest's own counts, when the step ran tests.
+  counts="$(grep -hoE '^\[ +(PASSED|SKIPPED|FAILED) +\] [0-9]+ tests?' "$out" | sed -E 's/^\[ +([A-Z]+) +\] ([0-9]+) tests?/\2 \L\1/' | paste -sd, -)"
+  [ -z "$counts" ] && counts="$(grep -hoE '[0-9]+ (passed|failed|skipped|errors?)' "$out" | paste -sd, -)"
+  counts="${counts:+, ${counts//,/, }}"
+  if [ "$rc" -eq 0 ]; then
+    OK=$((OK + 1))
+    record "$name" "ok ($(($(date +%s) - t0)) s${counts})"
+  elif [ "$rc" -eq 124 ]; then
+    record "$name" "TIMED OUT after ${limit} s${counts} (see $out)"
+  else
+    record "$name" "FAILED, exit status ${rc}${counts} (see $out)"
+    local line
+    while IFS= read -r line; do
+      RESULTS+=("      $line")
+    done < <(grep -hE '^\[  FAILED  \] [A-Za-z]|^FAILED |error:|Error:|CMake Error' "$out" | head -8)
+  fi
+  return "$rc"
+}
+
+finish() {
+  {
+    echo "torch phase summary (${TORCH_VERSION:-torch ?}, ${GPU_NAME:-no GPU found}; log $LOG):"
+    printf '%s\n' "${RESULTS[@]}"
+    echo "torch phase: $OK of ${#RESULTS[@]} steps ok in $(($(date +%s) - START)) s"
+  } | tee "$SUMMARY"
+  if [ -n "${OUT:-}" ] && [ -d "${OUT:-}" ]; then
+    cp "$LOG" "$SUMMARY" "$OUT/" 2>/dev/null || true
+    cp "$BUILD"/reports/*.xml "$OUT/" 2>/dev/null || true
+  fi
+}
+trap finish EXIT
+
+# --- toolchain: nvcc, NCCL (bench/gpu/toolchain.sh), the torch to build against -------------------
+source "$ROOT/bench/gpu/toolchain.sh"
+if ! find_gpu_toolchain "$BUILD/nccl"; then
+  record "toolchain" "FAILED: no nvcc"
+  exit 0
+fi
+GPU_NAME="$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1)"
+TORCH_PREFIX="$("$PYTHON" -c 'import torch; print(torch.utils.cmake_prefix_path)' 2>>"$LOG")"
+TORCH_VERSION="torch $("$PYTHON" -c 'import torch; print(torch.__version__, "CUDA", torch.version.cuda, "available:", torch.cuda.is_available())' 2>>"$LOG")"
+say "$TORCH_VERSION, cmake prefix $TORCH_PREFIX"
+if [ -z "$TORCH_PREFIX" ]; then
+  record "toolchain" "FAILED: $PYTHON cannot import torch"
+  exit 0
+fi
+PREFIX="$TORCH_PREFIX"
+[ -d "$ROOT/build-deps" ] && PREFIX="$PREFIX;$ROOT/build-deps"  # bench/gpu/pack_deps.sh
+GEN=()
+command -v ninja >/dev/null && GEN=(-G Ninja)
+
+# --- configure: the torch targets only (train/ needs SentencePiece, which this machine may lack) -----
+if ! step "configure" 120 cmake -S "$ROOT" -B "$BUILD" "${GEN[@]}" -DCMAKE_BUILD_TYPE=Release \
+    "${CUDA_CMAKE_FLAGS[@]}" -DONEBIT_WITH_TORCH=ON -DONEBIT_PYTHON="$(command -v "$PYTHON")" \
+    -DONEBIT_BUILD_TRAIN=OFF -DONEBIT_WITH_MPI=OFF -DONEBIT_BUILD_TESTS=ON -DCMAKE_PREFIX_PATH="$PREFIX" \
+    -DCMAKE_POLICY_VERSION_MINIMUM=3.5; then
+  record "build, tests" "NOT RUN: configure failed (nlohmann-json, CLI11, GoogleTest missing? run bench/gpu/pack_deps.sh where they are and carry build-deps/)"
+  exit 0
+fi
+
+# --- build: the torch library, its tests, the Python module; the ProcessGroupNCCL test on its own --
+BIN="$BUILD/torch"
+built=0
+step "build torch tests + python module" 150 cmake --build "$BUILD" -j "$JOBS" \
+  --target onebit_torch_test onebit_torch_cuda_test onebit_python && built=1
+group_test=0
+if grep -qs onebit_torch_nccl_group_test "$BUILD/build.ninja" "$BUILD/Makefile"; then
+  step "build ProcessGroupNCCL test" 90 cmake --build "$BUILD" -j "$JOBS" --target onebit_torch_nccl_group_test &&
+    group_test=1
+else
+  record "build ProcessGroupNCCL test" "NOT BUILT: this libtorch has no CUDA or onebit no NCCL (see configure)"
+fi
+
+# --- tests ---------------------------------------------------------------------------------------
+gtest() {  # gtest NAME EXECUTABLE
+  step "$1" 90 "$BIN/$2" --gtest_output="xml:$BUILD/reports/$2.xml"
+}
+if [ "$built" -eq 1 ]; then
+  gtest "C++ torch optimizers, CPU" onebit_torch_test
+  gtest "C++ CUDA params: NCCL comm, host comm" onebit_torch_cuda_test
+fi
+[ "$group_test" -eq 1 ] && gtest "C++ CUDA params: c10d ProcessGroupNCCL" onebit_torch_nccl_group_test
+
+if [ "$built" -eq 1 ]; then
+  export PYTHONPATH="$BUILD/python:$ROOT/python/tests"
+  cd "$BUILD/reports"  # outside the source and build trees, whose torch/ folders shadow the torch package
+  if "$PYTHON" -c 'import pytest' 2>/dev/null; then
+    step "Python CUDA params: NCCL comm, c10d NCCL" 90 "$PYTHON" -m pytest -q -rs -p no:cacheprovider \
+      --junitxml="$BUILD/reports/test_cuda.xml" "$ROOT/python/tests/test_cuda.py"
+  else
+    # No pytest here: every test_* function of test_cuda.py in turn (tmp_path as a fresh folder).
+    step "Python CUDA params (no pytest)" 90 "$PYTHON" -c '
+import inspect, tempfile, pathlib, traceback, test_cuda
+failed = 0
+for name, f in sorted(vars(test_cuda).items()):
+    if not name.startswith("test_") or not callable(f):
+        continue
+    args = {"tmp_path": pathlib.Path(tempfile.mkdtemp())} if "tmp_path" in inspect.signature(f).parameters else {}
+    try:
+        f(**args)
+        print("PASSED", name)
+    except Exception:
+        failed += 1
+        print("FAILED", name)
+        traceback.print_exc()
+raise SystemExit(1 if failed else 0)'
+  fi
+fi
+exit 0
