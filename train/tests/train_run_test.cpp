@@ -215,6 +215,16 @@ TEST_F(TrainRun, ResumeContinuesBitForBitInBothStagesOn4Workers) {
   Proc refused = start(bad, root + "/bad.log");
   EXPECT_EQ(wait_for(refused, 60), 1);
   EXPECT_NE(slurp(refused.log).find("freeze_step"), std::string::npos) << slurp(refused.log);
+  // A truncated state file is a clear error on its rank, not a crash.
+  const std::string cut = root + "/cut";
+  fs::copy(root + "/whole" + last, cut, fs::copy_options::recursive);
+  fs::resize_file(cut + "/optimizer_rank1.pt", fs::file_size(cut + "/optimizer_rank1.pt") / 2);
+  Proc truncated = start(with("truncated", {"--resume", cut}), root + "/truncated.log");
+  EXPECT_EQ(wait_for(truncated, 60), 1);
+  const std::string why = slurp(truncated.log);
+  EXPECT_NE(why.find("onebit train --resume from " + cut + " on rank 1 failed"), std::string::npos) << why;
+  EXPECT_NE(why.find("worker rank 1 (pid"), std::string::npos) << why;
+  EXPECT_EQ(why.find("killed by signal"), std::string::npos) << why;
 }
 
 // A checkpoint of 2 workers resumed by 4: an error naming both counts and the flag; with the flag,
