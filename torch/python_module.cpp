@@ -247,7 +247,7 @@ PYBIND11_MODULE(_onebit, m) {
         c.barrier();
       });
 
-  m.def("c10d_communicator", &c10d_communicator, py::arg("group"), py::arg("timeout") = 300.0,
+  m.def("c10d_communicator", &c10d_communicator, py::arg("group"), py::arg("timeout") = 60.0,
         py::arg("device") = "cpu", "The Communicator over a torch.distributed ProcessGroup.");
   m.def("single_rank_communicator", [] { return std::shared_ptr<Communicator>(onebit::make_single_rank_communicator()); });
 #ifdef ONEBIT_HAVE_CUDA

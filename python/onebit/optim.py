@@ -204,7 +204,7 @@ class Lamb(_OnebitOptimizer):
     _fixed = ("betas", "eps", "weight_decay", "max_coeff", "min_coeff")
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, max_coeff=10.0,
-                 min_coeff=0.01, *, process_group=None, threads=1, timeout=300.0):
+                 min_coeff=0.01, *, process_group=None, threads=1, timeout=60.0):
         defaults = dict(lr=lr, betas=_check_betas(betas), eps=eps, weight_decay=weight_decay,
                         max_coeff=max_coeff, min_coeff=min_coeff)
         super().__init__(params, defaults, process_group, None, threads, timeout)
@@ -223,7 +223,7 @@ class OnebitLamb(_OnebitOptimizer):
 
     def __init__(self, params, lr=1e-3, freeze_step=None, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
                  max_coeff=10.0, min_coeff=0.01, coeff_beta=0.9, factor_max=4.0, factor_min=0.5,
-                 factor_threshold=0.1, process_group=None, *, momentum_masks=None, threads=1, timeout=300.0):
+                 factor_threshold=0.1, process_group=None, *, momentum_masks=None, threads=1, timeout=60.0):
         defaults = dict(lr=lr, freeze_step=_need_freeze_step(freeze_step), betas=_check_betas(betas), eps=eps,
                         weight_decay=weight_decay, max_coeff=max_coeff, min_coeff=min_coeff,
                         coeff_beta=coeff_beta, factor_max=factor_max, factor_min=factor_min,
@@ -240,7 +240,7 @@ class OnebitAdam(_OnebitOptimizer):
     _fixed = ("freeze_step", "betas", "eps", "weight_decay")
 
     def __init__(self, params, lr=1e-3, freeze_step=None, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
-                 process_group=None, *, threads=1, timeout=300.0):
+                 process_group=None, *, threads=1, timeout=60.0):
         defaults = dict(lr=lr, freeze_step=_need_freeze_step(freeze_step), betas=_check_betas(betas), eps=eps,
                         weight_decay=weight_decay)
         super().__init__(params, defaults, process_group, None, threads, timeout)
