@@ -27,7 +27,7 @@ say() { echo "[torch_phase +$(($(date +%s) - START))s] $*" | tee -a "$LOG" >&2; 
 RESULTS=()
 OK=0
 record() {  # record NAME OUTCOME: one line of the summary
-  RESULTS+=("$(printf '  %-40s %s' "$1" "$2")")
+  RESULTS+=("$(printf '  %-42s %s' "$1" "$2")")
   say "$1: $2"
 }
 
@@ -122,6 +122,7 @@ else
 fi
 
 # --- tests ---------------------------------------------------------------------------------------
+[ "$built" -eq 1 ] || record "tests" "NOT RUN: the build failed"
 gtest() {  # gtest NAME EXECUTABLE
   step "$1" 90 "$BIN/$2" --gtest_output="xml:$BUILD/reports/$2.xml"
 }
