@@ -252,14 +252,14 @@ PYBIND11_MODULE(_onebit, m) {
   m.def("single_rank_communicator", [] { return std::shared_ptr<Communicator>(onebit::make_single_rank_communicator()); });
 #ifdef ONEBIT_HAVE_CUDA
   m.attr("built_with_cuda") = true;
-  m.def("c10d_device_communicator", &c10d_device_communicator, py::arg("group"), py::arg("timeout") = 300.0,
+  m.def("c10d_device_communicator", &c10d_device_communicator, py::arg("group"), py::arg("timeout") = 60.0,
         py::arg("device"), "The Communicator over an NCCL ProcessGroup on device buffers of `device`.");
   m.def("nccl_unique_id", [] {
     const onebit::NcclUniqueId id = onebit::nccl_unique_id();
     return py::bytes(id.data(), id.size());
   }, "Rank 0 makes it and hands it to every rank of an NCCL world (any channel will do).");
   m.def("nccl_communicator", &nccl_communicator, py::arg("unique_id"), py::arg("rank"), py::arg("size"),
-        py::arg("device"), py::arg("timeout") = 300.0, "The NCCL Communicator (device memory, one GPU per rank).");
+        py::arg("device"), py::arg("timeout") = 60.0, "The NCCL Communicator (device memory, one GPU per rank).");
 #else
   m.attr("built_with_cuda") = false;
 #endif
