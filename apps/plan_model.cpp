@@ -12,7 +12,8 @@ namespace onebit::plan {
 
 nlohmann::json Calibration::to_json() const {
   return {{"calibrated", calibrated},   {"source", source},
-          {"alpha_seconds", alpha},     {"bandwidth_efficiency", efficiency},
+          {"alpha_seconds", alpha},     {"compressed_alpha_seconds", compressed_alpha},
+          {"bandwidth_efficiency", efficiency},
           {"compute_seconds_per_element", compute_per_element},
           {"workers", workers},         {"cores", cores},
           {"nominal_bandwidth_bytes_per_s", nominal_bandwidth}};
@@ -24,6 +25,7 @@ Calibration Calibration::from_json(const nlohmann::json& j) {
     c.calibrated = j.at("calibrated").get<bool>();
     c.source = j.at("source").get<std::string>();
     c.alpha = j.at("alpha_seconds").get<double>();
+    c.compressed_alpha = j.value("compressed_alpha_seconds", c.alpha);
     c.efficiency = j.at("bandwidth_efficiency").get<double>();
     c.compute_per_element = j.at("compute_seconds_per_element").get<double>();
     c.workers = j.at("workers").get<int>();
@@ -99,7 +101,7 @@ double compressed_allreduce_seconds(const Input& in, double n) {
   const double compress = compute * compress_b, server = compute * server_b, decode = compute * decode_b;
   if (P == 1) return compress + server + decode;
   // each pipeline stage's all-to-all and all-gather, and the two scale all-gathers: P-1 steps each
-  const double latency = (2.0 * stages + 2) * (P - 1) * alpha_of(in);
+  const double latency = (2.0 * stages + 2) * (P - 1) * (in.latency >= 0 ? in.latency : in.cal.compressed_alpha);
   const double half_wire = compressed_allreduce_bytes(n, P) / 2 * seconds_per_byte(in);
   if (stages == 1) return latency + compress + 2 * half_wire + server + decode;
   return latency + overlapped(compress, half_wire, stages) + server + overlapped(half_wire, decode, stages);
@@ -125,28 +127,35 @@ Calibration fit(const std::vector<Sample>& samples, int P, double nominal_bandwi
   c.alpha = std::max(0.0, a / (2.0 * (P - 1)));
   c.efficiency = nominal_bandwidth > 0 && b > 0 ? 1.0 / (b * nominal_bandwidth) : 1.0;
   // compressed: the pipeline model is not linear in the compute per element gamma (the overlap
-  // takes maxima), so gamma minimizes the squared relative error by golden-section search.
+  // takes maxima), so gamma and the collectives' alpha minimize the squared relative error by
+  // golden-section search, gamma's nested in alpha's.
   Input model;
   model.workers = P;
   model.bandwidth = 1.0 / b;  // as achieved: efficiency is already in it
   model.shared_cores = cores;
-  auto error = [&](double gamma) {
-    model.cal = c;
-    model.cal.efficiency = 1.0;
+  model.cal = c;
+  model.cal.efficiency = 1.0;
+  auto error = [&](double alpha, double gamma) {
+    model.cal.compressed_alpha = alpha;
     model.cal.compute_per_element = gamma;
     double e = 0;
     for (const auto& s : samples) e += std::pow(compressed_allreduce_seconds(model, s.elements) / s.compressed_seconds - 1, 2);
     return e;
   };
-  double lo = 0, hi = 1e-6;  // a microsecond per element is far slower than any CPU's compression
-  for (int i = 0; i < 200; ++i) {
-    const double m1 = lo + (hi - lo) * 0.381966, m2 = hi - (hi - lo) * 0.381966;
-    if (error(m1) < error(m2))
-      hi = m2;
-    else
-      lo = m1;
-  }
-  c.compute_per_element = (lo + hi) / 2;
+  auto minimize = [](double lo, double hi, const auto& f) {
+    for (int i = 0; i < 120; ++i) {
+      const double m1 = lo + (hi - lo) * 0.381966, m2 = hi - (hi - lo) * 0.381966;
+      if (f(m1) < f(m2))
+        hi = m2;
+      else
+        lo = m1;
+    }
+    return (lo + hi) / 2;
+  };
+  // a microsecond per element is far slower than any CPU's compression; 50 ms per message, than any LAN
+  auto best_gamma = [&](double alpha) { return minimize(0.0, 1e-6, [&](double g) { return error(alpha, g); }); };
+  c.compressed_alpha = minimize(0.0, 0.05, [&](double a) { return error(a, best_gamma(a)); });
+  c.compute_per_element = best_gamma(c.compressed_alpha);
   c.source = "fit to " + std::to_string(samples.size()) + " sizes of `onebit bench allreduce` at " +
              std::to_string(P) + " workers";
   return c;

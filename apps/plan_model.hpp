@@ -16,7 +16,10 @@ constexpr double kDefaultFreezeFraction = 0.165;
 struct Calibration {
   bool calibrated = false;
   std::string source = "defaults: 50 us per message, links at their nominal rate, compression compute ignored";
-  double alpha = 50e-6;         // seconds per message step of a collective
+  double alpha = 50e-6;         // seconds per message step of a collective (fp32 ring)
+  // ... of the compressed allreduce's collectives: small ones, whose fixed costs (the engine's
+  // hand-offs between threads, TCP restarting after idle) weigh more; fit on its own.
+  double compressed_alpha = 50e-6;
   double efficiency = 1.0;      // achieved bandwidth / nominal link rate
   // Seconds per element of compressed-allreduce compute (compress, server, decode) for a rank with
   // a core of its own (measured with more ranks than cores, it is divided by that sharing).

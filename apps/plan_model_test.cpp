@@ -69,7 +69,7 @@ TEST(Plan, FitRecoversKnownConstants) {
     truth.workers = 4;
     truth.bandwidth = 1.25e8;
     truth.shared_cores = cores;
-    truth.cal.alpha = 2e-4;
+    truth.cal.alpha = truth.cal.compressed_alpha = 2e-4;
     truth.cal.efficiency = 0.9;
     truth.cal.compute_per_element = 3e-9;
     std::vector<Sample> samples;
@@ -78,7 +78,8 @@ TEST(Plan, FitRecoversKnownConstants) {
     const Calibration c = fit(samples, 4, 1.25e8, cores);
     EXPECT_NEAR(c.alpha, 2e-4, 1e-9);
     EXPECT_NEAR(c.efficiency, 0.9, 1e-9);
-    EXPECT_NEAR(c.compute_per_element, 3e-9, 1e-13) << cores << " cores";
+    EXPECT_NEAR(c.compressed_alpha, 2e-4, 1e-6) << cores << " cores";
+    EXPECT_NEAR(c.compute_per_element, 3e-9, 3e-12) << cores << " cores";
   }
 }
 

@@ -21,7 +21,7 @@ CONFIGURATIONS = [
     {"rate": "100mbit", "workers": 4, "elements": 25_000_000},
     {"rate": "1gbit", "workers": 2, "elements": 10_000_000},
     {"rate": "300mbit", "workers": 3, "elements": 5_000_000},
-    {"rate": "100mbit", "workers": 2, "elements": 2_000_000},
+    {"rate": "100mbit", "workers": 2, "elements": 10_000_000},
 ]
 
 

@@ -27,7 +27,8 @@ def rows_for(machine_dir):
                          f"memcpy {r['seconds']['memcpy']*1e3:.1f} ms",
                          f"{r['time_ratio']:.2f}x memcpy (bytes moved: {r['floor_time_ratio']:.2f}x)", name))
         elif kind == "allreduce":
-            rows.append((f"allreduce, {r['workers']} ranks ({r['backend']}), {r['elements']:,} fp32",
+            link = f", {r['network']['rate']} links" if r.get("network") else ""
+            rows.append((f"allreduce, {r['workers']} ranks ({r['backend']}{link}), {r['elements']:,} fp32",
                          f"{r['seconds']['compressed']*1e3:.0f} ms, {r['bytes_per_rank']['compressed']/1e6:.2f} MB/rank",
                          f"fp32 {r['seconds']['fp32']*1e3:.0f} ms, {r['bytes_per_rank']['fp32']/1e6:.1f} MB/rank",
                          f"{r['byte_ratio']:.1f}x fewer bytes, {r['time_ratio']:.2f}x faster", name))
