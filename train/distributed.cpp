@@ -89,10 +89,7 @@ c10::intrusive_ptr<c10d::Store> rendezvous(const JobInfo& job, std::chrono::mill
 
 std::shared_ptr<Communicator> join_gloo(const JobInfo& job, std::chrono::milliseconds timeout) {
 #if TORCH_VERSION_MAJOR >= 2
-  #ifndef ONEBIT_TORCH_NCCL
-#define ONEBIT_TORCH_NCCL 0  // set by CMake when libtorch was built with CUDA
-#endif
-// torch 2.x splits ProcessGroup from its per-device Backend; this trainer builds the 1.13 shape.
+  // torch 2.x splits ProcessGroup from its per-device Backend; this trainer builds the 1.13 shape.
   ONEBIT_CHECK(false, "onebit train --backend gloo: torch " << TORCH_VERSION
                                                             << " is not supported yet (built for torch 1.13's c10d)");
   (void)job, (void)timeout;
