@@ -23,7 +23,11 @@ struct Case {
 class Pipeline : public ::testing::TestWithParam<Case> {};
 
 TEST_P(Pipeline, SameBitsAsThePlainHalves) {
-  const auto [P, n, layers] = GetParam();
+  // Plain copies, not structured bindings: the lambda below captures them (clang 14 cannot).
+  const Case c = GetParam();
+  const int P = c.world;
+  const size_t n = c.n;
+  const bool layers = c.layers;
   ASSERT_GT(CompressedAllreduce::pipeline_stages(n, P), 1) << "the case must exercise the pipeline";
   std::vector<size_t> bounds;
   if (layers)
