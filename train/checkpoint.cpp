@@ -120,8 +120,10 @@ std::string load_checkpoint(const std::string& dir, TorchOptimizer& opt, int ran
     ONEBIT_CHECK(p.numel() == static_cast<int64_t>(opt.flat().layout().total()),
                  "onebit train --resume on rank " << rank << ": the checkpoint holds " << p.numel()
                                                   << " weights, the model " << opt.flat().layout().total());
-    p = p.to(at::kFloat).contiguous();
-    std::copy_n(p.data_ptr<float>(), p.numel(), opt.flat().param_span().begin());
+    {
+      torch::NoGradGuard no_grad;
+      opt.flat().params().copy_(p.reshape({-1}));  // onto the buffers' device, as fp32
+    }
     opt.flat().write_back();
     torch::serialize::InputArchive state;
     state.load_from(state_file.string());

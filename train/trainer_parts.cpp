@@ -113,28 +113,29 @@ int set_momentum_masks(TorchOptimizer& opt, const std::vector<std::string>& name
 
 DeadParameters::DeadParameters(TorchOptimizer& opt, const std::vector<std::string>& names, int seq) {
   if (!dynamic_cast<TorchOnebitAdam*>(&opt)) return;
-  const auto w = opt.flat().param_span();
+  const at::Tensor w = opt.flat().params();
   for (size_t i = 0; i < names.size(); ++i) {
     const int64_t first_dead = first_dead_row(names[i], seq);
     const at::Tensor& p = opt.flat().tensors()[i];
     if (first_dead < 0 || first_dead >= p.size(0)) continue;
-    const size_t row = static_cast<size_t>(p.numel() / p.size(0));
-    const size_t begin = opt.flat().layout()[i].offset + static_cast<size_t>(first_dead) * row;
-    const size_t end = opt.flat().layout()[i].offset + opt.flat().layout()[i].size;
-    regions_.emplace_back(begin, std::vector<float>(w.begin() + static_cast<ptrdiff_t>(begin), w.begin() + static_cast<ptrdiff_t>(end)));
+    const int64_t row = p.numel() / p.size(0);
+    const auto offset = static_cast<int64_t>(opt.flat().layout()[i].offset);
+    const int64_t begin = offset + first_dead * row, end = offset + static_cast<int64_t>(opt.flat().layout()[i].size);
+    regions_.emplace_back(begin, w.slice(0, begin, end).clone());
   }
 }
 
 void DeadParameters::restore(TorchOptimizer& opt) const {
   if (regions_.empty()) return;
-  const auto w = opt.flat().param_span();
-  for (const auto& [offset, values] : regions_) std::copy(values.begin(), values.end(), w.begin() + static_cast<ptrdiff_t>(offset));
+  torch::NoGradGuard no_grad;
+  const at::Tensor w = opt.flat().params();
+  for (const auto& [offset, values] : regions_) w.slice(0, offset, offset + values.numel()).copy_(values);
   opt.flat().write_back();
 }
 
 size_t DeadParameters::elements() const {
   size_t n = 0;
-  for (const auto& r : regions_) n += r.second.size();
+  for (const auto& r : regions_) n += static_cast<size_t>(r.second.numel());
   return n;
 }
 
@@ -163,8 +164,8 @@ double evaluate(BertForMlm& model, const MlmData& data, Communicator& comm, int 
 }
 
 uint64_t weights_fingerprint(TorchOptimizer& opt) {
-  const auto w = opt.flat().param_span();
-  return fnv1a(std::string_view(reinterpret_cast<const char*>(w.data()), w.size_bytes()));
+  const at::Tensor w = opt.flat().params().to(at::kCPU).contiguous();  // no copy on the CPU
+  return fnv1a(std::string_view(static_cast<const char*>(w.data_ptr()), w.nbytes()));
 }
 
 void check_ranks_identical(TorchOptimizer& opt, Communicator& comm, const char* when) {

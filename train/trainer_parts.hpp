@@ -41,7 +41,7 @@ class DeadParameters {
   size_t elements() const;
 
  private:
-  std::vector<std::pair<size_t, std::vector<float>>> regions_;  // flat offset, values
+  std::vector<std::pair<int64_t, at::Tensor>> regions_;  // flat offset, values (on the buffers' device)
 };
 
 // Mean masked-LM loss over the first `samples` held-out sequences (sharded over the ranks).
