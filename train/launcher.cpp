@@ -15,6 +15,7 @@
 #include <sstream>
 #include <thread>
 
+#include "lan/lan.hpp"
 #include "onebit/error.hpp"
 #include "train/distributed.hpp"
 
@@ -46,17 +47,10 @@ std::vector<std::string> child_env(const std::vector<std::string>& extra) {
   return out;
 }
 
-std::vector<char*> c_strings(std::vector<std::string>& v) {
-  std::vector<char*> out;
-  for (auto& s : v) out.push_back(s.data());
-  out.push_back(nullptr);
-  return out;
-}
-
 // fork + execve; everything the child touches is prepared before the fork.
 pid_t spawn(const std::string& exe, std::vector<std::string> argv, std::vector<std::string> envs) {
-  auto cargv = c_strings(argv);
-  auto cenv = c_strings(envs);
+  auto cargv = lan::c_strings(argv);
+  auto cenv = lan::c_strings(envs);
   const pid_t parent = ::getpid();
   const pid_t pid = ::fork();
   ONEBIT_CHECK(pid >= 0, "onebit train: fork failed: " << std::strerror(errno));

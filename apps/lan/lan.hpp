@@ -68,6 +68,9 @@ struct ProcessSpec {
   std::string label;                // for messages and prefixes, e.g. "rank 1"
 };
 
+// execve's argv / envp: pointers into `v` (which must outlive them), then a null.
+std::vector<char*> c_strings(std::vector<std::string>& v);
+
 // Runs a short tool (ip, tc) to completion and returns its output; throws onebit::Error naming
 // `what` and the tool's own message when it fails or outlives `timeout`.
 std::string run_tool(const std::vector<std::string>& argv, const std::string& what,

@@ -21,6 +21,14 @@
 extern char** environ;
 
 namespace onebit::lan {
+
+std::vector<char*> c_strings(std::vector<std::string>& v) {
+  std::vector<char*> out;
+  for (auto& s : v) out.push_back(s.data());
+  out.push_back(nullptr);
+  return out;
+}
+
 namespace {
 
 volatile sig_atomic_t g_signal = 0;
@@ -43,13 +51,6 @@ std::vector<std::string> merged_env(const std::vector<std::string>& extra) {
   for (const auto& kv : extra) vars[kv.substr(0, kv.find('='))] = kv;
   std::vector<std::string> out;
   for (auto& [k, kv] : vars) out.push_back(std::move(kv));
-  return out;
-}
-
-std::vector<char*> c_strings(std::vector<std::string>& v) {
-  std::vector<char*> out;
-  for (auto& s : v) out.push_back(s.data());
-  out.push_back(nullptr);
   return out;
 }
 
