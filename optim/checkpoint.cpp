@@ -106,7 +106,8 @@ OptimizerState decode_state(std::span<const std::byte> bytes) {
   ONEBIT_CHECK(counters <= r.left() / 16, "checkpoint: " << counters << " counters cannot fit");
   for (uint64_t i = 0; i < counters; ++i) {
     std::string name = r.str("counter name");
-    s.counters[std::move(name)] = r.get<int64_t>("counter value");
+    const int64_t value = r.get<int64_t>("counter value");
+    ONEBIT_CHECK(s.counters.emplace(name, value).second, "checkpoint: counter '" << name << "' appears twice");
   }
   const uint64_t tensors = r.get<uint64_t>("tensor count");
   ONEBIT_CHECK(tensors <= r.left() / 16, "checkpoint: " << tensors << " tensors cannot fit");
@@ -117,7 +118,7 @@ OptimizerState decode_state(std::span<const std::byte> bytes) {
                                                                        << " elements is longer than the file");
     std::vector<float> t(n);
     r.raw(t.data(), n * sizeof(float), "tensor data");
-    s.tensors[std::move(name)] = std::move(t);
+    ONEBIT_CHECK(s.tensors.emplace(name, std::move(t)).second, "checkpoint: tensor '" << name << "' appears twice");
   }
   ONEBIT_CHECK(r.left() == 0, "checkpoint: " << r.left() << " unexpected bytes after the last tensor");
   return s;

@@ -59,6 +59,28 @@ TEST(Checkpoint, NamesTheProblem) {
   EXPECT_THROW(decode_state(junk), Error);
 }
 
+// A name written twice (found by the fuzzer): refused, not silently collapsed into one entry.
+TEST(Checkpoint, ANameWrittenTwiceIsAnError) {
+  OptimizerState one;
+  one.counters = {{"a", 1}};
+  std::vector<std::byte> v = encode_state(one);
+  v.resize(v.size() - 8);                           // drop the checksum
+  const size_t record = 8 + 8 + 1 + 8;              // after magic, version, count: length, "a", value
+  const size_t first = 8 + 4 + 8;
+  v.insert(v.begin() + first + 8 + 1 + 8, v.begin() + first, v.begin() + first + (record - 8));
+  v[8 + 4] = std::byte{2};                          // two counters
+  uint64_t h = 1469598103934665603ull;              // FNV-1a 64, as the writer seals a file
+  for (std::byte b : v) h = (h ^ static_cast<uint8_t>(b)) * 1099511628211ull;
+  v.resize(v.size() + 8);
+  std::memcpy(v.data() + v.size() - 8, &h, 8);
+  try {
+    decode_state(v);
+    FAIL() << "a duplicated counter was accepted";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("counter 'a' appears twice"), std::string::npos) << e.what();
+  }
+}
+
 TEST(Checkpoint, OptimizerResumesFromAFile) {
   const std::string path = ::testing::TempDir() + "/onebit_ckpt_test.bin";
   run_local(2, [&](Communicator& comm) {
