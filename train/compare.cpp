@@ -2,8 +2,6 @@
 // binary (train/plot_compare.py), run with a Python that has matplotlib.
 #include "train/compare.hpp"
 
-#include <signal.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -32,34 +30,6 @@ nlohmann::json read_json(const fs::path& p) {
   std::ifstream in(p);
   ONEBIT_CHECK(in.good(), "onebit compare: " << p << " is missing");
   return nlohmann::json::parse(in);
-}
-
-// Runs argv[0] (found on PATH) and waits at most `seconds`; returns "" on exit status 0, else why not.
-std::string run_with_timeout(const std::vector<std::string>& argv, double seconds) {
-  std::vector<char*> c;
-  for (const auto& a : argv) c.push_back(const_cast<char*>(a.c_str()));
-  c.push_back(nullptr);
-  const pid_t pid = ::fork();
-  if (pid < 0) return "fork failed";
-  if (pid == 0) {
-    ::execvp(c[0], c.data());
-    ::_exit(127);
-  }
-  const auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(static_cast<int64_t>(seconds * 1000));
-  for (;;) {
-    int st = 0;
-    if (::waitpid(pid, &st, WNOHANG) == pid) {
-      if (WIFEXITED(st) && WEXITSTATUS(st) == 0) return "";
-      if (WIFEXITED(st) && WEXITSTATUS(st) == 127) return argv[0] + " could not be started";
-      return argv[0] + (WIFEXITED(st) ? " exited with status " + std::to_string(WEXITSTATUS(st)) : " was killed");
-    }
-    if (std::chrono::steady_clock::now() > deadline) {
-      ::kill(pid, SIGKILL);
-      ::waitpid(pid, nullptr, 0);
-      return argv[0] + " took longer than " + std::to_string(static_cast<int>(seconds)) + " s";
-    }
-    std::this_thread::sleep_for(std::chrono::milliseconds(20));
-  }
 }
 
 std::string fmt(const char* f, double v) {
@@ -184,7 +154,12 @@ int compare(const CompareOptions& in) {
   std::ofstream(script) << kPlotScript;
   std::string python = in.python;
   if (python.empty()) python = ::access("/usr/bin/python3", X_OK) == 0 ? "/usr/bin/python3" : "python3";
-  const std::string failure = run_with_timeout({python, script.string(), in.out}, 120);
+  std::string failure;
+  try {
+    lan::run_tool({python, script.string(), in.out}, python, std::chrono::seconds(120));
+  } catch (const Error& e) {
+    failure = e.what();
+  }
   const fs::path png = fs::path(in.out) / "loss_vs_samples.png";
   if (!failure.empty() || !fs::exists(png)) {
     std::cerr << "onebit compare: the picture was not drawn: " << (failure.empty() ? "no file written" : failure)
