@@ -14,6 +14,7 @@
 #include <thread>
 
 #include "lan/lan.hpp"
+#include "bench_common.hpp"  // human_bytes
 #include "onebit/error.hpp"
 #include "train/corpus.hpp"
 #include "train/distributed.hpp"
@@ -24,6 +25,8 @@
 namespace fs = std::filesystem;
 
 namespace onebit::train {
+
+using bench::human_bytes;
 namespace {
 
 nlohmann::json read_json(const fs::path& p) {

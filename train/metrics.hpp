@@ -35,7 +35,6 @@ class Progress {
   std::chrono::steady_clock::time_point start_, last_draw_{};
 };
 
-std::string human_bytes(double bytes);
 std::string human_seconds(double s);
 
 }  // namespace onebit::train

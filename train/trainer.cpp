@@ -14,6 +14,7 @@
 #include <set>
 #include <sstream>
 
+#include "bench_common.hpp"  // human_bytes
 #include "onebit/error.hpp"
 #include "onebit/torch_c10d.hpp"
 #include "train/checkpoint.hpp"
@@ -25,6 +26,8 @@
 namespace fs = std::filesystem;
 
 namespace onebit::train {
+
+using bench::human_bytes;
 namespace {
 
 using Clock = std::chrono::steady_clock;
