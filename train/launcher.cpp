@@ -118,16 +118,9 @@ std::string supervise(std::vector<Worker>& ws, const std::string& what, double g
 
 }  // namespace
 
-std::string self_executable() {
-  std::error_code ec;
-  auto p = std::filesystem::read_symlink("/proc/self/exe", ec);
-  ONEBIT_CHECK(!ec, "onebit train: cannot find this executable (/proc/self/exe): " << ec.message());
-  return p.string();
-}
-
 void launch_workers(const LaunchOptions& o) {
   ONEBIT_CHECK(o.workers >= 1, "onebit train: --workers must be at least 1, not " << o.workers);
-  const std::string exe = self_executable();
+  const std::string exe = lan::self_path();
   g_interrupted = 0;
   struct sigaction sa {}, old_int{}, old_term{};
   sa.sa_handler = on_signal;

@@ -19,7 +19,4 @@ struct LaunchOptions {
 // exit status or signal) after stopping the rest, or when interrupted (SIGINT/SIGTERM).
 void launch_workers(const LaunchOptions& o);
 
-// The path of this executable (/proc/self/exe).
-std::string self_executable();
-
 }  // namespace onebit::train

@@ -52,7 +52,10 @@ std::string describe(const LinkShape& s, int workers) {
 
 std::string self_path() {
   // mpirun and its daemons would resolve /proc/self/exe to themselves, so pass the real path.
-  return std::filesystem::read_symlink("/proc/self/exe").string();
+  std::error_code ec;
+  const auto p = std::filesystem::read_symlink("/proc/self/exe", ec);
+  ONEBIT_CHECK(!ec, "onebit: cannot find this executable (/proc/self/exe): " << ec.message());
+  return p.string();
 }
 
 std::vector<std::string> rank_env(const Network& net, int rank, int master_port) {
