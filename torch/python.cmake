@@ -29,23 +29,38 @@ if(NOT Python3_Development.Module_FOUND OR NOT ONEBIT_PYBIND11_INCLUDE OR NOT ON
 endif()
 
 set(ONEBIT_PYTHON_STAGE "${PROJECT_BINARY_DIR}/python")
-Python3_add_library(onebit_python MODULE WITH_SOABI python_module.cpp)
-target_include_directories(onebit_python SYSTEM PRIVATE ${ONEBIT_PYBIND11_INCLUDE})
-target_link_libraries(onebit_python PRIVATE onebit_torch ${ONEBIT_TORCH_PYTHON_LIBRARY})
-target_compile_options(onebit_python PRIVATE ${ONEBIT_WARNINGS})
+# The module's one translation unit, compiled once for the module and for its test twin below.
+add_library(onebit_python_objects OBJECT python_module.cpp)
+target_include_directories(onebit_python_objects SYSTEM PRIVATE ${ONEBIT_PYBIND11_INCLUDE})
+target_link_libraries(onebit_python_objects PRIVATE onebit_torch Python3::Module)
+target_compile_options(onebit_python_objects PRIVATE ${ONEBIT_WARNINGS})
+set_target_properties(onebit_python_objects PROPERTIES POSITION_INDEPENDENT_CODE ON CXX_VISIBILITY_PRESET hidden)
 list(LENGTH _onebit_pybind11_abi _onebit_abi_parts)
-if(_onebit_abi_parts EQUAL 3)
+if(_onebit_abi_parts EQUAL 3)  # torch < 2.9 (pybind11 2.x) exports them; pybind11 3 no longer uses them
   list(GET _onebit_pybind11_abi 0 _compiler)
   list(GET _onebit_pybind11_abi 1 _stdlib)
   list(GET _onebit_pybind11_abi 2 _abi)
-  target_compile_definitions(onebit_python PRIVATE PYBIND11_COMPILER_TYPE="${_compiler}"
+  target_compile_definitions(onebit_python_objects PRIVATE PYBIND11_COMPILER_TYPE="${_compiler}"
                              PYBIND11_STDLIB="${_stdlib}" PYBIND11_BUILD_ABI="${_abi}")
 endif()
-set_target_properties(onebit_python PROPERTIES
-  OUTPUT_NAME _onebit
-  LIBRARY_OUTPUT_DIRECTORY "${ONEBIT_PYTHON_STAGE}/onebit"
-  CXX_VISIBILITY_PRESET hidden
-  INSTALL_RPATH_USE_LINK_PATH TRUE)
+
+# onebit_python_module(TARGET STAGE [LINK_OPTIONS...]): the extension _onebit in STAGE/onebit.
+# Everything linked in from a static archive stays private to the module (--exclude-libs): onebit's
+# own libraries, and the C++ runtime itself where the compiler links it statically (a GCC without
+# libstdc++.so, devtoolset's libstdc++_nonshared.a). Exported, that runtime's functions bind at load
+# time to the libstdc++.so that torch already loaded, while its inlined parts stay in the module:
+# two halves of two runtimes, whose locale facets do not match, so the first number an error message
+# formats crashes the interpreter (seen with torch 2.11 on the GPU machine).
+function(onebit_python_module target stage)
+  Python3_add_library(${target} MODULE WITH_SOABI $<TARGET_OBJECTS:onebit_python_objects>)
+  target_link_libraries(${target} PRIVATE onebit_torch ${ONEBIT_TORCH_PYTHON_LIBRARY})
+  target_link_options(${target} PRIVATE LINKER:--exclude-libs,ALL ${ARGN})
+  set_target_properties(${target} PROPERTIES
+    OUTPUT_NAME _onebit
+    LIBRARY_OUTPUT_DIRECTORY "${stage}/onebit"
+    INSTALL_RPATH_USE_LINK_PATH TRUE)
+endfunction()
+onebit_python_module(onebit_python "${ONEBIT_PYTHON_STAGE}")
 
 # The pure-Python files, copied beside the extension on every build.
 file(GLOB ONEBIT_PY_FILES CONFIGURE_DEPENDS "${PROJECT_SOURCE_DIR}/python/onebit/*.py")
@@ -55,6 +70,20 @@ add_custom_target(onebit_python_files ALL
   DEPENDS ${ONEBIT_PY_FILES}
   COMMENT "Staging the onebit Python package in ${ONEBIT_PYTHON_STAGE}")
 add_dependencies(onebit_python onebit_python_files)
+
+# The test twin: the same module linked with a static C++ runtime, so this machine's tests see what
+# such a toolchain builds (error messages with numbers in them, formatted by the module's own runtime).
+include(CheckCXXSourceCompiles)
+set(CMAKE_REQUIRED_LINK_OPTIONS -static-libstdc++)
+check_cxx_source_compiles("#include <sstream>\nint main() { std::ostringstream s; s << 1; return 0; }"
+                          ONEBIT_HAVE_STATIC_LIBSTDCXX)
+unset(CMAKE_REQUIRED_LINK_OPTIONS)
+if(ONEBIT_BUILD_TESTS AND ONEBIT_HAVE_STATIC_LIBSTDCXX)
+  set(ONEBIT_PYTHON_STATIC_STAGE "${PROJECT_BINARY_DIR}/python-static-runtime")
+  onebit_python_module(onebit_python_static_runtime "${ONEBIT_PYTHON_STATIC_STAGE}" -static-libstdc++)
+  add_custom_command(TARGET onebit_python_static_runtime POST_BUILD
+    COMMAND ${CMAKE_COMMAND} -E copy_if_different ${ONEBIT_PY_FILES} "${ONEBIT_PYTHON_STATIC_STAGE}/onebit/")
+endif()
 
 # Where `cmake --install` puts the package: the interpreter's own site directory for local
 # installs (Debian: /usr/local/lib/python3.X/dist-packages, on sys.path from any directory).
@@ -88,4 +117,11 @@ if(ONEBIT_BUILD_TESTS)
     set_tests_properties(onebit_pytest_${_name} PROPERTIES
       ENVIRONMENT "PYTHONPATH=${ONEBIT_PYTHON_STAGE}" TIMEOUT 900 LABELS python)
   endforeach()
+  if(TARGET onebit_python_static_runtime)
+    add_test(NAME onebit_pytest_static_runtime
+             COMMAND "${ONEBIT_PYTHON}" -m pytest -q -p no:cacheprovider
+                     "${PROJECT_SOURCE_DIR}/python/tests/test_single_process.py" -k "bad_")
+    set_tests_properties(onebit_pytest_static_runtime PROPERTIES
+      ENVIRONMENT "PYTHONPATH=${ONEBIT_PYTHON_STATIC_STAGE}" TIMEOUT 900 LABELS python)
+  endif()
 endif()

@@ -136,6 +136,8 @@ if [ "$built" -eq 1 ]; then
   export PYTHONPATH="$BUILD/python:$ROOT/python/tests"
   cd "$BUILD/reports"  # outside the source and build trees, whose torch/ folders shadow the torch package
   if "$PYTHON" -c 'import pytest' 2>/dev/null; then
+    step "Python optimizers, CPU" 90 "$PYTHON" -m pytest -q -rs -p no:cacheprovider \
+      --junitxml="$BUILD/reports/test_single_process.xml" "$ROOT/python/tests/test_single_process.py"
     step "Python CUDA params: NCCL comm, c10d NCCL" 90 "$PYTHON" -m pytest -q -rs -p no:cacheprovider \
       --junitxml="$BUILD/reports/test_cuda.xml" "$ROOT/python/tests/test_cuda.py"
   else

@@ -10,6 +10,7 @@ import torch
 
 import _scenarios as sc
 import onebit
+from onebit import _onebit
 
 
 def run(opt, params, grads, steps):
@@ -163,18 +164,30 @@ def test_state_dict_survives_torch_save_and_checks_what_it_is_loaded_into():
     assert resumed.param_groups[0]["lr"] == 0.01 and not resumed.in_warmup
 
 
+# The numbers in the messages matter too: formatting them is where a module with a mismatched C++
+# runtime crashes (torch/python.cmake; the static-runtime test run repeats these).
 @pytest.mark.parametrize("kwargs,match", [
-    (dict(betas=(1.0, 0.999)), "beta1"),
-    (dict(lr=-1.0), "lr"),
-    (dict(eps=0.0), "eps"),
-    (dict(freeze_step=0), "freeze_step"),
-    (dict(factor_min=5.0), "factor_min"),
+    (dict(betas=(1.0, 0.999)), r"beta1 must be in \[0, 1\), got 1\b"),
+    (dict(lr=-1.0), r"lr must be a finite number >= 0, got -1\b"),
+    (dict(eps=0.0), r"eps must be > 0, got 0\b"),
+    (dict(freeze_step=0), r"freeze_step must be >= 1 .*got 0\b"),
+    (dict(factor_min=5.0), r"factor_min <= factor_max, got 5, 4\b"),
 ])
 def test_bad_settings_are_named(kwargs, match):
     options = dict(freeze_step=2)
     options.update(kwargs)
     with pytest.raises(onebit.Error, match=match):
         onebit.OnebitLamb(sc.make_params(sc.initial_params()), **options)
+
+
+def test_bad_calls_into_each_library_keep_their_numbers():
+    one = _onebit.single_rank_communicator()
+    with pytest.raises(onebit.Error, match=r"send 16 bytes, recv 12 bytes, world 1"):  # onebit_comm
+        one.alltoall(torch.zeros(4), torch.zeros(3))
+    with pytest.raises(onebit.Error, match=r"parameter 1 is Int, not a floating-point tensor"):  # onebit_torch
+        _onebit.Engine("lamb", [torch.zeros(2), torch.zeros(3, dtype=torch.int32)], {}, one)
+    with pytest.raises(onebit.Error, match=r"unknown option 'bogus'"):  # the module itself
+        _onebit.Engine("lamb", [torch.zeros(2)], {"bogus": 1}, one)
 
 
 def test_freeze_step_is_required():
