@@ -98,7 +98,7 @@ if(ONEBIT_BUILD_TESTS)
   # side by side; each pytest run has its own timeout and so does every wait inside it.
   set(_onebit_pytests
       "single_process|test_single_process.py|"
-      "collectives|test_distributed.py|collectives or missing_rank or nan"
+      "collectives|test_distributed.py|collectives or missing_rank or killed_rank or nan"
       "warmup|test_distributed.py|warmup"
       "compression|test_distributed.py|equals_the_core"
       "resume|test_distributed.py|resumes"

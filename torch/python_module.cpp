@@ -15,6 +15,7 @@
 #include "onebit/local_comm.hpp"
 #include "onebit/torch_c10d.hpp"
 #include "onebit/torch_optimizers.hpp"
+#include "onebit/torch_watchdog.hpp"
 
 namespace py = pybind11;
 using onebit::Communicator;
@@ -249,6 +250,13 @@ PYBIND11_MODULE(_onebit, m) {
 
   m.def("c10d_communicator", &c10d_communicator, py::arg("group"), py::arg("timeout") = 60.0,
         py::arg("device") = "cpu", "The Communicator over a torch.distributed ProcessGroup.");
+  m.def("watch_ranks", [](std::shared_ptr<Communicator> comm, const std::string& host, int port, const std::string& prefix) {
+        const auto timeout = comm->timeout();
+        py::gil_scoped_release release;  // connects to the store
+        return onebit::watch_ranks(std::move(comm), onebit::tcp_store_connector(host, port, timeout), prefix);
+      }, py::arg("comm"), py::arg("host"), py::arg("port"), py::arg("prefix") = "onebit",
+      "`comm` with its collectives watched through heartbeats in the TCPStore at host:port, so a failed "
+      "collective names the lost rank (see include/onebit/torch_watchdog.hpp).");
   m.def("single_rank_communicator", [] { return std::shared_ptr<Communicator>(onebit::make_single_rank_communicator()); });
 #ifdef ONEBIT_HAVE_CUDA
   m.attr("built_with_cuda") = true;

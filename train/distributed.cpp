@@ -28,7 +28,7 @@
 #include "onebit/error.hpp"
 #include "onebit/mpi_comm.hpp"
 #include "onebit/torch_c10d.hpp"
-#include "train/watchdog.hpp"
+#include "onebit/torch_watchdog.hpp"
 
 namespace onebit::train {
 namespace {
@@ -77,14 +77,7 @@ c10::intrusive_ptr<c10d::Store> rendezvous(const JobInfo& job, std::chrono::mill
 
 // New client connections to the job's store, for the watchdog.
 [[maybe_unused]] StoreConnector store_clients(const JobInfo& job, std::chrono::milliseconds timeout) {
-  return [job, timeout]() -> c10::intrusive_ptr<c10d::Store> {
-    c10d::TCPStoreOptions o;
-    o.port = static_cast<uint16_t>(job.master_port);
-    o.isServer = false;
-    o.waitWorkers = false;  // not a worker of the rendezvous count
-    o.timeout = timeout;
-    return c10::make_intrusive<c10d::TCPStore>(job.master_addr, o);
-  };
+  return tcp_store_connector(job.master_addr, job.master_port, timeout);
 }
 
 std::shared_ptr<Communicator> join_gloo(const JobInfo& job, std::chrono::milliseconds timeout) {

@@ -43,6 +43,33 @@ def _communicator(process_group, timeout, device):
     return _onebit.c10d_communicator(process_group, timeout, "cuda:%d" % torch.cuda.current_device())
 
 
+_watch_count = [0]  # communicators watched by this process so far: each gets its own keys in the store
+
+
+def _tcp_store_address():
+    """(host, port) of the TCPStore behind the default process group (tcp:// and env:// init), or
+    None where the group rendezvoused otherwise (a FileStore, a HashStore)."""
+    store = getattr(dist.distributed_c10d, "_get_default_store", lambda: None)()
+    while store is not None and not isinstance(store, dist.TCPStore):
+        store = getattr(store, "underlying_store", None)
+    return (store.host, store.port) if store is not None else None
+
+
+def _watched(comm, watch):
+    """`comm` with its collectives watched through heartbeats in the job's store, so that a rank that
+    dies or stalls is named in the other ranks' errors (watch: None finds the default group's
+    TCPStore, (host, port) names a store, False turns it off)."""
+    if watch is False or comm.size == 1:
+        return comm
+    address = _tcp_store_address() if watch is None else tuple(watch)
+    if address is None:
+        return comm
+    if len(address) != 2:
+        raise ValueError("onebit: watch must be None, False or (host, port), got %r" % (watch,))
+    _watch_count[0] += 1
+    return _onebit.watch_ranks(comm, str(address[0]), int(address[1]), "onebit/optimizer%d" % _watch_count[0])
+
+
 class _OnebitOptimizer(torch.optim.Optimizer):
     """Shared machinery: one onebit engine (flat buffers + core optimizer) per parameter group.
 
@@ -51,16 +78,24 @@ class _OnebitOptimizer(torch.optim.Optimizer):
     afterwards. fp16/bf16 parameters keep an fp32 master copy inside the optimizer. With CUDA
     parameters (all on one GPU) the buffers stay on that GPU and the step runs there (builds with
     CUDA); process_group may then also be a onebit Communicator such as _onebit.nccl_communicator.
+
+    timeout (seconds) bounds every collective: a rank that dies or stalls ends the others' step with
+    onebit.Error within it. Over a process group that rendezvoused through a TCPStore (tcp:// or
+    env://, as torchrun does) the error also names the lost rank, from heartbeats the ranks keep in
+    that store (watch=None); watch=(host, port) names another TCPStore, watch=False turns it off.
     """
 
     _kind = None
     _options = ()        # hyperparameters passed to the core (besides lr and betas)
     _fixed = ()          # hyperparameters that cannot change after construction
 
-    def __init__(self, params, defaults, process_group, momentum_masks, threads, timeout):
+    def __init__(self, params, defaults, process_group, momentum_masks, threads, timeout, watch):
         self._engines = []
         super().__init__(params, defaults)
+        given = isinstance(process_group, _onebit.Communicator)
         self._comm = _communicator(process_group, timeout, _device_of(self.param_groups))
+        if not given:
+            self._comm = _watched(self._comm, watch)
         for group in self.param_groups:
             self._engines.append(
                 _onebit.Engine(self._kind, group["params"], self._core_options(group, threads), self._comm))
@@ -204,10 +239,10 @@ class Lamb(_OnebitOptimizer):
     _fixed = ("betas", "eps", "weight_decay", "max_coeff", "min_coeff")
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, max_coeff=10.0,
-                 min_coeff=0.01, *, process_group=None, threads=1, timeout=60.0):
+                 min_coeff=0.01, *, process_group=None, threads=1, timeout=60.0, watch=None):
         defaults = dict(lr=lr, betas=_check_betas(betas), eps=eps, weight_decay=weight_decay,
                         max_coeff=max_coeff, min_coeff=min_coeff)
-        super().__init__(params, defaults, process_group, None, threads, timeout)
+        super().__init__(params, defaults, process_group, None, threads, timeout, watch)
 
 
 class OnebitLamb(_OnebitOptimizer):
@@ -223,12 +258,13 @@ class OnebitLamb(_OnebitOptimizer):
 
     def __init__(self, params, lr=1e-3, freeze_step=None, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
                  max_coeff=10.0, min_coeff=0.01, coeff_beta=0.9, factor_max=4.0, factor_min=0.5,
-                 factor_threshold=0.1, process_group=None, *, momentum_masks=None, threads=1, timeout=60.0):
+                 factor_threshold=0.1, process_group=None, *, momentum_masks=None, threads=1, timeout=60.0,
+                 watch=None):
         defaults = dict(lr=lr, freeze_step=_need_freeze_step(freeze_step), betas=_check_betas(betas), eps=eps,
                         weight_decay=weight_decay, max_coeff=max_coeff, min_coeff=min_coeff,
                         coeff_beta=coeff_beta, factor_max=factor_max, factor_min=factor_min,
                         factor_threshold=factor_threshold)
-        super().__init__(params, defaults, process_group, momentum_masks, threads, timeout)
+        super().__init__(params, defaults, process_group, momentum_masks, threads, timeout, watch)
 
 
 class OnebitAdam(_OnebitOptimizer):
@@ -240,7 +276,7 @@ class OnebitAdam(_OnebitOptimizer):
     _fixed = ("freeze_step", "betas", "eps", "weight_decay")
 
     def __init__(self, params, lr=1e-3, freeze_step=None, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
-                 process_group=None, *, threads=1, timeout=60.0):
+                 process_group=None, *, threads=1, timeout=60.0, watch=None):
         defaults = dict(lr=lr, freeze_step=_need_freeze_step(freeze_step), betas=_check_betas(betas), eps=eps,
                         weight_decay=weight_decay)
-        super().__init__(params, defaults, process_group, None, threads, timeout)
+        super().__init__(params, defaults, process_group, None, threads, timeout, watch)

@@ -19,9 +19,10 @@ def free_port():
         return s.getsockname()[1]
 
 
-def run_ranks(scenario, world, outdir, timeout=240, **kwargs):
+def run_ranks(scenario, world, outdir, timeout=240, killed=(), **kwargs):
     """Starts `world` worker processes running scenario(rank, world, outdir, **kwargs) and returns
-    the list of their results (rank order). Any failure or a timeout kills them all and fails."""
+    the list of their results (rank order). Any failure or a timeout kills them all and fails; the
+    ranks in `killed` must die of SIGKILL instead, and their result is None."""
     port = free_port()
     outdir = str(outdir)
     logs = [os.path.join(outdir, "%s.rank%d.log" % (scenario, r)) for r in range(world)]
@@ -36,8 +37,9 @@ def run_ranks(scenario, world, outdir, timeout=240, **kwargs):
     try:
         for rank, p in enumerate(procs):
             try:
-                if p.wait(timeout=max(0.1, deadline - time.monotonic())) != 0 and failed is None:
-                    failed = "rank %d exited with %d" % (rank, p.returncode)
+                expected = -9 if rank in killed else 0
+                if p.wait(timeout=max(0.1, deadline - time.monotonic())) != expected and failed is None:
+                    failed = "rank %d exited with %d, not %d" % (rank, p.returncode, expected)
             except subprocess.TimeoutExpired:
                 failed = "timed out after %d s" % timeout
                 break
@@ -49,4 +51,5 @@ def run_ranks(scenario, world, outdir, timeout=240, **kwargs):
     if failed:
         text = "\n".join("--- rank %d ---\n%s" % (r, open(logs[r]).read()[-4000:]) for r in range(world))
         raise AssertionError("%s %s: %s\n%s" % (scenario, kwargs, failed, text))
-    return [torch.load(os.path.join(outdir, "%s.rank%d.pt" % (scenario, r))) for r in range(world)]
+    return [None if r in killed else torch.load(os.path.join(outdir, "%s.rank%d.pt" % (scenario, r)))
+            for r in range(world)]

@@ -1,6 +1,7 @@
 """What each rank does in the multi-process tests, and the deterministic inputs the tests share
 with the single-process references."""
 import os
+import signal
 import time
 import warnings
 
@@ -213,6 +214,24 @@ def timeout(rank, world, outdir):
     except onebit.Error as e:
         after = str(e)
     return {"group_broken": True, "error": error, "seconds": time.monotonic() - t0, "after": after}
+
+
+def killed_rank(rank, world, outdir, kind, options, kill_step):
+    """The last rank is killed (SIGKILL) at kill_step, before its step: the others' step ends within
+    the timeout with an error naming it (the optimizer watches its ranks through the job's store)."""
+    params = make_params(initial_params())
+    opt = make_optimizer(kind, params, options)
+    grads = gradients(world, kill_step + 1, exact_steps=0)
+    for s in range(kill_step + 1):
+        if s == kill_step and rank == world - 1:
+            os.kill(os.getpid(), signal.SIGKILL)
+        set_grads(params, grads[rank, s])
+        t0 = time.monotonic()
+        try:
+            opt.step()
+        except onebit.Error as e:
+            return {"group_broken": True, "step": s, "error": str(e), "seconds": time.monotonic() - t0}
+    return {"group_broken": True, "step": None, "error": None}
 
 
 def nan_skip(rank, world, outdir, kind, options, bad_step):

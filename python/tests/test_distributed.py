@@ -111,6 +111,17 @@ def test_a_missing_rank_ends_in_an_error_not_a_hang(tmp_path):
     assert "failed earlier" in res["after"]
 
 
+@pytest.mark.parametrize("kill_step", [1, 4])  # in warmup, in the compression stage
+def test_a_killed_rank_is_named_by_the_others_within_the_timeout(kill_step, tmp_path):
+    options = dict(LAMB1, timeout=10.0)
+    results = run_ranks("killed_rank", 3, tmp_path, killed=(2,), kind="onebit-lamb", options=options,
+                        kill_step=kill_step)
+    for res in results[:2]:
+        assert res["step"] == kill_step and res["error"] is not None
+        assert "lost: rank 2 (no heartbeat" in res["error"], res["error"]
+        assert res["seconds"] < 10.0
+
+
 @pytest.mark.parametrize("kind,options", [("onebit-lamb", LAMB1), ("onebit-adam", ADAM1)])
 @pytest.mark.parametrize("bad_step", [1, 4])  # in warmup, in the compression stage
 def test_a_nan_on_one_rank_skips_the_step_on_every_rank(kind, options, bad_step, tmp_path):

@@ -1,5 +1,7 @@
-// The heartbeat and the post-mortem of a failed collective (see watchdog.hpp).
-#include "train/watchdog.hpp"
+// The heartbeat and the post-mortem of a failed collective (see onebit/torch_watchdog.hpp).
+#include "onebit/torch_watchdog.hpp"
+
+#include <torch/csrc/distributed/c10d/TCPStore.hpp>
 
 #include <atomic>
 #include <condition_variable>
@@ -11,20 +13,16 @@
 
 #include "onebit/error.hpp"
 
-namespace onebit::train {
+namespace onebit {
 namespace {
 
 constexpr auto kBeat = kDiagnosisWindow / 3;
 constexpr std::chrono::milliseconds kStoreTimeout{5000};  // a beat's write, so the thread always stops
 
-std::string key(int rank) { return "onebit/heartbeat/" + std::to_string(rank); }
-
 std::string first_line(std::string s) {
   if (auto nl = s.find('\n'); nl != std::string::npos) s.resize(nl);
   return s;
 }
-
-std::string failed_key(int rank) { return "onebit/failed/" + std::to_string(rank); }
 
 struct Beat {
   bool seen = false, failed = false;
@@ -38,8 +36,8 @@ struct Diagnosis {
 
 class WatchedCommunicator final : public Communicator {
  public:
-  WatchedCommunicator(std::shared_ptr<Communicator> inner, const StoreConnector& connect)
-      : inner_(std::move(inner)) {
+  WatchedCommunicator(std::shared_ptr<Communicator> inner, const StoreConnector& connect, std::string prefix)
+      : inner_(std::move(inner)), prefix_(std::move(prefix)) {
     set_timeout(inner_->timeout());
     beat_store_ = connect();
     look_store_ = connect();
@@ -77,6 +75,9 @@ class WatchedCommunicator final : public Communicator {
   void do_barrier() override { watched([&] { inner_->barrier(); }); }
 
  private:
+  std::string key(int rank) const { return prefix_ + "/heartbeat/" + std::to_string(rank); }
+  std::string failed_key(int rank) const { return prefix_ + "/failed/" + std::to_string(rank); }
+
   template <class F>
   void watched(F f) {
     entered_.fetch_add(1);
@@ -165,6 +166,7 @@ class WatchedCommunicator final : public Communicator {
   }
 
   std::shared_ptr<Communicator> inner_;
+  std::string prefix_;
   c10::intrusive_ptr<c10d::Store> beat_store_, look_store_;
   std::atomic<uint64_t> entered_{0};
   std::mutex mu_;
@@ -175,9 +177,22 @@ class WatchedCommunicator final : public Communicator {
 
 }  // namespace
 
-std::shared_ptr<Communicator> watch_ranks(std::shared_ptr<Communicator> inner, const StoreConnector& connect) {
-  if (inner->size() == 1) return inner;
-  return std::make_shared<WatchedCommunicator>(std::move(inner), connect);
+StoreConnector tcp_store_connector(std::string host, int port, std::chrono::milliseconds timeout) {
+  ONEBIT_CHECK(port > 0 && port < 65536, "onebit watch_ranks: store port " << port << " is not a TCP port");
+  return [host = std::move(host), port, timeout]() -> c10::intrusive_ptr<c10d::Store> {
+    c10d::TCPStoreOptions o;
+    o.port = static_cast<uint16_t>(port);
+    o.isServer = false;
+    o.waitWorkers = false;  // not a worker of the rendezvous count
+    o.timeout = timeout;
+    return c10::make_intrusive<c10d::TCPStore>(host, o);
+  };
 }
 
-}  // namespace onebit::train
+std::shared_ptr<Communicator> watch_ranks(std::shared_ptr<Communicator> inner, const StoreConnector& connect,
+                                          const std::string& prefix) {
+  if (inner->size() == 1) return inner;
+  return std::make_shared<WatchedCommunicator>(std::move(inner), connect, prefix);
+}
+
+}  // namespace onebit
