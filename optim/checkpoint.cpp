@@ -10,6 +10,7 @@
 #include <limits>
 
 #include "onebit/error.hpp"
+#include "onebit/fnv1a.hpp"
 
 namespace onebit {
 namespace {
@@ -17,11 +18,7 @@ namespace {
 constexpr char kMagic[8] = {'O', 'N', 'E', 'B', 'I', 'T', 'C', 'K'};
 constexpr uint64_t kMaxName = 4096;
 
-uint64_t fnv1a(std::span<const std::byte> b) {
-  uint64_t h = 1469598103934665603ull;
-  for (std::byte x : b) h = (h ^ static_cast<uint8_t>(x)) * 1099511628211ull;
-  return h;
-}
+uint64_t checksum(std::span<const std::byte> b) { return fnv1a(b.data(), b.size(), kCheckpointChecksumSeed); }
 
 class Writer {
  public:
@@ -84,7 +81,7 @@ std::vector<std::byte> encode_state(const OptimizerState& s) {
     w.put<uint64_t>(t.size());
     w.raw(t.data(), t.size() * sizeof(float));
   }
-  w.put<uint64_t>(fnv1a(w.out));
+  w.put<uint64_t>(checksum(w.out));
   return std::move(w.out);
 }
 
@@ -100,7 +97,7 @@ OptimizerState decode_state(std::span<const std::byte> bytes) {
   const uint32_t version = r.get<uint32_t>("version");
   ONEBIT_CHECK(version == kCheckpointVersion, "checkpoint: format version " << version << ", this build reads "
                                                                              << kCheckpointVersion);
-  ONEBIT_CHECK(fnv1a(body) == stored, "checkpoint: checksum mismatch (the file is corrupt or truncated)");
+  ONEBIT_CHECK(checksum(body) == stored, "checkpoint: checksum mismatch (the file is corrupt or truncated)");
   OptimizerState s;
   const uint64_t counters = r.get<uint64_t>("counter count");
   ONEBIT_CHECK(counters <= r.left() / 16, "checkpoint: " << counters << " counters cannot fit");

@@ -4,6 +4,7 @@
 #include <cmath>
 
 #include "onebit/error.hpp"
+#include "onebit/fnv1a.hpp"
 
 namespace onebit {
 namespace {
@@ -66,17 +67,13 @@ Fingerprint fingerprint(const FlatLayout& layout, const Settings& settings, cons
                         uint32_t version) {
   ONEBIT_CHECK(settings.size() <= Fingerprint::kMaxSettings, kind << ": " << settings.size() << " settings to agree on, room for "
                                                                   << Fingerprint::kMaxSettings);
-  auto fnv = [](uint64_t h, const void* p, size_t n) {
-    for (size_t i = 0; i < n; ++i) h = (h ^ static_cast<const unsigned char*>(p)[i]) * 1099511628211ull;
-    return h;
-  };
   Fingerprint f;
-  f.kind = fnv(1469598103934665603ull, kind.data(), kind.size());
+  f.kind = fnv1a(kind);
   f.version = version;
   f.layers = layout.num_layers();
   f.params = layout.total();
-  f.shapes = 1469598103934665603ull;
-  for (const auto& l : layout.layers()) f.shapes = fnv(f.shapes, &l.size, sizeof l.size);
+  f.shapes = kFnv1aOffset;
+  for (const auto& l : layout.layers()) f.shapes = fnv1a(&l.size, sizeof l.size, f.shapes);
   for (size_t i = 0; i < settings.size(); ++i) f.settings[i] = settings[i].second;
   return f;
 }

@@ -4,6 +4,8 @@
 #include <cstdint>
 #include <string_view>
 
+#include "onebit/fnv1a.hpp"
+
 namespace onebit::train {
 
 inline uint64_t splitmix64(uint64_t x) {
@@ -16,10 +18,7 @@ inline uint64_t splitmix64(uint64_t x) {
 inline uint64_t mix(uint64_t a, uint64_t b) { return splitmix64(a ^ splitmix64(b)); }
 inline uint64_t mix(uint64_t a, uint64_t b, uint64_t c) { return mix(mix(a, b), c); }
 
-inline uint64_t fnv1a(std::string_view s, uint64_t h = 0xcbf29ce484222325ull) {
-  for (unsigned char c : s) h = (h ^ c) * 0x100000001b3ull;
-  return h;
-}
+using onebit::fnv1a;
 
 // A small generator on the same mixer: same sequence on every machine and compiler.
 class CounterRng {

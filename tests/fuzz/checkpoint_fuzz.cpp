@@ -8,6 +8,7 @@
 
 #include "onebit/checkpoint.hpp"
 #include "onebit/error.hpp"
+#include "onebit/fnv1a.hpp"
 
 namespace {
 
@@ -27,8 +28,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   decode(bytes);
   // The same bytes with a valid checksum appended (FNV-1a 64, as the writer does), so the fuzzer
   // also reaches the parser behind the checksum instead of stopping at it.
-  uint64_t h = 1469598103934665603ull;
-  for (uint8_t b : std::span<const uint8_t>(data, size)) h = (h ^ b) * 1099511628211ull;
+  const uint64_t h = onebit::fnv1a(data, size, onebit::kCheckpointChecksumSeed);
   std::vector<std::byte> sealed(bytes.begin(), bytes.end());
   sealed.resize(size + sizeof h);
   std::memcpy(sealed.data() + size, &h, sizeof h);
