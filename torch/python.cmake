@@ -81,8 +81,11 @@ unset(CMAKE_REQUIRED_LINK_OPTIONS)
 if(ONEBIT_BUILD_TESTS AND ONEBIT_HAVE_STATIC_LIBSTDCXX)
   set(ONEBIT_PYTHON_STATIC_STAGE "${PROJECT_BINARY_DIR}/python-static-runtime")
   onebit_python_module(onebit_python_static_runtime "${ONEBIT_PYTHON_STATIC_STAGE}" -static-libstdc++)
-  add_custom_command(TARGET onebit_python_static_runtime POST_BUILD
-    COMMAND ${CMAKE_COMMAND} -E copy_if_different ${ONEBIT_PY_FILES} "${ONEBIT_PYTHON_STATIC_STAGE}/onebit/")
+  add_custom_target(onebit_python_static_files ALL
+    COMMAND ${CMAKE_COMMAND} -E make_directory "${ONEBIT_PYTHON_STATIC_STAGE}/onebit"
+    COMMAND ${CMAKE_COMMAND} -E copy_if_different ${ONEBIT_PY_FILES} "${ONEBIT_PYTHON_STATIC_STAGE}/onebit/"
+    DEPENDS ${ONEBIT_PY_FILES})
+  add_dependencies(onebit_python_static_runtime onebit_python_static_files)
 endif()
 
 # Where `cmake --install` puts the package: the interpreter's own site directory for local

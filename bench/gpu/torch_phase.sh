@@ -26,8 +26,10 @@ say() { echo "[torch_phase +$(($(date +%s) - START))s] $*" | tee -a "$LOG" >&2; 
 
 RESULTS=()
 OK=0
+STEPS=0
 record() {  # record NAME OUTCOME: one line of the summary
   RESULTS+=("$(printf '  %-42s %s' "$1" "$2")")
+  STEPS=$((STEPS + 1))
   say "$1: $2"
 }
 
@@ -71,7 +73,7 @@ finish() {
   {
     echo "torch phase summary (${TORCH_VERSION:-torch ?}, ${GPU_NAME:-no GPU found}; log $LOG):"
     printf '%s\n' "${RESULTS[@]}"
-    echo "torch phase: $OK of ${#RESULTS[@]} steps ok in $(($(date +%s) - START)) s"
+    echo "torch phase: $OK of $STEPS steps ok in $(($(date +%s) - START)) s"
   } | tee "$SUMMARY"
   if [ -n "${OUT:-}" ] && [ -d "${OUT:-}" ]; then
     cp "$LOG" "$SUMMARY" "$OUT/" 2>/dev/null || true

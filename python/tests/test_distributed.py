@@ -113,7 +113,7 @@ def test_a_missing_rank_ends_in_an_error_not_a_hang(tmp_path):
 
 @pytest.mark.parametrize("kill_step", [1, 4])  # in warmup, in the compression stage
 def test_a_killed_rank_is_named_by_the_others_within_the_timeout(kill_step, tmp_path):
-    options = dict(LAMB1, timeout=10.0)
+    options = dict(LAMB1, timeout=10.0, watch=True)
     results = run_ranks("killed_rank", 3, tmp_path, killed=(2,), kind="onebit-lamb", options=options,
                         kill_step=kill_step)
     for res in results[:2]:

@@ -190,6 +190,11 @@ def test_bad_calls_into_each_library_keep_their_numbers():
         _onebit.Engine("lamb", [torch.zeros(2)], {"bogus": 1}, one)
 
 
+def test_bad_watch_is_named():
+    with pytest.raises(ValueError, match="watch must be False, True or"):
+        onebit.Lamb(sc.make_params(sc.initial_params()), watch="rank 0")
+
+
 def test_freeze_step_is_required():
     with pytest.raises(ValueError, match="freeze_step is required"):
         onebit.OnebitLamb(sc.make_params(sc.initial_params()))
