@@ -97,9 +97,24 @@ install(TARGETS onebit_python LIBRARY DESTINATION "${ONEBIT_PYTHON_INSTALL_DIR}/
 install(FILES ${ONEBIT_PY_FILES} DESTINATION "${ONEBIT_PYTHON_INSTALL_DIR}/onebit" COMPONENT python)
 
 if(ONEBIT_BUILD_TESTS)
-  # The pytest suite against the staged package, cut into a few ctest tests so ctest -j runs them
-  # side by side; each pytest run has its own timeout and so does every wait inside it.
-  set(_onebit_pytests
+  # The pytest suite against a staged package (STAGE), cut into a few ctest tests so ctest -j runs
+  # them side by side; each entry is "name|file|-k filter", each pytest run has its own timeout and
+  # so does every wait inside it.
+  function(onebit_pytests prefix stage)
+    foreach(_entry IN LISTS ARGN)
+      string(REPLACE "|" ";" _parts "${_entry}")
+      list(GET _parts 0 _name)
+      list(GET _parts 1 _file)
+      list(GET _parts 2 _filter)
+      set(_args -m pytest -q -p no:cacheprovider "${PROJECT_SOURCE_DIR}/python/tests/${_file}")
+      if(_filter)
+        list(APPEND _args -k "${_filter}")
+      endif()
+      add_test(NAME ${prefix}_${_name} COMMAND "${ONEBIT_PYTHON}" ${_args})
+      set_tests_properties(${prefix}_${_name} PROPERTIES ENVIRONMENT "PYTHONPATH=${stage}" TIMEOUT 900 LABELS python)
+    endforeach()
+  endfunction()
+  onebit_pytests(onebit_pytest "${ONEBIT_PYTHON_STAGE}"
       "single_process|test_single_process.py|"
       "collectives|test_distributed.py|collectives or missing_rank or killed_rank or nan"
       "warmup|test_distributed.py|warmup"
@@ -107,24 +122,9 @@ if(ONEBIT_BUILD_TESTS)
       "resume|test_distributed.py|resumes"
       "training|test_distributed.py|training"
       "cuda|test_cuda.py|")
-  foreach(_entry IN LISTS _onebit_pytests)
-    string(REPLACE "|" ";" _parts "${_entry}")
-    list(GET _parts 0 _name)
-    list(GET _parts 1 _file)
-    list(GET _parts 2 _filter)
-    set(_args -m pytest -q -p no:cacheprovider "${PROJECT_SOURCE_DIR}/python/tests/${_file}")
-    if(_filter)
-      list(APPEND _args -k "${_filter}")
-    endif()
-    add_test(NAME onebit_pytest_${_name} COMMAND "${ONEBIT_PYTHON}" ${_args})
-    set_tests_properties(onebit_pytest_${_name} PROPERTIES
-      ENVIRONMENT "PYTHONPATH=${ONEBIT_PYTHON_STAGE}" TIMEOUT 900 LABELS python)
-  endforeach()
   if(TARGET onebit_python_static_runtime)
-    add_test(NAME onebit_pytest_static_runtime
-             COMMAND "${ONEBIT_PYTHON}" -m pytest -q -p no:cacheprovider
-                     "${PROJECT_SOURCE_DIR}/python/tests/test_single_process.py" -k "bad_")
-    set_tests_properties(onebit_pytest_static_runtime PROPERTIES
-      ENVIRONMENT "PYTHONPATH=${ONEBIT_PYTHON_STATIC_STAGE}" TIMEOUT 900 LABELS python)
+    # Against the static-runtime twin: the error messages, and the lost-rank watch over Gloo.
+    onebit_pytests(onebit_pytest_static_runtime "${ONEBIT_PYTHON_STATIC_STAGE}"
+        "errors|test_single_process.py|bad_" "lost_rank|test_distributed.py|killed_rank")
   endif()
 endif()

@@ -218,7 +218,7 @@ def timeout(rank, world, outdir):
 
 def killed_rank(rank, world, outdir, kind, options, kill_step):
     """The last rank is killed (SIGKILL) at kill_step, before its step: the others' step ends within
-    the timeout with an error naming it (the optimizer watches its ranks through the job's store)."""
+    the timeout with an error naming it (options carry watch=True: heartbeats in the job's store)."""
     params = make_params(initial_params())
     opt = make_optimizer(kind, params, options)
     grads = gradients(world, kill_step + 1, exact_steps=0)
