@@ -100,11 +100,14 @@ double compressed_allreduce_seconds(const Input& in, double n) {
                          (compress_b + server_b + decode_b);
   const double compress = compute * compress_b, server = compute * server_b, decode = compute * decode_b;
   if (P == 1) return compress + server + decode;
-  // each pipeline stage's all-to-all and all-gather, and the two scale all-gathers: P-1 steps each
-  const double latency = (2.0 * stages + 2) * (P - 1) * (in.latency >= 0 ? in.latency : in.cal.compressed_alpha);
+  // P-1 message steps each: the two scale all-gathers, and per stage one all-to-all (or all-gather).
+  // A stage's fixed cost, like its compute, runs while the stage before it is on the wire.
+  const double alpha = in.latency >= 0 ? in.latency : in.cal.compressed_alpha;
+  const double scales = 2.0 * (P - 1) * alpha, per_half = stages * (P - 1) * alpha;
   const double half_wire = compressed_allreduce_bytes(n, P) / 2 * seconds_per_byte(in);
-  if (stages == 1) return latency + compress + 2 * half_wire + server + decode;
-  return latency + overlapped(compress, half_wire, stages) + server + overlapped(half_wire, decode, stages);
+  if (stages == 1) return scales + 2 * per_half + compress + 2 * half_wire + server + decode;
+  return scales + overlapped(compress + per_half, half_wire, stages) + server +
+         overlapped(half_wire, decode + per_half, stages);
 }
 
 Calibration fit(const std::vector<Sample>& samples, int P, double nominal_bandwidth, int cores) {

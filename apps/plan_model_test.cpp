@@ -63,6 +63,33 @@ TEST(Plan, PipelineOverlapsComputeWithTheWire) {
   EXPECT_GT(compressed_allreduce_seconds(in, n), 1.5 * compute);
 }
 
+// The collectives' fixed cost per stage is hidden behind the wire like the compute is: on a slow
+// link the time is the wire's plus little, on a fast one the fixed costs show in full.
+TEST(Plan, PipelineHidesFixedCostsBehindASlowWire) {
+  Input in;
+  in.workers = 2;
+  in.cal.compute_per_element = 0;
+  const double n = 10e6, alpha = 1e-3;
+  const int stages = CompressedAllreduce::pipeline_stages(static_cast<size_t>(n), 2);
+  ASSERT_GT(stages, 2);
+  const double fixed = (2.0 * stages + 2) * alpha;  // P-1 = 1 step per collective
+  for (const auto& [rate, hidden] : {std::pair{"100mbit", true}, std::pair{"10gbit", false}}) {
+    in.bandwidth = parse_bandwidth(rate);
+    const double wire = compressed_allreduce_bytes(n, 2) / in.bandwidth;
+    in.latency = 0;
+    const double bare = compressed_allreduce_seconds(in, n);
+    in.latency = alpha;
+    const double added = compressed_allreduce_seconds(in, n) - bare;
+    if (hidden) {
+      EXPECT_GT(wire, fixed) << rate;
+      EXPECT_LT(added, 0.5 * fixed) << rate;
+    } else {
+      EXPECT_LT(wire, 0.1 * fixed) << rate;
+      EXPECT_GT(added, 0.9 * fixed) << rate;
+    }
+  }
+}
+
 TEST(Plan, FitRecoversKnownConstants) {
   for (int cores : {0, 2}) {
     Input truth;
