@@ -72,14 +72,15 @@ double compressed_allreduce_bytes(double n, int P) {
 }
 
 namespace {
-double alpha_of(const Input& in) { return in.latency >= 0 ? in.latency : in.cal.alpha; }
+// --latency when given, else the calibrated per-message time (the fp32 ring's or the compressed one's).
+double alpha_of(const Input& in, double calibrated) { return in.latency >= 0 ? in.latency : calibrated; }
 double seconds_per_byte(const Input& in) { return 1.0 / (in.bandwidth * in.cal.efficiency); }
 }  // namespace
 
 double ring_allreduce_seconds(const Input& in, double n, double bytes_per_element) {
   const int P = in.workers;
   if (P == 1) return 0;
-  return 2.0 * (P - 1) * alpha_of(in) + ring_allreduce_bytes(n, P, bytes_per_element) * seconds_per_byte(in);
+  return 2.0 * (P - 1) * alpha_of(in, in.cal.alpha) + ring_allreduce_bytes(n, P, bytes_per_element) * seconds_per_byte(in);
 }
 
 namespace {
@@ -102,7 +103,7 @@ double compressed_allreduce_seconds(const Input& in, double n) {
   if (P == 1) return compress + server + decode;
   // P-1 message steps each: the two scale all-gathers, and per stage one all-to-all (or all-gather).
   // A stage's fixed cost, like its compute, runs while the stage before it is on the wire.
-  const double alpha = in.latency >= 0 ? in.latency : in.cal.compressed_alpha;
+  const double alpha = alpha_of(in, in.cal.compressed_alpha);
   const double scales = 2.0 * (P - 1) * alpha, per_half = stages * (P - 1) * alpha;
   const double half_wire = compressed_allreduce_bytes(n, P) / 2 * seconds_per_byte(in);
   if (stages == 1) return scales + 2 * per_half + compress + 2 * half_wire + server + decode;

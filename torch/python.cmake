@@ -44,7 +44,11 @@ if(_onebit_abi_parts EQUAL 3)  # torch < 2.9 (pybind11 2.x) exports them; pybind
                              PYBIND11_STDLIB="${_stdlib}" PYBIND11_BUILD_ABI="${_abi}")
 endif()
 
-# onebit_python_module(TARGET STAGE [LINK_OPTIONS...]): the extension _onebit in STAGE/onebit.
+# The pure-Python files, copied beside each build of the extension.
+file(GLOB ONEBIT_PY_FILES CONFIGURE_DEPENDS "${PROJECT_SOURCE_DIR}/python/onebit/*.py")
+
+# onebit_python_module(TARGET STAGE [LINK_OPTIONS...]): the extension _onebit in STAGE/onebit, with
+# the pure-Python files staged beside it on every build (target TARGET_files).
 # Everything linked in from a static archive stays private to the module (--exclude-libs): onebit's
 # own libraries, and the C++ runtime itself where the compiler links it statically (a GCC without
 # libstdc++.so, devtoolset's libstdc++_nonshared.a). Exported, that runtime's functions bind at load
@@ -59,17 +63,14 @@ function(onebit_python_module target stage)
     OUTPUT_NAME _onebit
     LIBRARY_OUTPUT_DIRECTORY "${stage}/onebit"
     INSTALL_RPATH_USE_LINK_PATH TRUE)
+  add_custom_target(${target}_files ALL
+    COMMAND ${CMAKE_COMMAND} -E make_directory "${stage}/onebit"
+    COMMAND ${CMAKE_COMMAND} -E copy_if_different ${ONEBIT_PY_FILES} "${stage}/onebit/"
+    DEPENDS ${ONEBIT_PY_FILES}
+    COMMENT "Staging the onebit Python package in ${stage}")
+  add_dependencies(${target} ${target}_files)
 endfunction()
 onebit_python_module(onebit_python "${ONEBIT_PYTHON_STAGE}")
-
-# The pure-Python files, copied beside the extension on every build.
-file(GLOB ONEBIT_PY_FILES CONFIGURE_DEPENDS "${PROJECT_SOURCE_DIR}/python/onebit/*.py")
-add_custom_target(onebit_python_files ALL
-  COMMAND ${CMAKE_COMMAND} -E make_directory "${ONEBIT_PYTHON_STAGE}/onebit"
-  COMMAND ${CMAKE_COMMAND} -E copy_if_different ${ONEBIT_PY_FILES} "${ONEBIT_PYTHON_STAGE}/onebit/"
-  DEPENDS ${ONEBIT_PY_FILES}
-  COMMENT "Staging the onebit Python package in ${ONEBIT_PYTHON_STAGE}")
-add_dependencies(onebit_python onebit_python_files)
 
 # The test twin: the same module linked with a static C++ runtime, so this machine's tests see what
 # such a toolchain builds (error messages with numbers in them, formatted by the module's own runtime).
@@ -81,11 +82,6 @@ unset(CMAKE_REQUIRED_LINK_OPTIONS)
 if(ONEBIT_BUILD_TESTS AND ONEBIT_HAVE_STATIC_LIBSTDCXX)
   set(ONEBIT_PYTHON_STATIC_STAGE "${PROJECT_BINARY_DIR}/python-static-runtime")
   onebit_python_module(onebit_python_static_runtime "${ONEBIT_PYTHON_STATIC_STAGE}" -static-libstdc++)
-  add_custom_target(onebit_python_static_files ALL
-    COMMAND ${CMAKE_COMMAND} -E make_directory "${ONEBIT_PYTHON_STATIC_STAGE}/onebit"
-    COMMAND ${CMAKE_COMMAND} -E copy_if_different ${ONEBIT_PY_FILES} "${ONEBIT_PYTHON_STATIC_STAGE}/onebit/"
-    DEPENDS ${ONEBIT_PY_FILES})
-  add_dependencies(onebit_python_static_runtime onebit_python_static_files)
 endif()
 
 # Where `cmake --install` puts the package: the interpreter's own site directory for local

@@ -75,11 +75,6 @@ c10::intrusive_ptr<c10d::Store> rendezvous(const JobInfo& job, std::chrono::mill
   return {};
 }
 
-// New client connections to the job's store, for the watchdog.
-[[maybe_unused]] StoreConnector store_clients(const JobInfo& job, std::chrono::milliseconds timeout) {
-  return tcp_store_connector(job.master_addr, job.master_port, timeout);
-}
-
 std::shared_ptr<Communicator> join_gloo(const JobInfo& job, std::chrono::milliseconds timeout) {
 #if TORCH_VERSION_MAJOR >= 2
   // torch 2.x splits ProcessGroup from its per-device Backend; this trainer builds the 1.13 shape.
@@ -107,7 +102,7 @@ std::shared_ptr<Communicator> join_gloo(const JobInfo& job, std::chrono::millise
   }
   std::shared_ptr<Communicator> comm = make_c10d_communicator(pg);
   comm->set_timeout(timeout);
-  return watch_ranks(std::move(comm), store_clients(job, timeout));
+  return watch_ranks(std::move(comm), tcp_store_connector(job.master_addr, job.master_port, timeout));
 #endif
 }
 
@@ -123,7 +118,7 @@ std::shared_ptr<Communicator> join_nccl(const JobInfo& job, std::chrono::millise
   std::shared_ptr<Communicator> comm =
       make_c10d_communicator(pg, c10::Device(c10::kCUDA, static_cast<c10::DeviceIndex>(job.local_rank % devices)));
   comm->set_timeout(timeout);
-  return watch_ranks(std::move(comm), store_clients(job, timeout));
+  return watch_ranks(std::move(comm), tcp_store_connector(job.master_addr, job.master_port, timeout));
 #else
   (void)timeout;
   ONEBIT_CHECK(false, "onebit train --backend nccl on rank " << job.rank << ": not available with this libtorch ("
