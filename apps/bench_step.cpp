@@ -27,25 +27,25 @@ struct Pass {
 //   LAMB, and the warmup stage of 1-bit LAMB and 1-bit Adam                              44
 //     lamb_norms          reads g, m, v, w (writes nothing)                               16
 //     lamb_update         reads g, m, v, w; writes m, v, w                                28
-//   1-bit LAMB, compression stage                                                      64.5
-//     compress_momentum   reads g, m, prev error; writes next error, sign bits        16.125
+//   1-bit LAMB, compression stage                                                     48.875
+//   (the momentum is the last exchange's sign bits and chunk scales: read, never written)
+//     compress_momentum   reads g, momentum bits, prev error; writes next error, bits  12.25
 //     server_average      reads+writes server error (the whole buffer at P = 1);
 //                         reads worker bits, writes server bits                         8.25
-//     onebit_lamb_norms   reads bits, m, v, v_fresh, w; writes m, v_fresh             24.125
-//     frozen_update       reads m, v, w; writes w                                         16
-//   1-bit Adam, compression stage                                                      44.5
-//     compress_momentum   as above                                                    16.125
+//     onebit_lamb_norms   reads bits, previous bits, v, v_fresh, w; writes v_fresh     16.25
+//     frozen_update       reads bits, v, w; writes w                                   12.125
+//   1-bit Adam, compression stage                                                     32.625
+//     compress_momentum   as above                                                     12.25
 //     server_average      as above                                                      8.25
-//     decode              reads bits; writes m                                          4.125
-//     frozen_update       reads m, v, w; writes w                                         16
+//     frozen_update       as above                                                     12.125
 //
 // The all-to-all and all-gather of the bits (1/8 byte each at P = 1) and per-layer scalars are
 // left out: they are copies inside the communicator, not passes of the optimizer.
 const std::vector<Pass> kLambPasses = {{"lamb_norms", 16}, {"lamb_update", 28}};
 const std::vector<Pass> kOnebitLambPasses = {
-    {"compress_momentum", 16.125}, {"server_average", 8.25}, {"onebit_lamb_norms", 24.125}, {"frozen_update", 16}};
+    {"compress_momentum", 12.25}, {"server_average", 8.25}, {"onebit_lamb_norms", 16.25}, {"frozen_update", 12.125}};
 const std::vector<Pass> kOnebitAdamPasses = {
-    {"compress_momentum", 16.125}, {"server_average", 8.25}, {"decode", 4.125}, {"frozen_update", 16}};
+    {"compress_momentum", 12.25}, {"server_average", 8.25}, {"frozen_update", 12.125}};
 
 const std::vector<Pass>& passes_of(const std::string& optimizer, bool compression) {
   if (!compression || optimizer == "lamb") return kLambPasses;

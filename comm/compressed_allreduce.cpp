@@ -30,9 +30,11 @@ CompressedAllreduce::CompressedAllreduce(Communicator& comm, ThreadPool& pool, s
   send_bits_.assign(n_pad_ / 8, 0);
   recv_bits_.assign(n_pad_ / 8, 0);
   server_bits_.assign(chunk_size() / 8, 0);
-  result_bits_.assign(n_pad_ / 8, 0);
   worker_scales_.assign(P, 0.0f);
-  server_scales_.assign(P, 0.0f);
+  for (int r = 0; r < 2; ++r) {
+    result_bits_[r].assign(n_pad_ / 8, 0);
+    server_scales_[r].assign(P, 0.0f);
+  }
   plan_stages();
 }
 
@@ -84,13 +86,12 @@ bool CompressedAllreduce::compress(std::span<const float> x) {
                                            send_bits_.data()));
 }
 
-bool CompressedAllreduce::compress_momentum(std::span<const float> m, std::span<const float> g,
-                                            float beta1, const float* k) {
-  ONEBIT_CHECK(m.size() == n_ && g.size() == n_,
-               "compressed allreduce on rank " << comm_.rank() << ": momentum " << m.size()
-                                               << " and gradient " << g.size() << " elements, built for " << n_);
+bool CompressedAllreduce::compress_momentum(const kernels::Momentum& m, std::span<const float> g, float beta1,
+                                            const float* k) {
+  ONEBIT_CHECK(g.size() == n_, "compressed allreduce on rank " << comm_.rank() << ": gradient of " << g.size()
+                                                                << " elements, built for " << n_);
   const int cur = worker_cur_;
-  return finish_compress(kernels::compress_momentum(part_, pool_, m.data(), g.data(), beta1, k,
+  return finish_compress(kernels::compress_momentum(part_, pool_, m, g.data(), beta1, k,
                                                     worker_c_[cur].data(), worker_scale_,
                                                     worker_c_[1 - cur].data(), send_bits_.data()));
 }
@@ -107,19 +108,20 @@ bool CompressedAllreduce::finish_compress(double sum_sq) {
 }
 
 void CompressedAllreduce::exchange() {
+  result_cur_ = 1 - result_cur_;
   comm_.alltoall(std::as_bytes(std::span(send_bits_)), std::as_writable_bytes(std::span(recv_bits_)));
   const double sum_sq = kernels::server_average(server_part_, pool_, recv_bits_.data(),
                                                 chunk_size() / 8, worker_scales_, server_c_.data(),
                                                 server_scale_, server_bits_.data());
   server_scale_ = kernels::scale_from_sum(sum_sq, server_real());
   comm_.allgather(std::as_bytes(std::span(server_bits_)),
-                  std::as_writable_bytes(std::span(result_bits_)));
-  comm_.allgather_values(std::span<const float>(&server_scale_, 1), std::span<float>(server_scales_));
+                  std::as_writable_bytes(std::span(result_bits_[result_cur_])));
+  comm_.allgather_values(std::span<const float>(&server_scale_, 1), std::span<float>(server_scales_[result_cur_]));
 }
 
 void CompressedAllreduce::decode(std::span<float> out) {
   ONEBIT_CHECK(out.size() == n_, "compressed allreduce decode: " << out.size() << " elements, built for " << n_);
-  kernels::decode(part_, pool_, result_bits_.data(), server_scales_.data(), out.data());
+  kernels::decode(part_, pool_, bits(), chunk_scales(), out.data());
 }
 
 // Stage s of the all-to-all (gather false) or of the all-gather (gather true), through staging
@@ -134,7 +136,7 @@ void CompressedAllreduce::exchange_stage(int s, bool gather) {
     for (size_t j = 0; j < P; ++j) std::memcpy(stage_send_.data() + j * len, send_bits_.data() + j * chunk_bytes + off, len);
     comm_.alltoall(std::as_bytes(std::span(stage_send_.data(), P * len)), recv);
   }
-  uint8_t* dest = gather ? result_bits_.data() : recv_bits_.data();
+  uint8_t* dest = gather ? result_bits_[result_cur_].data() : recv_bits_.data();
   for (size_t j = 0; j < P; ++j) std::memcpy(dest + j * chunk_bytes + off, stage_recv_.data() + j * len, len);
 }
 
@@ -164,10 +166,10 @@ bool CompressedAllreduce::run_pipelined(std::span<float> x) {
   const double sum_sq = kernels::server_average(server_part_, pool_, recv_bits_.data(), chunk_size() / 8,
                                                 worker_scales_, server_c_.data(), server_scale_, server_bits_.data());
   server_scale_ = kernels::scale_from_sum(sum_sq, server_real());
-  comm_.allgather_values(std::span<const float>(&server_scale_, 1), std::span<float>(server_scales_));
+  comm_.allgather_values(std::span<const float>(&server_scale_, 1), std::span<float>(server_scales_[result_cur_]));
   Overlap decoding([&](Overlap& o) {
     for (int s = 0; s < stages_ && o.wait_caller(s + 1); ++s)
-      kernels::decode_blocks(part_, pool_, decode_stage_[s], result_bits_.data(), server_scales_.data(), x.data());
+      kernels::decode_blocks(part_, pool_, decode_stage_[s], bits(), chunk_scales(), x.data());
   });
   for (int s = 0; s < stages_; ++s) {
     exchange_stage(s, true);

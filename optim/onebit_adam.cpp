@@ -26,22 +26,33 @@ bool OnebitAdam::step(std::span<float> w, std::span<float> g) {
     done = lamb_ratios(g.data(), m_.data(), v_.data(), w.data(), p, 1.0f, 1.0f, unused);
     if (done) kernels::lamb_update(part_, pool_, g.data(), m_.data(), v_.data(), w.data(), p, coef_.data());
   } else {
-    done = allreduce_.compress_momentum(m_, g, opt_.beta1, nullptr);
+    if (d_.empty()) {
+      d_.resize(v_.size());
+      kernels::frozen_denominator(pool_, v_, opt_.eps, d_);
+    }
+    done = allreduce_.compress_momentum(momentum(), g, opt_.beta1, nullptr);
     if (done) {
       allreduce_.exchange();
-      allreduce_.decode(m_);
-      kernels::frozen_update(part_, pool_, m_.data(), v_.data(), w.data(), opt_.eps,
-                             opt_.weight_decay, coef_.data());
+      m_in_signs_ = true;  // the momentum is now the exchange's signs
+      m_ = {};
+      kernels::frozen_update(allreduce_.partition(), pool_, momentum(), d_.data(), w.data(), opt_.weight_decay,
+                             coef_.data());
     }
   }
   done ? ++step_ : ++skipped_;
   return done;
 }
 
+kernels::Momentum OnebitAdam::momentum() const {
+  return m_in_signs_ ? kernels::Momentum{.bits = allreduce_.bits(), .chunk_scales = allreduce_.chunk_scales()}
+                     : kernels::Momentum{.values = m_.data()};
+}
+
 OptimizerState OnebitAdam::state() const {
   OptimizerState s;
   save_common(s);
-  s.tensors["m"] = plain(m_);
+  s.tensors["m"].resize(layout_.total());
+  kernels::decode_momentum(allreduce_.partition(), pool_, momentum(), s.tensors["m"].data());
   s.tensors["v"] = plain(v_);
   s.tensors["worker_error"] = allreduce_.worker_error();
   s.tensors["server_error"] = allreduce_.server_error();
@@ -51,7 +62,9 @@ OptimizerState OnebitAdam::state() const {
 void OnebitAdam::load_state(const OptimizerState& s) {
   load_common(s);
   take(s, "m", m_, layout_.total(), name());
+  m_in_signs_ = false;
   take(s, "v", v_, layout_.total(), name());
+  d_ = {};
   std::vector<float> we, se;
   take(s, "worker_error", we, layout_.total(), name());
   take(s, "server_error", se, allreduce_.server_error().size(), name());

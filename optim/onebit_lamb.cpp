@@ -32,6 +32,12 @@ void OnebitLamb::set_momentum_mask(size_t layer, std::span<const float> mask) {
   ONEBIT_CHECK(mask.empty() || mask.size() == layout_[layer].size,
                name() << ": mask for layer " << layer << " has " << mask.size() << " elements, the layer "
                       << layout_[layer].size);
+  // The stored momentum carries the old mask: write it out before the mask changes.
+  if (m_in_signs_) {
+    const std::vector<float> m = plain_momentum();
+    m_.assign(m.begin(), m.end());
+    m_in_signs_ = false;
+  }
   masks_[layer].assign(mask.begin(), mask.end());
   mask_ptrs_[layer] = mask.empty() ? nullptr : masks_[layer].data();
 }
@@ -72,17 +78,39 @@ void OnebitLamb::init_momentum_scale() {
   for (size_t l = 0; l < s.size(); ++l) k_[l] = s[l] > 0 ? static_cast<float>(mean / s[l]) : 1.0f;
 }
 
+kernels::Momentum OnebitLamb::signs(const uint8_t* bits, const float* chunk_scales) const {
+  return {.bits = bits, .chunk_scales = chunk_scales, .k = k_.data(), .masks = mask_ptrs_.data()};
+}
+
+kernels::Momentum OnebitLamb::momentum() const {
+  return m_in_signs_ ? signs(allreduce_.bits(), allreduce_.chunk_scales()) : kernels::Momentum{.values = m_.data()};
+}
+
+std::vector<float> OnebitLamb::plain_momentum() const {
+  std::vector<float> m(layout_.total());
+  kernels::decode_momentum(allreduce_.partition(), pool_, momentum(), m.data());
+  return m;
+}
+
 bool OnebitLamb::compression_step(std::span<float> w, std::span<float> g) {
   if (k_.empty()) init_momentum_scale();
-  // Steps 2-4: m still holds m_prev; the scaled local momentum (b1*m + (1-b1)*g)*k is formed
-  // inside the compression pass and never stored.
-  if (!allreduce_.compress_momentum(m_, g, opt_.beta1, k_.data())) return false;
+  if (d_.empty()) {
+    d_.resize(v_.size());
+    kernels::frozen_denominator(pool_, v_, opt_.eps, d_);
+  }
+  // Steps 2-4: the scaled local momentum (b1*m_prev + (1-b1)*g)*k is formed inside the compression
+  // pass and never stored.
+  const kernels::Momentum m_prev = momentum();
+  if (!allreduce_.compress_momentum(m_prev, g, opt_.beta1, k_.data())) return false;
   allreduce_.exchange();
-  // Steps 5-7 and the reductions of step 8, one pass: m <- decoded/k (*mask), v_fresh update.
+  // Step 5 is where the momentum now lives: the exchange's signs, read by the passes below.
+  const kernels::Momentum m = signs(allreduce_.bits(), allreduce_.chunk_scales());
+  const kernels::Momentum prev =
+      m_in_signs_ ? signs(allreduce_.previous_bits(), allreduce_.previous_chunk_scales()) : m_prev;
+  // Steps 6-7 and the reductions of step 8, one pass.
   const kernels::OnebitLambSums sums{w_sq_.data(), u_sq_.data(), u0_sq_.data(), max_ratio_.data()};
-  kernels::onebit_lamb_norms(allreduce_.partition(), pool_, allreduce_.bits(), allreduce_.chunk_scales(),
-                             k_.data(), mask_ptrs_.data(), moments(opt_), m_.data(), v_.data(),
-                             v_fresh_.data(), w.data(), sums);
+  kernels::onebit_lamb_norms(allreduce_.partition(), pool_, m, prev, moments(opt_), d_.data(), v_fresh_.data(),
+                             w.data(), sums);
   // Step 8: the factor per layer.
   for (size_t l = 0; l < coef_.size(); ++l) {
     double f = max_ratio_[l];
@@ -97,15 +125,18 @@ bool OnebitLamb::compression_step(std::span<float> w, std::span<float> g) {
     coef_[l] = opt_.lr * (c_freeze_[l] * last_factor_[l]);
   }
   // Step 9: w <- w - lr * (c_freeze * f) * u.
-  kernels::frozen_update(part_, pool_, m_.data(), v_.data(), w.data(), opt_.eps, opt_.weight_decay,
-                         coef_.data());
+  kernels::frozen_update(allreduce_.partition(), pool_, m, d_.data(), w.data(), opt_.weight_decay, coef_.data());
+  if (!m_in_signs_) {
+    m_in_signs_ = true;
+    m_ = {};
+  }
   return true;
 }
 
 OptimizerState OnebitLamb::state() const {
   OptimizerState s;
   save_common(s);
-  s.tensors["m"] = plain(m_);
+  s.tensors["m"] = plain_momentum();
   s.tensors["v"] = plain(v_);
   s.tensors["v_fresh"] = plain(v_fresh_);
   s.tensors["c_freeze"] = c_freeze_;
@@ -120,7 +151,9 @@ void OnebitLamb::load_state(const OptimizerState& s) {
   load_common(s);
   const size_t N = layout_.total(), L = layout_.num_layers();
   take(s, "m", m_, N, name());
+  m_in_signs_ = false;
   take(s, "v", v_, N, name());
+  d_ = {};
   take(s, "v_fresh", v_fresh_, N, name());
   take(s, "c_freeze", c_freeze_, L, name());
   take(s, "last_factor", last_factor_, L, name());

@@ -265,6 +265,34 @@ TEST(Optimizers, ResumeContinuesBitForBit) {
   }
 }
 
+// In the compression stage the momentum lives in the last exchange's sign bits, with the mask of
+// that step applied. A mask set then must act from the next step on, exactly as on an optimizer
+// whose momentum is a plain buffer (one just loaded from a checkpoint).
+TEST(OnebitLamb, AMaskSetDuringCompressionActsFromTheNextStep) {
+  run_local(2, [&](Communicator& comm) {
+    OnebitLambOptions o;
+    o.freeze_step = 3;
+    OnebitLamb straight(kLayout, comm, o), reloaded(kLayout, comm, o);
+    Vec ws = initial_weights(3), wr = ws;
+    Vec mask(kSizes[2], 1.0f);
+    for (size_t i = 0; i < mask.size(); i += 3) mask[i] = 0.0f;
+    for (int t = 0; t < 9; ++t) {
+      if (t == 6) {
+        reloaded.load_state(reloaded.state());  // the momentum becomes a plain buffer
+        straight.set_momentum_mask(2, mask);
+        reloaded.set_momentum_mask(2, mask);
+      }
+      Vec g1 = gradient(5, t, comm.rank()), g2 = g1;
+      ASSERT_TRUE(straight.step(ws, g1));
+      ASSERT_TRUE(reloaded.step(wr, g2));
+      ASSERT_EQ(0, std::memcmp(ws.data(), wr.data(), ws.size() * 4)) << "step " << t;
+    }
+    EXPECT_EQ(straight.state().tensors, reloaded.state().tensors);
+    const Vec m = straight.state().tensors.at("m");
+    for (size_t i = 0; i < mask.size(); i += 3) EXPECT_EQ(m[kLayout[2].offset + i], 0.0f) << i;
+  });
+}
+
 TEST(Optimizers, BadOptionsAreNamed) {
   run_local(1, [&](Communicator& comm) {
     auto expect_error = [&](auto make, const std::string& word) {

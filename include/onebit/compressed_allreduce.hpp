@@ -37,14 +37,16 @@ class CompressedAllreduce {
   // First half: worker compression of x (or of the 1-bit LAMB scaled momentum) and the exchange
   // of worker scales. Returns false, with no state changed, if any rank's input was not finite.
   bool compress(std::span<const float> x);
-  bool compress_momentum(std::span<const float> m, std::span<const float> g, float beta1,
-                         const float* k);
+  bool compress_momentum(const kernels::Momentum& m, std::span<const float> g, float beta1, const float* k);
 
   // Second half: all-to-all, server stage, all-gather. The result is bits() decoded with
-  // chunk_scales(); the same on every rank.
+  // chunk_scales(); the same on every rank. The result of the exchange before stays readable as
+  // previous_bits() and previous_chunk_scales(): an optimizer keeps its momentum in these.
   void exchange();
-  const uint8_t* bits() const { return result_bits_.data(); }
-  const float* chunk_scales() const { return server_scales_.data(); }
+  const uint8_t* bits() const { return result_bits_[result_cur_].data(); }
+  const float* chunk_scales() const { return server_scales_[result_cur_].data(); }
+  const uint8_t* previous_bits() const { return result_bits_[1 - result_cur_].data(); }
+  const float* previous_chunk_scales() const { return server_scales_[1 - result_cur_].data(); }
   void decode(std::span<float> out);
 
   // Error state as plain errors (spec §1), for checkpoints and tests: worker error over n
@@ -71,8 +73,12 @@ class CompressedAllreduce {
   float worker_scale_ = 0;
   AlignedVector<float> server_c_;
   float server_scale_ = 0;
-  std::vector<uint8_t> send_bits_, recv_bits_, server_bits_, result_bits_;
-  std::vector<float> worker_scales_, server_scales_;
+  std::vector<uint8_t> send_bits_, recv_bits_, server_bits_;
+  std::vector<float> worker_scales_;
+  // The results of the last two exchanges; result_cur_ is the last.
+  std::vector<uint8_t> result_bits_[2];
+  std::vector<float> server_scales_[2];
+  int result_cur_ = 0;
   // The pipeline of run(): stage s moves words [stage_word_[s], stage_word_[s+1]) of every chunk's
   // sign bits; compress_stage_[s] are the blocks compressed before its all-to-all, decode_stage_[s]
   // the blocks decoded once its all-gather is in.

@@ -65,9 +65,27 @@ class Partition {
 double compress(const Partition& part, ThreadPool& pool, const float* x, const float* prev,
                 float prev_scale, float* next, uint8_t* bits);
 
-// Same, with x = (beta1*m + (1-beta1)*g) * k[layer] computed on the fly (1-bit LAMB §4 step 3;
-// k == nullptr means k = 1, as in 1-bit Adam §5).
-double compress_momentum(const Partition& part, ThreadPool& pool, const float* m, const float* g,
+// The momentum as a kernel reads it: a plain fp32 buffer (`values`), or, in the compression stage
+// of 1-bit LAMB and 1-bit Adam, the sign bits and chunk scales of the last compressed allreduce,
+// which are that momentum exactly (§4 step 5):
+//   m[i] = (chunk_scales[chunk of i] * sign(bit i)) / k[layer]   (* masks[layer][i - layer start])
+// Reading its 1/8 byte instead of 4 bytes, and never writing it back, is what brings the 1-bit
+// LAMB compression step from 64.5 to 48.9 bytes per parameter.
+struct Momentum {
+  const float* values = nullptr;  // when set, m is this buffer and the fields below are unused
+  const uint8_t* bits = nullptr;
+  const float* chunk_scales = nullptr;
+  const float* k = nullptr;             // null: k = 1 (1-bit Adam)
+  const float* const* masks = nullptr;  // null, or per layer: null or that layer's 0/1 mask
+};
+// A kernel reading a Momentum with bits must be given the allreduce's Partition (cut at its chunks).
+
+// out[i] = m[i], written out (for checkpoints, and wherever a plain buffer is wanted).
+void decode_momentum(const Partition& part, ThreadPool& pool, const Momentum& m, float* out);
+
+// Worker compression with x = (beta1*m + (1-beta1)*g) * k[layer] computed on the fly (1-bit LAMB
+// §4 step 3; k == nullptr means k = 1, as in 1-bit Adam §5).
+double compress_momentum(const Partition& part, ThreadPool& pool, const Momentum& m, const float* g,
                          float beta1, const float* k, const float* prev, float prev_scale,
                          float* next, uint8_t* bits);
 
@@ -123,18 +141,21 @@ struct OnebitLambSums {
   float* max_ratio;  // max of (sqrt(v)+eps) / (sqrt(v_fresh)+eps)
 };
 
-// 1-bit LAMB §4 steps 5-7 and the reductions of step 8, one pass. m holds m_prev on entry and the
-// synchronized momentum on exit: m = decode(bits, chunk_scales) / k[layer] (* mask[layer]);
-// g~ = (m - b1*m_prev)/(1-b1); v_fresh <- b2*v_fresh + (1-b2)*g~^2. masks[l] (may be null, and
-// masks itself may be null) points at layer l's mask, indexed from the layer's first element.
-void onebit_lamb_norms(const Partition& part, ThreadPool& pool, const uint8_t* bits,
-                       const float* chunk_scales, const float* k, const float* const* masks,
-                       const MomentParams& p, float* m, const float* v, float* v_fresh,
-                       const float* w, const OnebitLambSums& out);
+// The compression stage's frozen denominator d = sqrt(v) + eps (§4 step 7, §5): v is frozen, so d
+// is computed once, not twice per step. Two square roots of a handful of long operations per
+// element are what bound the compression step's passes on the CPU.
+void frozen_denominator(ThreadPool& pool, std::span<const float> v, float eps, std::span<float> d);
 
-// Update with the moments as they are: w <- w - coef[layer] * (m/(sqrt(v)+eps) + wd*w).
-void frozen_update(const Partition& part, ThreadPool& pool, const float* m, const float* v,
-                   float* w, float eps, float weight_decay, const float* coef);
+// 1-bit LAMB §4 steps 6-7 and the reductions of step 8, one pass, with m the synchronized momentum,
+// m_prev the one of the step before and d the frozen denominator: g~ = (m - b1*m_prev)/(1-b1);
+// v_fresh <- b2*v_fresh + (1-b2)*g~^2.
+void onebit_lamb_norms(const Partition& part, ThreadPool& pool, const Momentum& m, const Momentum& m_prev,
+                       const MomentParams& p, const float* d, float* v_fresh, const float* w,
+                       const OnebitLambSums& out);
+
+// Update with the frozen denominator d: w <- w - coef[layer] * (m/d + wd*w).
+void frozen_update(const Partition& part, ThreadPool& pool, const Momentum& m, const float* d, float* w,
+                   float weight_decay, const float* coef);
 
 // x[i] <- x[i] / d (the warmup average of an allreduced sum).
 void divide(ThreadPool& pool, std::span<float> x, float d);

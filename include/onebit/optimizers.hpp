@@ -93,7 +93,7 @@ class Optimizer {
 
   FlatLayout layout_;
   Communicator& comm_;
-  ThreadPool pool_;
+  mutable ThreadPool pool_;  // mutable: const readers (state()) run kernels too
   kernels::Partition part_;
   int64_t step_ = 0, skipped_ = 0;
   std::vector<double> w_sq_, u_sq_;  // per-layer scratch
@@ -140,10 +140,17 @@ class OnebitLamb : public Optimizer {
   bool warmup_step(std::span<float> w, std::span<float> g);
   bool compression_step(std::span<float> w, std::span<float> g);
   void init_momentum_scale();
+  kernels::Momentum signs(const uint8_t* bits, const float* chunk_scales) const;
+  kernels::Momentum momentum() const;  // the synchronized momentum, wherever it lives now
+  std::vector<float> plain_momentum() const;
 
   OnebitLambOptions opt_;
   CompressedAllreduce allreduce_;
+  // The momentum lives in m_ through the warmup, the first compression step and a load; after a
+  // compressed exchange it is that exchange's result (allreduce_.bits()), and m_ is released.
+  bool m_in_signs_ = false;
   AlignedVector<float> m_, v_, v_fresh_;
+  AlignedVector<float> d_;  // sqrt(v) + eps over the frozen v, from the first compression step on
   std::vector<float> coef_;
   std::vector<float> c_freeze_, last_factor_, k_;
   std::vector<std::vector<float>> masks_;
@@ -163,9 +170,12 @@ class OnebitAdam : public Optimizer {
   void set_lr(float lr) override { opt_.lr = lr; }
 
  private:
+  kernels::Momentum momentum() const;
+
   OnebitAdamOptions opt_;
   CompressedAllreduce allreduce_;
-  AlignedVector<float> m_, v_;
+  bool m_in_signs_ = false;  // as in OnebitLamb
+  AlignedVector<float> m_, v_, d_;  // d_ as in OnebitLamb
   std::vector<float> coef_;
 };
 

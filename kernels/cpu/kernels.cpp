@@ -131,20 +131,31 @@ double sum_pieces(std::span<const double> piece_sums) {
 }
 
 namespace {
+// The momentum over piece p (Momentum -> MomentumPiece): sk = chunk scale / k, exact as §4 step 5
+// asks, since (s * sign) / k = sign * (s / k) in IEEE arithmetic.
+MomentumPiece momentum_piece(const Partition& part, const Momentum& m, const Piece& p) {
+  if (m.values) return {m.values, nullptr, 0.0f, nullptr, 0};
+  const float k = m.k ? m.k[p.layer] : 1.0f;
+  const float* mask = m.masks ? m.masks[p.layer] : nullptr;
+  return {nullptr, m.bits, m.chunk_scales[p.chunk] / k, mask, part.layer_start(p.layer)};
+}
+
 template <class BlockAt>
-void compress_into(const Partition& part, ThreadPool& pool, CompressArgs a, const float* k, size_t count,
-                   BlockAt block_at, double* sums) {
+void compress_into(const Partition& part, ThreadPool& pool, CompressArgs a, const Momentum* m, const float* k,
+                   size_t count, BlockAt block_at, double* sums) {
   a.stream = part.size() * sizeof(float) > kStreamBytes;
   for_blocks(part, pool, count, block_at, [&](size_t idx, const Piece& p) {
     CompressArgs pa = a;
     if (k) pa.k = k[p.layer];
+    if (m) pa.m = momentum_piece(part, *m, p);
     sums[idx] = K().compress(p.begin, p.end, pa);
   });
 }
 
-double compress_with(const Partition& part, ThreadPool& pool, const CompressArgs& a, const float* k) {
+double compress_with(const Partition& part, ThreadPool& pool, const CompressArgs& a, const Momentum* m,
+                     const float* k) {
   std::vector<double> sums(part.pieces().size());
-  compress_into(part, pool, a, k, part.num_blocks(), [](size_t b) { return b; }, sums.data());
+  compress_into(part, pool, a, m, k, part.num_blocks(), [](size_t b) { return b; }, sums.data());
   return sum_pieces(sums);
 }
 
@@ -161,7 +172,7 @@ void decode_into(const Partition& part, ThreadPool& pool, size_t count, BlockAt 
 void compress_blocks(const Partition& part, ThreadPool& pool, std::span<const uint32_t> blocks,
                      const float* x, const float* prev, float prev_scale, float* next,
                      uint8_t* bits, double* piece_sums) {
-  compress_into(part, pool, {x, nullptr, nullptr, 1, 0, 1, prev, prev_scale, next, bits, false}, nullptr,
+  compress_into(part, pool, {x, {}, nullptr, 1, 0, 1, prev, prev_scale, next, bits, false}, nullptr, nullptr,
                 blocks.size(), [&](size_t i) { return blocks[i]; }, piece_sums);
 }
 
@@ -172,15 +183,28 @@ void decode_blocks(const Partition& part, ThreadPool& pool, std::span<const uint
 
 double compress(const Partition& part, ThreadPool& pool, const float* x, const float* prev,
                 float prev_scale, float* next, uint8_t* bits) {
-  return compress_with(part, pool, {x, nullptr, nullptr, 1, 0, 1, prev, prev_scale, next, bits, false},
+  return compress_with(part, pool, {x, {}, nullptr, 1, 0, 1, prev, prev_scale, next, bits, false}, nullptr,
                        nullptr);
 }
 
-double compress_momentum(const Partition& part, ThreadPool& pool, const float* m, const float* g,
+double compress_momentum(const Partition& part, ThreadPool& pool, const Momentum& m, const float* g,
                          float beta1, const float* k, const float* prev, float prev_scale,
                          float* next, uint8_t* bits) {
   return compress_with(part, pool,
-                       {nullptr, m, g, beta1, 1.0f - beta1, 1.0f, prev, prev_scale, next, bits, false}, k);
+                       {nullptr, {}, g, beta1, 1.0f - beta1, 1.0f, prev, prev_scale, next, bits, false}, &m, k);
+}
+
+void decode_momentum(const Partition& part, ThreadPool& pool, const Momentum& m, float* out) {
+  for_pieces(part, pool, [&](size_t, const Piece& p) {
+    const MomentumPiece mp = momentum_piece(part, m, p);
+    if (mp.values) {
+      std::copy(mp.values + p.begin, mp.values + p.end, out + p.begin);
+      return;
+    }
+    K().decode(p.begin, p.end, {mp.bits, mp.sk, out, false});
+    if (mp.mask)
+      for (size_t i = p.begin; i < p.end; ++i) out[i] = out[i] * mp.mask[i - mp.mask_base];
+  });
 }
 
 double server_average(const Partition& part, ThreadPool& pool, const uint8_t* worker_bits,
@@ -232,16 +256,20 @@ void lamb_update(const Partition& part, ThreadPool& pool, const float* g, float*
   });
 }
 
-void onebit_lamb_norms(const Partition& part, ThreadPool& pool, const uint8_t* bits,
-                       const float* chunk_scales, const float* k, const float* const* masks,
-                       const MomentParams& p, float* m, const float* v, float* v_fresh,
-                       const float* w, const OnebitLambSums& out) {
+void frozen_denominator(ThreadPool& pool, std::span<const float> v, float eps, std::span<float> d) {
+  ONEBIT_CHECK(d.size() == v.size(), "frozen_denominator: sizes differ");
+  pool.for_range(v.size(), [&](size_t b, size_t e) {
+    for (size_t i = b; i < e; ++i) d[i] = std::sqrt(v[i]) + eps;
+  });
+}
+
+void onebit_lamb_norms(const Partition& part, ThreadPool& pool, const Momentum& m, const Momentum& m_prev,
+                       const MomentParams& p, const float* d, float* v_fresh, const float* w,
+                       const OnebitLambSums& out) {
   std::vector<OnebitSums> sums(part.pieces().size());
   for_pieces(part, pool, [&](size_t idx, const Piece& pc) {
-    const float* mask = masks ? masks[pc.layer] : nullptr;
-    const OnebitArgs a{bits, chunk_scales[pc.chunk], k[pc.layer], mask, part.layer_start(pc.layer),
-                       m, v, v_fresh, w, p.beta1, 1.0f - p.beta1, p.beta2, 1.0f - p.beta2, p.eps,
-                       p.weight_decay};
+    const OnebitArgs a{momentum_piece(part, m, pc), momentum_piece(part, m_prev, pc), d, v_fresh, w, p.beta1,
+                       1.0f - p.beta1, p.beta2, 1.0f - p.beta2, p.eps, p.weight_decay};
     sums[idx] = K().onebit_norms(pc.begin, pc.end, a);
   });
   const size_t L = part.num_layers();
@@ -258,10 +286,10 @@ void onebit_lamb_norms(const Partition& part, ThreadPool& pool, const uint8_t* b
   }
 }
 
-void frozen_update(const Partition& part, ThreadPool& pool, const float* m, const float* v,
-                   float* w, float eps, float weight_decay, const float* coef) {
+void frozen_update(const Partition& part, ThreadPool& pool, const Momentum& m, const float* d, float* w,
+                   float weight_decay, const float* coef) {
   for_pieces(part, pool, [&](size_t, const Piece& pc) {
-    K().frozen_update(pc.begin, pc.end, {m, v, w, eps, weight_decay, coef[pc.layer]});
+    K().frozen_update(pc.begin, pc.end, {momentum_piece(part, m, pc), d, w, weight_decay, coef[pc.layer]});
   });
 }
 

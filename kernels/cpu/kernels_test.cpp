@@ -82,7 +82,7 @@ std::vector<Case> make_cases(std::mt19937_64& rng) {
 struct Data {
   MomentParams p;
   std::vector<std::vector<float>> x, g;  // one per step
-  std::vector<float> m, v, v_fresh, w, prev, mask_store, k, coef, chunk_scales;
+  std::vector<float> m, v, v_fresh, w, prev, mask_store, k, coef, chunk_scales, prev_chunk_scales;
   float prev_scale = 0, f_scale = 0;
   size_t stride = 0;  // bytes per worker chunk of sign bits
   std::vector<std::vector<uint8_t>> worker_bits;
@@ -137,6 +137,7 @@ Data make_data(const Case& c, std::mt19937_64& rng) {
   d.coef = per(c.layers(), 1e-4f, 1e-2f);
   d.chunk_scales = per(c.chunks(), 0.0f, 2.0f);
   d.chunk_scales[0] = unit(rng) < 0.5f ? 0.0f : d.chunk_scales[0];  // a zero scale decodes to +-0
+  d.prev_chunk_scales = per(c.chunks(), 0.0f, 2.0f);
   d.prev_scale = unit(rng);
   d.f_scale = unit(rng);
   d.stride = (c.n + 63) / 64 * 8;
@@ -230,11 +231,28 @@ struct Run {
 };
 using Runner = Out (*)(const Run&);
 
+// A momentum in the form a kernel reads (Momentum), and the plain values the reference reads for it:
+// d.m itself, or the sign bits worker_bits[which] decoded with `scales`, d.k and `masks`.
+struct MomentumInput {
+  Momentum m;
+  std::vector<float> plain;
+};
+MomentumInput momentum_input(const Run& r, bool signs, size_t which, const std::vector<float>& scales,
+                             const float* const* masks) {
+  if (!signs) return {{.values = r.d.m.data()}, r.d.m};
+  const uint8_t* bits = r.d.worker_bits[which].data();
+  std::vector<float> plain = r.d.m;  // the sentinel tail stays
+  ref::decode_momentum(r.c.n, r.c.bounds, r.c.chunk, bits, scales.data(), r.d.k.data(), masks, plain.data());
+  return {{.bits = bits, .chunk_scales = scales.data(), .k = r.d.k.data(), .masks = masks}, std::move(plain)};
+}
+
 // kSteps compressions in a row with the state carried: steps 0-1 alternate buffers, 2-3 in place.
-template <bool kMomentum>
+// With kMomentum, x is the scaled momentum, its m plain (kSigns false) or sign bits with masks.
+template <bool kMomentum, bool kSigns = false>
 Out run_compress(const Run& r) {
   const Data& d = r.d;
   const size_t n = r.c.n;
+  const MomentumInput m = momentum_input(r, kSigns, 1, d.prev_chunk_scales, d.masks.data());
   std::vector<float> buf[2] = {d.prev, d.prev};
   std::vector<float> e = d.prev;  // the reference's explicit error
   ref::update_error(n, d.prev.data(), d.prev_scale, e.data());
@@ -248,13 +266,13 @@ Out run_compress(const Run& r) {
     std::vector<float> err = d.prev;
     double sum;
     if (r.pool) {
-      sum = kMomentum ? compress_momentum(r.part, *r.pool, d.m.data(), d.g[t].data(), d.p.beta1, k,
+      sum = kMomentum ? compress_momentum(r.part, *r.pool, m.m, d.g[t].data(), d.p.beta1, k,
                                           buf[cur].data(), scale, c, bits.data())
                       : compress(r.part, *r.pool, d.x[t].data(), buf[cur].data(), scale, c, bits.data());
       out.scales.push_back(scale = scale_from_sum(sum, n));
       materialize_error(std::span(buf[nxt]).first(n), scale, std::span(err).first(n));
     } else {
-      sum = kMomentum ? ref::compress_momentum(n, r.c.bounds, d.m.data(), d.g[t].data(), d.p.beta1, k,
+      sum = kMomentum ? ref::compress_momentum(n, r.c.bounds, m.plain.data(), d.g[t].data(), d.p.beta1, k,
                                                e.data(), c, bits.data())
                       : ref::compress(n, d.x[t].data(), e.data(), c, bits.data());
       ref::update_error(n, c, scale = r.scales.at(t), e.data());
@@ -317,35 +335,64 @@ Out run_lamb(const Run& r) {
   return Out().sum("||w||^2", w_sq).sum("||u||^2", u_sq).blob("m", m).blob("v", v).blob("w", w);
 }
 
-// Without masks, then with every odd layer masked.
+// The frozen denominator the fast kernels take, sqrt(v) + eps (the references take v and eps).
+std::vector<float> frozen_d(const Run& r) {
+  std::vector<float> d(r.d.v.size());
+  frozen_denominator(*r.pool, r.d.v, r.d.p.eps, d);
+  return d;
+}
+
+// The synchronized momentum as sign bits, m_prev plain or as the previous sign bits; without masks,
+// then with every odd layer masked.
+template <bool kSignsPrev>
 Out run_onebit_lamb(const Run& r) {
   const Data& d = r.d;
   const size_t L = r.c.layers();
   Out out;
   for (const float* const* masks : {static_cast<const float* const*>(nullptr), d.masks.data()}) {
-    std::vector<float> m = d.m, v_fresh = d.v_fresh, max_ratio(L, -1.0f);
+    std::vector<float> v_fresh = d.v_fresh, max_ratio(L, -1.0f);
     std::vector<double> w_sq(L, -1), u_sq(L, -1), u0_sq(L, -1);
     const OnebitLambSums sums{w_sq.data(), u_sq.data(), u0_sq.data(), max_ratio.data()};
-    const uint8_t* bits = d.worker_bits[0].data();
-    r.pool ? onebit_lamb_norms(r.part, *r.pool, bits, d.chunk_scales.data(), d.k.data(), masks, d.p,
-                               m.data(), d.v.data(), v_fresh.data(), d.w.data(), sums)
-           : ref::onebit_lamb_norms(r.c.n, r.c.bounds, r.c.chunk, bits, d.chunk_scales.data(), d.k.data(),
-                                    masks, d.p, m.data(), d.v.data(), v_fresh.data(), d.w.data(), sums);
+    const MomentumInput m = momentum_input(r, true, 0, d.chunk_scales, masks);
+    const MomentumInput prev = momentum_input(r, kSignsPrev, 1, d.prev_chunk_scales, masks);
+    r.pool ? onebit_lamb_norms(r.part, *r.pool, m.m, prev.m, d.p, frozen_d(r).data(), v_fresh.data(), d.w.data(), sums)
+           : ref::onebit_lamb_norms(r.c.n, r.c.bounds, m.plain.data(), prev.plain.data(), d.p, d.v.data(),
+                                    v_fresh.data(), d.w.data(), sums);
     const std::string tag = masks ? " (masked)" : "";
-    out.blob("m" + tag, m).blob("v_fresh" + tag, v_fresh).blob("max ratio" + tag, max_ratio);
+    out.blob("v_fresh" + tag, v_fresh).blob("max ratio" + tag, max_ratio);
     out.sum("||w||^2" + tag, w_sq).sum("||u||^2" + tag, u_sq).sum("||u0||^2" + tag, u0_sq);
   }
   return out;
 }
 
+template <bool kSigns>
 Out run_frozen_update(const Run& r) {
   const Data& d = r.d;
+  const MomentumInput m = momentum_input(r, kSigns, 1, d.chunk_scales, d.masks.data());
   std::vector<float> w = d.w;
-  r.pool ? frozen_update(r.part, *r.pool, d.m.data(), d.v.data(), w.data(), d.p.eps, d.p.weight_decay,
-                         d.coef.data())
-         : ref::frozen_update(r.c.n, r.c.bounds, d.m.data(), d.v.data(), w.data(), d.p.eps,
+  r.pool ? frozen_update(r.part, *r.pool, m.m, frozen_d(r).data(), w.data(), d.p.weight_decay, d.coef.data())
+         : ref::frozen_update(r.c.n, r.c.bounds, m.plain.data(), d.v.data(), w.data(), d.p.eps,
                               d.p.weight_decay, d.coef.data());
   return Out().blob("w", w);
+}
+
+// Sign bits with masks, then without masks and k = 1 (1-bit Adam's), then a plain buffer.
+Out run_decode_momentum(const Run& r) {
+  Out out;
+  MomentumInput inputs[] = {momentum_input(r, true, 2, r.d.chunk_scales, r.d.masks.data()),
+                            momentum_input(r, true, 3, r.d.chunk_scales, nullptr), momentum_input(r, false, 0, {}, nullptr)};
+  inputs[1].m.k = nullptr;
+  ref::decode_momentum(r.c.n, r.c.bounds, r.c.chunk, inputs[1].m.bits, r.d.chunk_scales.data(), nullptr, nullptr,
+                       inputs[1].plain.data());
+  for (const MomentumInput& in : inputs) {
+    std::vector<float> o = r.d.w;
+    if (r.pool)
+      decode_momentum(r.part, *r.pool, in.m, o.data());
+    else
+      std::copy(in.plain.begin(), in.plain.begin() + static_cast<std::ptrdiff_t>(r.c.n), o.begin());
+    out.blob("decoded momentum", o);
+  }
+  return out;
 }
 
 Out run_layer_sq_norms(const Run& r) {
@@ -407,11 +454,15 @@ std::string isa_param_name(const ::testing::TestParamInfo<Isa>& info) { return i
 using Kernels = IsaTest;
 TEST_P(Kernels, CompressMatchesReferenceWithLazyError) { check_against_reference(run_compress<false>); }
 TEST_P(Kernels, CompressMomentumMatchesReference) { check_against_reference(run_compress<true>); }
+TEST_P(Kernels, CompressMomentumFromSignsMatchesReference) { check_against_reference(run_compress<true, true>); }
 TEST_P(Kernels, ServerAverageMatchesReferenceWithLazyError) { check_against_reference(run_server); }
 TEST_P(Kernels, DecodeMatchesReference) { check_against_reference(run_decode); }
 TEST_P(Kernels, LambMatchesReference) { check_against_reference(run_lamb); }
-TEST_P(Kernels, OnebitLambNormsMatchReference) { check_against_reference(run_onebit_lamb); }
-TEST_P(Kernels, FrozenUpdateMatchesReference) { check_against_reference(run_frozen_update); }
+TEST_P(Kernels, OnebitLambNormsMatchReference) { check_against_reference(run_onebit_lamb<false>); }
+TEST_P(Kernels, OnebitLambNormsFromSignsMatchReference) { check_against_reference(run_onebit_lamb<true>); }
+TEST_P(Kernels, FrozenUpdateMatchesReference) { check_against_reference(run_frozen_update<false>); }
+TEST_P(Kernels, FrozenUpdateFromSignsMatchesReference) { check_against_reference(run_frozen_update<true>); }
+TEST_P(Kernels, DecodeMomentumMatchesReference) { check_against_reference(run_decode_momentum); }
 TEST_P(Kernels, LayerSqNormsMatchReference) { check_against_reference(run_layer_sq_norms); }
 TEST_P(Kernels, DivideMatchesReference) { check_against_reference(run_divide); }
 
@@ -495,7 +546,7 @@ TEST_P(Kernels, NegativeZeroHasSignPlusOne) {
   materialize_error(next, 0.5f, err);
   for (size_t i = 0; i < n; ++i) ASSERT_EQ(err[i], -0.5f) << "error of -0 at scale 0.5, element " << i;
   std::fill(bits.begin(), bits.end(), 0);
-  compress_momentum(part, pool, zeros.data(), zeros.data(), 0.9f, k.data(), zeros.data(), 0.0f,
+  compress_momentum(part, pool, {.values = zeros.data()}, zeros.data(), 0.9f, k.data(), zeros.data(), 0.0f,
                     next.data(), bits.data());
   for (size_t i = 0; i < n; ++i) ASSERT_TRUE(next[i] == 0.0f && std::signbit(next[i])) << i;
   EXPECT_TRUE(all_ones());
@@ -532,7 +583,7 @@ TEST_P(Kernels, NanInputMakesSumNan) {
     std::vector<float> x = base;
     x[pos] = nan;
     EXPECT_TRUE(std::isnan(compress(part, pool, x.data(), zeros.data(), 0.0f, next.data(), bits.data())));
-    EXPECT_TRUE(std::isnan(compress_momentum(part, pool, base.data(), x.data(), 0.9f, k, zeros.data(),
+    EXPECT_TRUE(std::isnan(compress_momentum(part, pool, {.values = base.data()}, x.data(), 0.9f, k, zeros.data(),
                                              0.0f, next.data(), bits.data())));
     double sq[3], w_sq[3], u_sq[3];
     layer_sq_norms(part, pool, x.data(), sq);
@@ -553,8 +604,11 @@ TEST_P(CrossIsa, BitwiseIdenticalToGeneric) {
   SCOPED_TRACE(seed_note(seed));
   std::mt19937_64 rng(seed);
   ThreadPool pool(3);
-  const Runner runners[] = {run_compress<false>, run_compress<true>, run_server, run_decode, run_lamb,
-                            run_onebit_lamb, run_frozen_update, run_layer_sq_norms, run_divide};
+  const Runner runners[] = {run_compress<false>,     run_compress<true>,      run_compress<true, true>,
+                            run_server,              run_decode,              run_lamb,
+                            run_onebit_lamb<false>,  run_onebit_lamb<true>,   run_frozen_update<false>,
+                            run_frozen_update<true>, run_decode_momentum,     run_layer_sq_norms,
+                            run_divide};
   for (const Case& c : make_cases(rng)) {
     SCOPED_TRACE(c.describe());
     const Data d = make_data(c, rng);

@@ -24,6 +24,7 @@ inline uint16_t load_bits16(const uint8_t* bits, size_t i) {
 }
 inline void store_bits16(uint8_t* bits, size_t i, uint16_t b) { std::memcpy(bits + (i >> 3), &b, 2); }
 inline float pm(bool bit, float s) { return bit ? s : -s; }  // s * sign
+inline G signed_from_bits(uint16_t bits, float s) { return from_bits(bits, s, -s); }
 inline double sq(float x) { return static_cast<double>(x) * static_cast<double>(x); }
 
 // Sum of squares in 16 lanes (lane = index % 16), folded in lane order.
@@ -36,6 +37,18 @@ struct Lanes {
     return s;
   }
 };
+
+// The momentum at element i, and at the aligned group of 16 from i (MomentumPiece).
+inline float momentum(const MomentumPiece& m, size_t i) {
+  if (m.values) return m.values[i];
+  const float x = pm(get_bit(m.bits, i), m.sk);
+  return m.mask ? x * m.mask[i - m.mask_base] : x;
+}
+inline G momentum16(const MomentumPiece& m, size_t i) {
+  if (m.values) return load(m.values + i);
+  const G x = signed_from_bits(load_bits16(m.bits, i), m.sk);
+  return m.mask ? mul(x, load(m.mask + (i - m.mask_base))) : x;
+}
 
 // Calls scalar(i) on the head and tail of [b, e) and group(i) on each aligned run of 16; enter()
 // and leave() bracket the aligned middle (to move lane sums into and out of vector registers).
@@ -61,7 +74,7 @@ double compress_t(size_t b, size_t e, const CompressArgs& a) {
   const float s = a.prev_scale;
   auto scalar = [&](size_t i) {
     const float err = a.prev[i] - pm(a.prev[i] >= 0.0f, s);
-    const float x = kMomentum ? (a.beta1 * a.m[i] + a.one_minus_beta1 * a.g[i]) * a.k : a.x[i];
+    const float x = kMomentum ? (a.beta1 * momentum(a.m, i) + a.one_minus_beta1 * a.g[i]) * a.k : a.x[i];
     const float c = x + err;
     a.next[i] = c;
     set_bit(a.bits, i, c >= 0.0f);
@@ -71,7 +84,7 @@ double compress_t(size_t b, size_t e, const CompressArgs& a) {
   auto group = [&](size_t i) {
     const G prev = load(a.prev + i);
     const G err = sub(prev, pm_sign(prev, s));
-    const G x = kMomentum ? mul(add(mul(b1, load(a.m + i)), mul(omb1, load(a.g + i))), k)
+    const G x = kMomentum ? mul(add(mul(b1, momentum16(a.m, i)), mul(omb1, load(a.g + i))), k)
                           : load(a.x + i);
     const G c = add(x, err);
     if constexpr (kStream) stream(a.next + i, c);
@@ -94,7 +107,10 @@ inline double compress(size_t b, size_t e, const CompressArgs& a) {
   return stream ? compress_t<true, true>(b, e, a) : compress_t<true, false>(b, e, a);
 }
 
-inline double server(size_t b, size_t e, const ServerArgs& a) {
+// kPow2: P is a power of two, so dividing by P and multiplying by 1/P are the same exact scaling,
+// and the pass divides nothing.
+template <bool kPow2>
+double server_t(size_t b, size_t e, const ServerArgs& a) {
   Lanes lanes;
   Acc acc;
   const float world = static_cast<float>(a.world), fs = a.f_scale;
@@ -106,19 +122,24 @@ inline double server(size_t b, size_t e, const ServerArgs& a) {
     set_bit(a.out_bits, i, y >= 0.0f);
     lanes.add(i, y);
   };
-  const G gw = set1(world);
+  const G gw = set1(world), inv = set1(1.0f / world);
   auto group = [&](size_t i) {
     G sum = set1(0.0f);
     for (int p = 0; p < a.world; ++p)
       sum = add(sum, signed_from_bits(load_bits16(a.worker_bits + p * a.stride, i), a.scales[p]));
     const G f = load(a.f + i);
-    const G y = add(div(sum, gw), sub(f, pm_sign(f, fs)));
+    const G y = add(kPow2 ? mul(sum, inv) : div(sum, gw), sub(f, pm_sign(f, fs)));
     store(a.f + i, y);
     store_bits16(a.out_bits, i, ge0_bits(y));
     acc.add_sq(y);
   };
   walk(b, e, scalar, group, [&] { acc.load(lanes.v); }, [&] { acc.store(lanes.v); });
   return lanes.fold();
+}
+
+inline double server(size_t b, size_t e, const ServerArgs& a) {
+  const bool pow2 = a.world > 0 && (a.world & (a.world - 1)) == 0;
+  return pow2 ? server_t<true>(b, e, a) : server_t<false>(b, e, a);
 }
 
 inline void decode(size_t b, size_t e, const DecodeArgs& a) {
@@ -183,26 +204,28 @@ inline LambSums lamb_norms(size_t b, size_t e, const LambArgs& a) { return lamb_
 inline void lamb_update(size_t b, size_t e, const LambArgs& a) { lamb_t<true>(b, e, a); }
 
 // --- 1-bit LAMB compression stage --------------------------------------------------------------
-// m = decode/k (*mask); g~ = (m - b1*m_prev)/(1-b1); vf' = b2*vf + (1-b2)*(g~*g~);
-// d = sqrt(v)+eps; u0 = m/d; u = u0 + wd*w; ratio = d/(sqrt(vf')+eps)
-inline OnebitSums onebit_norms(size_t b, size_t e, const OnebitArgs& a) {
+// g~ = (m - b1*m_prev)/(1-b1); vf' = b2*vf + (1-b2)*(g~*g~);
+// u0 = m/d; u = u0 + wd*w; ratio = d/(sqrt(vf')+eps)   (d = sqrt(v)+eps, given)
+//
+// kTwoValues: both momenta are unmasked signs, m = +-x and m_prev = +-y with x, y fixed over the
+// piece. IEEE arithmetic is symmetric in sign, so g~ is +-(x - b1*y)/(1-b1) where the two signs
+// agree and +-(x + b1*y)/(1-b1) where they differ: g~^2 takes two values, worked out once, and the
+// pass does one divide per element fewer, with the same bits.
+template <bool kTwoValues>
+OnebitSums onebit_norms_t(size_t b, size_t e, const OnebitArgs& a) {
   Lanes lw, lu, lu0;
   Acc aw, au, au0;
   float max_lanes[16];
   for (float& x : max_lanes) x = 0.0f;
-  // decode/k = (+-s)/k = +-(s/k) exactly (division is symmetric in sign): one divide per piece.
-  const float sk = a.scale / a.k;
   auto scalar = [&](size_t i) {
-    float m = pm(get_bit(a.bits, i), sk);
-    if (a.mask) m = m * a.mask[i - a.mask_base];
-    const float gt = (m - a.beta1 * a.m[i]) / a.one_minus_beta1;
+    const float m = momentum(a.m, i);
+    const float gt = (m - a.beta1 * momentum(a.m_prev, i)) / a.one_minus_beta1;
     const float vf = a.beta2 * a.v_fresh[i] + a.one_minus_beta2 * (gt * gt);
     const float w = a.w[i];
-    const float d = std::sqrt(a.v[i]) + a.eps;
+    const float d = a.d[i];
     const float u0 = m / d;
     const float u = u0 + a.weight_decay * w;
     const float ratio = d / (std::sqrt(vf) + a.eps);
-    a.m[i] = m;
     a.v_fresh[i] = vf;
     lw.add(i, w);
     lu.add(i, u);
@@ -213,16 +236,28 @@ inline OnebitSums onebit_norms(size_t b, size_t e, const OnebitArgs& a) {
   const G b1 = set1(a.beta1), omb1 = set1(a.one_minus_beta1), b2 = set1(a.beta2),
           omb2 = set1(a.one_minus_beta2), eps = set1(a.eps), wd = set1(a.weight_decay);
   G mx = set1(0.0f);
+  float gt_sq_agree = 0.0f, gt_sq_differ = 0.0f;
+  if constexpr (kTwoValues) {
+    const float b1y = a.beta1 * a.m_prev.sk;
+    const float agree = (a.m.sk - b1y) / a.one_minus_beta1, differ = (a.m.sk + b1y) / a.one_minus_beta1;
+    gt_sq_agree = agree * agree;
+    gt_sq_differ = differ * differ;
+  }
   auto group = [&](size_t i) {
-    G m = signed_from_bits(load_bits16(a.bits, i), sk);
-    if (a.mask) m = mul(m, load(a.mask + (i - a.mask_base)));
-    const G gt = div(sub(m, mul(b1, load(a.m + i))), omb1);
-    const G vf = add(mul(b2, load(a.v_fresh + i)), mul(omb2, mul(gt, gt)));
+    const G m = momentum16(a.m, i);
+    G gt_sq;
+    if constexpr (kTwoValues) {
+      const auto agree = static_cast<uint16_t>(~(load_bits16(a.m.bits, i) ^ load_bits16(a.m_prev.bits, i)));
+      gt_sq = from_bits(agree, gt_sq_agree, gt_sq_differ);
+    } else {
+      const G gt = div(sub(m, mul(b1, momentum16(a.m_prev, i))), omb1);
+      gt_sq = mul(gt, gt);
+    }
+    const G vf = add(mul(b2, load(a.v_fresh + i)), mul(omb2, gt_sq));
     const G w = load(a.w + i);
-    const G d = add(sqrt(load(a.v + i)), eps);
+    const G d = load(a.d + i);
     const G u0 = div(m, d);
     const G u = add(u0, mul(wd, w));
-    store(a.m + i, m);
     store(a.v_fresh + i, vf);
     aw.add_sq(w);
     au.add_sq(u);
@@ -243,17 +278,22 @@ inline OnebitSums onebit_norms(size_t b, size_t e, const OnebitArgs& a) {
   return {lw.fold(), lu.fold(), lu0.fold(), m};
 }
 
-// w <- w - coef * (m/(sqrt(v)+eps) + wd*w)
+inline OnebitSums onebit_norms(size_t b, size_t e, const OnebitArgs& a) {
+  const bool two_values = !a.m.values && !a.m_prev.values && !a.m.mask && !a.m_prev.mask;
+  return two_values ? onebit_norms_t<true>(b, e, a) : onebit_norms_t<false>(b, e, a);
+}
+
+// w <- w - coef * (m/d + wd*w)   (d = sqrt(v)+eps, given)
 inline void frozen_update(size_t b, size_t e, const FrozenArgs& a) {
   auto scalar = [&](size_t i) {
     const float w = a.w[i];
-    const float u = a.m[i] / (std::sqrt(a.v[i]) + a.eps) + a.weight_decay * w;
+    const float u = momentum(a.m, i) / a.d[i] + a.weight_decay * w;
     a.w[i] = w - a.coef * u;
   };
-  const G eps = set1(a.eps), wd = set1(a.weight_decay), coef = set1(a.coef);
+  const G wd = set1(a.weight_decay), coef = set1(a.coef);
   auto group = [&](size_t i) {
     const G w = load(a.w + i);
-    const G u = add(div(load(a.m + i), add(sqrt(load(a.v + i)), eps)), mul(wd, w));
+    const G u = add(div(momentum16(a.m, i), load(a.d + i)), mul(wd, w));
     store(a.w + i, sub(w, mul(coef, u)));
   };
   walk(b, e, scalar, group, nop, nop);

@@ -7,10 +7,20 @@
 
 namespace onebit::kernels {
 
+// The momentum over one piece: m[i] = values[i], or when values is null
+// m[i] = pm(bit i, sk) (* mask[i - mask_base]) with sk = chunk scale / k (spec §4 step 5).
+struct MomentumPiece {
+  const float* values;
+  const uint8_t* bits;
+  float sk;
+  const float* mask;  // null, or indexed by element - mask_base
+  size_t mask_base;
+};
+
 // Sums over a piece, accumulated in 16 double lanes (lane = element index % 16), folded in lane order.
 struct CompressArgs {
   const float* x;  // plain input; when null the input is the scaled momentum below
-  const float* m;
+  MomentumPiece m;
   const float* g;
   float beta1, one_minus_beta1, k;
   const float* prev;
@@ -46,22 +56,18 @@ struct LambArgs {
 };
 
 struct OnebitArgs {
-  const uint8_t* bits;
-  float scale, k;
-  const float* mask;  // null, or indexed by element - mask_base
-  size_t mask_base;
-  float* m;
-  const float* v;
+  MomentumPiece m, m_prev;
+  const float* d;  // sqrt(v) + eps
   float* v_fresh;
   const float* w;
   float beta1, one_minus_beta1, beta2, one_minus_beta2, eps, weight_decay;
 };
 
 struct FrozenArgs {
-  const float* m;
-  const float* v;
+  MomentumPiece m;
+  const float* d;  // sqrt(v) + eps
   float* w;
-  float eps, weight_decay, coef;
+  float weight_decay, coef;
 };
 
 struct OnebitSums {

@@ -104,21 +104,24 @@ void lamb_update(size_t n, std::span<const size_t> bounds, const float* g, float
   }
 }
 
-void onebit_lamb_norms(size_t n, std::span<const size_t> bounds, size_t chunk_len,
-                       const uint8_t* bits, const float* chunk_scales, const float* k,
-                       const float* const* masks, const MomentParams& p, float* m, const float* v,
-                       float* v_fresh, const float* w, const OnebitLambSums& out) {
+void decode_momentum(size_t n, std::span<const size_t> bounds, size_t chunk_len, const uint8_t* bits,
+                     const float* chunk_scales, const float* k, const float* const* masks, float* m) {
   const std::vector<size_t> b = bounds_or_one(n, bounds);
-  // Step 5 for the whole buffer first, keeping m_prev: the spec's order, not a fused one.
-  std::vector<float> m_prev(m, m + n), decoded(n);
+  std::vector<float> decoded(n);
   decode(n, chunk_len, bits, chunk_scales, decoded.data());
   for (size_t l = 0; l + 1 < b.size(); ++l) {
     const float* mask = masks ? masks[l] : nullptr;
     for (size_t i = b[l]; i < b[l + 1]; ++i) {
-      m[i] = decoded[i] / k[l];
+      m[i] = decoded[i] / (k ? k[l] : 1.0f);
       if (mask) m[i] = m[i] * mask[i - b[l]];
     }
   }
+}
+
+void onebit_lamb_norms(size_t n, std::span<const size_t> bounds, const float* m, const float* m_prev,
+                       const MomentParams& p, const float* v, float* v_fresh, const float* w,
+                       const OnebitLambSums& out) {
+  const std::vector<size_t> b = bounds_or_one(n, bounds);
   for (size_t l = 0; l + 1 < b.size(); ++l) {
     out.w_sq[l] = 0;
     out.u_sq[l] = 0;

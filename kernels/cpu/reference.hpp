@@ -49,13 +49,16 @@ void lamb_norms(size_t n, std::span<const size_t> bounds, const float* g, const 
 void lamb_update(size_t n, std::span<const size_t> bounds, const float* g, float* m, float* v,
                  float* w, const MomentParams& p, const float* coef);
 
-// §4 steps 5-8 (the reductions): m = (scale*sign)/k (*mask); g~ = (m - b1*m_prev)/(1-b1);
+// §4 step 5: m = (chunk_scale*sign)/k[layer] (*mask), in the spec's order (k == nullptr: k = 1).
+void decode_momentum(size_t n, std::span<const size_t> bounds, size_t chunk_len, const uint8_t* bits,
+                     const float* chunk_scales, const float* k, const float* const* masks, float* m);
+
+// §4 steps 6-8 (the reductions): g~ = (m - b1*m_prev)/(1-b1);
 // v_fresh <- b2*v_fresh + (1-b2)*(g~*g~); d = sqrt(v)+eps; u0 = m/d; u = u0 + wd*w;
 // max_ratio = max(0, max of d/(sqrt(v_fresh)+eps)).
-void onebit_lamb_norms(size_t n, std::span<const size_t> bounds, size_t chunk_len,
-                       const uint8_t* bits, const float* chunk_scales, const float* k,
-                       const float* const* masks, const MomentParams& p, float* m, const float* v,
-                       float* v_fresh, const float* w, const OnebitLambSums& out);
+void onebit_lamb_norms(size_t n, std::span<const size_t> bounds, const float* m, const float* m_prev,
+                       const MomentParams& p, const float* v, float* v_fresh, const float* w,
+                       const OnebitLambSums& out);
 
 // §4 step 9 / §5: w <- w - coef[layer]*(m/(sqrt(v)+eps) + wd*w).
 void frozen_update(size_t n, std::span<const size_t> bounds, const float* m, const float* v,

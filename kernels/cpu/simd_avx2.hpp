@@ -39,15 +39,16 @@ inline G pm_sign(const G& x, float s) {
 // cache and the read-for-ownership of its lines.
 inline void stream(float* p, const G& x) { _mm256_stream_ps(p, x.a); _mm256_stream_ps(p + 8, x.b); }
 inline void stream_fence() { _mm_sfence(); }
-inline __m256 signed8(int bits8, __m256 pos, __m256 neg) {
+inline __m256 select8(int bits8, __m256 one, __m256 zero) {
   const __m256i lane_bit = _mm256_setr_epi32(1, 2, 4, 8, 16, 32, 64, 128);
   const __m256i set = _mm256_and_si256(_mm256_set1_epi32(bits8), lane_bit);
   const __m256 mask = _mm256_castsi256_ps(_mm256_cmpeq_epi32(set, lane_bit));
-  return _mm256_blendv_ps(neg, pos, mask);
+  return _mm256_blendv_ps(zero, one, mask);
 }
-inline G signed_from_bits(uint16_t bits, float s) {
-  const __m256 pos = _mm256_set1_ps(s), neg = _mm256_set1_ps(-s);
-  return {signed8(bits & 0xff, pos, neg), signed8(bits >> 8, pos, neg)};
+// element j = one when bit j is set, else zero
+inline G from_bits(uint16_t bits, float one, float zero) {
+  const __m256 a = _mm256_set1_ps(one), b = _mm256_set1_ps(zero);
+  return {select8(bits & 0xff, a, b), select8(bits >> 8, a, b)};
 }
 
 struct Acc {

@@ -32,8 +32,9 @@ inline G pm_sign(const G& x, float s) {
 // Non-temporal store (p must be 64-byte aligned).
 inline void stream(float* p, const G& x) { _mm512_stream_ps(p, x.a); }
 inline void stream_fence() { _mm_sfence(); }
-inline G signed_from_bits(uint16_t bits, float s) {
-  return {_mm512_mask_blend_ps(static_cast<__mmask16>(bits), _mm512_set1_ps(-s), _mm512_set1_ps(s))};
+// element j = one when bit j is set, else zero
+inline G from_bits(uint16_t bits, float one, float zero) {
+  return {_mm512_mask_blend_ps(static_cast<__mmask16>(bits), _mm512_set1_ps(zero), _mm512_set1_ps(one))};
 }
 
 struct Acc {

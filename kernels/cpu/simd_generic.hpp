@@ -34,8 +34,8 @@ inline G pm_sign(const G& a, float s) { ONEBIT_G_LOOP(a.v[j] >= 0.0f ? s : -s); 
 // A store that may bypass the cache (no difference here).
 inline void stream(float* p, const G& a) { store(p, a); }
 inline void stream_fence() {}
-// element j = +s when bit j is set, else -s
-inline G signed_from_bits(uint16_t bits, float s) { ONEBIT_G_LOOP((bits >> j) & 1 ? s : -s); }
+// element j = one when bit j is set, else zero
+inline G from_bits(uint16_t bits, float one, float zero) { ONEBIT_G_LOOP((bits >> j) & 1 ? one : zero); }
 #undef ONEBIT_G_LOOP
 
 // 16 double lanes

@@ -72,7 +72,7 @@ TEST_F(CudaKernels, CompressMomentumMatchesCpu) {
       const std::vector<float> scale = {0.125f};
       std::vector<float> next(n);
       std::vector<uint8_t> bits(bit_bytes(n), 0x5A);
-      const double sum = kernels::compress_momentum(part, pool_, m.data(), g.data(), 0.9f,
+      const double sum = kernels::compress_momentum(part, pool_, {.values = m.data()}, g.data(), 0.9f,
                                                     with_k ? k.data() : nullptr, prev.data(), scale[0],
                                                     next.data(), bits.data());
       auto dm = dev(m), dg = dev(g), dprev = dev(prev), dk = dev(k), dscale = dev(scale);
@@ -205,9 +205,14 @@ TEST_F(CudaKernels, OnebitLambNormsMatchCpu) {
     auto dptrs = dev(dmask_ptrs);
     std::vector<double> w_sq(L), u_sq(L), u0_sq(L);
     std::vector<float> max_ratio(L);
-    kernels::onebit_lamb_norms(part, pool_, bits.data(), scales.data(), k.data(), mask_ptrs.data(), p_,
-                               m.data(), v.data(), v_fresh.data(), w.data(),
+    // The CPU pass reads m from the signs and writes none; the GPU pass writes it out.
+    const kernels::Momentum signs{
+        .bits = bits.data(), .chunk_scales = scales.data(), .k = k.data(), .masks = mask_ptrs.data()};
+    std::vector<float> d(n);
+    kernels::frozen_denominator(pool_, v, p_.eps, d);
+    kernels::onebit_lamb_norms(part, pool_, signs, {.values = m.data()}, p_, d.data(), v_fresh.data(), w.data(),
                                {w_sq.data(), u_sq.data(), u0_sq.data(), max_ratio.data()});
+    kernels::decode_momentum(part, pool_, signs, m.data());
     DeviceArray<double> dw_sq(L), du_sq(L), du0_sq(L);
     DeviceArray<float> dmax(L);
     onebit_lamb_norms(dpart, dbits.data(), dscales.data(), dk.data(), dptrs.data(), p_, dm.data(), dv.data(),
@@ -233,9 +238,11 @@ TEST_F(CudaKernels, FrozenUpdatesMatchCpu) {
     const auto coef = randu(part.num_layers(), n + 3, 1e-4f, 1e-2f);
     auto m = randn(n, n + 4, 0.1f), w = randn(n, n + 5), w2 = w, m2 = m;
     const auto v = randu(n, n + 6, 0.0f, 0.01f);
-    kernels::frozen_update(part, pool_, m.data(), v.data(), w.data(), 1e-8f, 0.01f, coef.data());
+    std::vector<float> d(n);
+    kernels::frozen_denominator(pool_, v, 1e-8f, d);
+    kernels::frozen_update(part, pool_, {.values = m.data()}, d.data(), w.data(), 0.01f, coef.data());
     kernels::decode(part, pool_, bits.data(), scales.data(), m2.data());
-    kernels::frozen_update(part, pool_, m2.data(), v.data(), w2.data(), 1e-8f, 0.01f, coef.data());
+    kernels::frozen_update(part, pool_, {.values = m2.data()}, d.data(), w2.data(), 0.01f, coef.data());
     auto dm = dev(randn(n, n + 4, 0.1f)), dv = dev(v), dw = dev(randn(n, n + 5)), dcoef = dev(coef);
     auto dm2 = dev(randn(n, n + 4, 0.1f)), dw2 = dev(randn(n, n + 5)), dscales = dev(scales);
     auto dbits = dev(bits);
