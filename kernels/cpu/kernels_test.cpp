@@ -380,7 +380,8 @@ Out run_frozen_update(const Run& r) {
 Out run_decode_momentum(const Run& r) {
   Out out;
   MomentumInput inputs[] = {momentum_input(r, true, 2, r.d.chunk_scales, r.d.masks.data()),
-                            momentum_input(r, true, 3, r.d.chunk_scales, nullptr), momentum_input(r, false, 0, {}, nullptr)};
+                            momentum_input(r, true, 3, r.d.chunk_scales, nullptr),
+                            momentum_input(r, false, 0, {}, nullptr)};
   inputs[1].m.k = nullptr;
   ref::decode_momentum(r.c.n, r.c.bounds, r.c.chunk, inputs[1].m.bits, r.d.chunk_scales.data(), nullptr, nullptr,
                        inputs[1].plain.data());
