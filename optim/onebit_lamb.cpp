@@ -34,8 +34,8 @@ void OnebitLamb::set_momentum_mask(size_t layer, std::span<const float> mask) {
                       << layout_[layer].size);
   // The stored momentum carries the old mask: write it out before the mask changes.
   if (m_in_signs_) {
-    const std::vector<float> m = plain_momentum();
-    m_.assign(m.begin(), m.end());
+    m_.resize(layout_.total());
+    kernels::decode_momentum(allreduce_.partition(), pool_, momentum(), m_.data());
     m_in_signs_ = false;
   }
   masks_[layer].assign(mask.begin(), mask.end());
@@ -86,12 +86,6 @@ kernels::Momentum OnebitLamb::momentum() const {
   return m_in_signs_ ? signs(allreduce_.bits(), allreduce_.chunk_scales()) : kernels::Momentum{.values = m_.data()};
 }
 
-std::vector<float> OnebitLamb::plain_momentum() const {
-  std::vector<float> m(layout_.total());
-  kernels::decode_momentum(allreduce_.partition(), pool_, momentum(), m.data());
-  return m;
-}
-
 bool OnebitLamb::compression_step(std::span<float> w, std::span<float> g) {
   if (k_.empty()) init_momentum_scale();
   if (d_.empty()) {
@@ -136,7 +130,8 @@ bool OnebitLamb::compression_step(std::span<float> w, std::span<float> g) {
 OptimizerState OnebitLamb::state() const {
   OptimizerState s;
   save_common(s);
-  s.tensors["m"] = plain_momentum();
+  s.tensors["m"].resize(layout_.total());
+  kernels::decode_momentum(allreduce_.partition(), pool_, momentum(), s.tensors["m"].data());
   s.tensors["v"] = plain(v_);
   s.tensors["v_fresh"] = plain(v_fresh_);
   s.tensors["c_freeze"] = c_freeze_;

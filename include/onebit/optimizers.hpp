@@ -142,7 +142,6 @@ class OnebitLamb : public Optimizer {
   void init_momentum_scale();
   kernels::Momentum signs(const uint8_t* bits, const float* chunk_scales) const;
   kernels::Momentum momentum() const;  // the synchronized momentum, wherever it lives now
-  std::vector<float> plain_momentum() const;
 
   OnebitLambOptions opt_;
   CompressedAllreduce allreduce_;

@@ -379,12 +379,11 @@ Out run_frozen_update(const Run& r) {
 // Sign bits with masks, then without masks and k = 1 (1-bit Adam's), then a plain buffer.
 Out run_decode_momentum(const Run& r) {
   Out out;
-  MomentumInput inputs[] = {momentum_input(r, true, 2, r.d.chunk_scales, r.d.masks.data()),
-                            momentum_input(r, true, 3, r.d.chunk_scales, nullptr),
-                            momentum_input(r, false, 0, {}, nullptr)};
-  inputs[1].m.k = nullptr;
-  ref::decode_momentum(r.c.n, r.c.bounds, r.c.chunk, inputs[1].m.bits, r.d.chunk_scales.data(), nullptr, nullptr,
-                       inputs[1].plain.data());
+  MomentumInput adam{{.bits = r.d.worker_bits[3].data(), .chunk_scales = r.d.chunk_scales.data()}, r.d.m};
+  ref::decode_momentum(r.c.n, r.c.bounds, r.c.chunk, adam.m.bits, adam.m.chunk_scales, nullptr, nullptr,
+                       adam.plain.data());
+  const MomentumInput inputs[] = {momentum_input(r, true, 2, r.d.chunk_scales, r.d.masks.data()), adam,
+                                  momentum_input(r, false, 0, {}, nullptr)};
   for (const MomentumInput& in : inputs) {
     std::vector<float> o = r.d.w;
     if (r.pool)
