@@ -6,8 +6,9 @@
 #include <atomic>
 #include <condition_variable>
 #include <mutex>
-#include <sstream>
+#include <charconv>
 #include <string>
+#include <string_view>
 #include <thread>
 #include <vector>
 
@@ -28,6 +29,19 @@ struct Beat {
   bool seen = false, failed = false;
   uint64_t count = 0, entered = 0;
 };
+
+// "<count> <entered>", as beat_once writes it. Parsed without iostreams: built by a GCC that links
+// its C++ runtime statically (the GPU machine's), a number read through a stream here freed a
+// locale that the module's private runtime copy did not own, and the interpreter aborted.
+bool parse_beat(std::string_view text, Beat& b) {
+  const char* end = text.data() + text.size();
+  auto [p, ec] = std::from_chars(text.data(), end, b.count);
+  if (ec != std::errc() || p == end || *p != ' ') return false;
+  auto [q, ec2] = std::from_chars(p + 1, end, b.entered);
+  return ec2 == std::errc() && q == end;
+}
+
+void append_rank(std::string& list, int r) { list += (list.empty() ? "rank " : ", rank ") + std::to_string(r); }
 
 struct Diagnosis {
   std::string text;
@@ -126,9 +140,8 @@ class WatchedCommunicator final : public Communicator {
     for (int r = 0; r < size(); ++r) {
       if (r == rank() || !look_store_->check({key(r)})) continue;
       const std::vector<uint8_t> v = look_store_->get(key(r));
-      std::istringstream in(std::string(v.begin(), v.end()));
       Beat& b = beats[static_cast<size_t>(r)];
-      b.seen = static_cast<bool>(in >> b.count >> b.entered);
+      b.seen = parse_beat(std::string_view(reinterpret_cast<const char*>(v.data()), v.size()), b);
       b.failed = look_store_->check({failed_key(r)});
     }
     return beats;
@@ -146,22 +159,20 @@ class WatchedCommunicator final : public Communicator {
       return {"rank 0 is lost: the job's store on rank 0 does not answer (" + first_line(e.what()) + ")", {}};
     }
     Diagnosis d;
-    std::ostringstream dead, stalled;
+    std::string dead, stalled;
     for (int r = 0; r < size(); ++r) {
       const Beat &a = before[static_cast<size_t>(r)], &b = after[static_cast<size_t>(r)];
       if (r == rank() || b.failed) continue;
-      if (!b.seen || b.count == a.count) dead << (dead.tellp() ? ", " : "") << "rank " << r;
-      else if (b.entered < entered_.load()) stalled << (stalled.tellp() ? ", " : "") << "rank " << r;
+      if (!b.seen || b.count == a.count) append_rank(dead, r);
+      else if (b.entered < entered_.load()) append_rank(stalled, r);
       else d.healthy.push_back(r);
     }
-    std::ostringstream out;
-    if (dead.tellp())
-      out << "lost: " << dead.str() << " (no heartbeat for " << kDiagnosisWindow.count() << " ms: dead or frozen)";
-    if (stalled.tellp())
-      out << (dead.tellp() ? "; " : "") << "stalled: " << stalled.str()
-          << " (alive, but has not reached this collective)";
-    if (!out.tellp()) out << "every other rank's heartbeat is alive and has reached this collective";
-    d.text = out.str();
+    if (!dead.empty())
+      d.text = "lost: " + dead + " (no heartbeat for " + std::to_string(kDiagnosisWindow.count()) +
+               " ms: dead or frozen)";
+    if (!stalled.empty())
+      d.text += (dead.empty() ? "" : "; ") + ("stalled: " + stalled) + " (alive, but has not reached this collective)";
+    if (d.text.empty()) d.text = "every other rank's heartbeat is alive and has reached this collective";
     return d;
   }
 
