@@ -101,14 +101,15 @@ double compressed_allreduce_seconds(const Input& in, double n) {
                          (compress_b + server_b + decode_b);
   const double compress = compute * compress_b, server = compute * server_b, decode = compute * decode_b;
   if (P == 1) return compress + server + decode;
-  // P-1 message steps each: the two scale all-gathers, and per stage one all-to-all (or all-gather).
-  // A stage's fixed cost, like its compute, runs while the stage before it is on the wire.
-  const double alpha = alpha_of(in, in.cal.compressed_alpha);
-  const double scales = 2.0 * (P - 1) * alpha, per_half = stages * (P - 1) * alpha;
+  // P-1 message steps per collective: per stage one all-to-all, then one all-gather (which carries
+  // the server scales), and without a pipeline the all-gather of the worker scales (the pipeline's
+  // last all-to-all carries them). A stage's fixed cost, like its compute, runs while the stage
+  // before it is on the wire; the all-gather and the decode after it overlap with nothing.
+  const double alpha = alpha_of(in, in.cal.compressed_alpha), step = (P - 1) * alpha;
   const double half_wire = compressed_allreduce_bytes(n, P) / 2 * seconds_per_byte(in);
-  if (stages == 1) return scales + 2 * per_half + compress + 2 * half_wire + server + decode;
-  return scales + overlapped(compress + per_half, half_wire, stages) + server +
-         overlapped(half_wire, decode + per_half, stages);
+  const double gather = step + half_wire + server + decode;
+  if (stages == 1) return step + compress + step + half_wire + gather;
+  return overlapped(compress + stages * step, half_wire, stages) + gather;
 }
 
 Calibration fit(const std::vector<Sample>& samples, int P, double nominal_bandwidth, int cores) {

@@ -78,8 +78,8 @@ struct Plan {
 
 // Seconds of one ring allreduce / one compressed allreduce under the model. The compressed one is
 // the pipeline of CompressedAllreduce::run: compression overlapped with the all-to-all (half the
-// bytes), the server stage, then the all-gather (the other half) overlapped with decoding; its
-// compute is split between the passes by the bytes each moves.
+// bytes), then the server stage, the all-gather (the other half) and the decode; its compute is
+// split between the passes by the bytes each moves.
 double ring_allreduce_seconds(const Input& in, double elements, double bytes_per_element);
 double compressed_allreduce_seconds(const Input& in, double elements);
 

@@ -1,4 +1,6 @@
 // The compressed allreduce of spec §2: worker compression, all-to-all, server average, all-gather.
+// Each scale travels with its sign bits where it can (the server's always, a worker's in run()'s
+// pipeline): a separate 4-byte collective costs a round of messages and a wait for every rank.
 #include "onebit/compressed_allreduce.hpp"
 
 #include <algorithm>
@@ -29,7 +31,9 @@ CompressedAllreduce::CompressedAllreduce(Communicator& comm, ThreadPool& pool, s
   server_c_.assign(server_real(), 0.0f);
   send_bits_.assign(n_pad_ / 8, 0);
   recv_bits_.assign(n_pad_ / 8, 0);
-  server_bits_.assign(chunk_size() / 8, 0);
+  // This rank's server result is sent as it lies: its sign bits, then its scale.
+  server_bits_.assign(chunk_size() / 8 + sizeof(float), 0);
+  gathered_.assign(P * server_bits_.size(), 0);
   worker_scales_.assign(P, 0.0f);
   for (int r = 0; r < 2; ++r) {
     result_bits_[r].assign(n_pad_ / 8, 0);
@@ -52,23 +56,18 @@ void CompressedAllreduce::plan_stages() {
   auto stage_of = [&](size_t offset) {  // the stage that moves word `offset` of a chunk
     return static_cast<size_t>(std::upper_bound(stage_word_.begin(), stage_word_.end(), offset) - stage_word_.begin()) - 1;
   };
-  // A block is compressed before the first stage that sends any of its words and decoded after the
-  // last stage that brings one in.
+  // A block is compressed before the first stage that sends any of its words.
   compress_stage_.assign(S, {});
-  decode_stage_.assign(S, {});
   for (size_t b = 0; b < part_.num_blocks(); ++b) {
     const auto pieces = part_.block(b);
     const size_t w0 = pieces.front().begin / 64, w1 = (pieces.back().end - 1) / 64;
-    size_t first = S, last = 0;
-    for (size_t c = w0 / words; c <= w1 / words; ++c) {
-      first = std::min(first, stage_of(c == w0 / words ? w0 % words : 0));
-      last = std::max(last, stage_of(c == w1 / words ? w1 % words : words - 1));
-    }
+    size_t first = S;
+    for (size_t c = w0 / words; c <= w1 / words; ++c) first = std::min(first, stage_of(c == w0 / words ? w0 % words : 0));
     compress_stage_[first].push_back(static_cast<uint32_t>(b));
-    decode_stage_[last].push_back(static_cast<uint32_t>(b));
   }
   piece_sums_.assign(part_.pieces().size(), 0.0);
-  stage_send_.resize(send_bits_.size() / S + 8 * static_cast<size_t>(comm_.size()));
+  // Stages differ by at most one word per chunk; the last one's pieces also carry the scale.
+  stage_send_.resize(send_bits_.size() / S + (8 + sizeof(float)) * static_cast<size_t>(comm_.size()));
   stage_recv_.resize(stage_send_.size());
 }
 
@@ -98,8 +97,12 @@ bool CompressedAllreduce::compress_momentum(const kernels::Momentum& m, std::spa
 
 bool CompressedAllreduce::finish_compress(double sum_sq) {
   const float scale = kernels::scale_from_sum(sum_sq, n_);
-  // A NaN or infinity anywhere makes that rank's scale non-finite; every rank sees every scale.
   comm_.allgather_values(std::span<const float>(&scale, 1), std::span<float>(worker_scales_));
+  return accept_worker_scales(scale);
+}
+
+// A NaN or infinity anywhere makes that rank's scale non-finite, and every rank has every scale.
+bool CompressedAllreduce::accept_worker_scales(float scale) {
   for (float s : worker_scales_)
     if (!std::isfinite(s)) return false;
   worker_cur_ = 1 - worker_cur_;
@@ -110,13 +113,21 @@ bool CompressedAllreduce::finish_compress(double sum_sq) {
 void CompressedAllreduce::exchange() {
   result_cur_ = 1 - result_cur_;
   comm_.alltoall(std::as_bytes(std::span(send_bits_)), std::as_writable_bytes(std::span(recv_bits_)));
-  const double sum_sq = kernels::server_average(server_part_, pool_, recv_bits_.data(),
-                                                chunk_size() / 8, worker_scales_, server_c_.data(),
-                                                server_scale_, server_bits_.data());
+  serve_and_gather();
+}
+
+// The server stage over this rank's chunk, then the all-gather of every chunk's result.
+void CompressedAllreduce::serve_and_gather() {
+  const size_t P = static_cast<size_t>(comm_.size()), chunk_bytes = chunk_size() / 8, piece = server_bits_.size();
+  const double sum_sq = kernels::server_average(server_part_, pool_, recv_bits_.data(), chunk_bytes, worker_scales_,
+                                                server_c_.data(), server_scale_, server_bits_.data());
   server_scale_ = kernels::scale_from_sum(sum_sq, server_real());
-  comm_.allgather(std::as_bytes(std::span(server_bits_)),
-                  std::as_writable_bytes(std::span(result_bits_[result_cur_])));
-  comm_.allgather_values(std::span<const float>(&server_scale_, 1), std::span<float>(server_scales_[result_cur_]));
+  std::memcpy(server_bits_.data() + chunk_bytes, &server_scale_, sizeof(float));
+  comm_.allgather(std::as_bytes(std::span(server_bits_)), std::as_writable_bytes(std::span(gathered_)));
+  for (size_t j = 0; j < P; ++j) {
+    std::memcpy(result_bits_[result_cur_].data() + j * chunk_bytes, gathered_.data() + j * piece, chunk_bytes);
+    std::memcpy(&server_scales_[result_cur_][j], gathered_.data() + j * piece + chunk_bytes, sizeof(float));
+  }
 }
 
 void CompressedAllreduce::decode(std::span<float> out) {
@@ -124,29 +135,34 @@ void CompressedAllreduce::decode(std::span<float> out) {
   kernels::decode(part_, pool_, bits(), chunk_scales(), out.data());
 }
 
-// Stage s of the all-to-all (gather false) or of the all-gather (gather true), through staging
-// buffers: every chunk's words of this stage, packed.
-void CompressedAllreduce::exchange_stage(int s, bool gather) {
+// Stage s of the all-to-all through staging buffers: every chunk's words of this stage, packed, each
+// followed by this rank's worker scale when `scale` is given (the last stage), which fills
+// worker_scales_ on arrival.
+void CompressedAllreduce::alltoall_stage(int s, const float* scale) {
   const size_t P = static_cast<size_t>(comm_.size()), chunk_bytes = chunk_size() / 8;
   const size_t off = stage_word_[s] * 8, len = (stage_word_[s + 1] - stage_word_[s]) * 8;
-  const auto recv = std::as_writable_bytes(std::span(stage_recv_.data(), P * len));
-  if (gather) {
-    comm_.allgather(std::as_bytes(std::span(server_bits_.data() + off, len)), recv);
-  } else {
-    for (size_t j = 0; j < P; ++j) std::memcpy(stage_send_.data() + j * len, send_bits_.data() + j * chunk_bytes + off, len);
-    comm_.alltoall(std::as_bytes(std::span(stage_send_.data(), P * len)), recv);
+  const size_t piece = len + (scale ? sizeof(float) : 0);
+  for (size_t j = 0; j < P; ++j) {
+    std::memcpy(stage_send_.data() + j * piece, send_bits_.data() + j * chunk_bytes + off, len);
+    if (scale) std::memcpy(stage_send_.data() + j * piece + len, scale, sizeof(float));
   }
-  uint8_t* dest = gather ? result_bits_[result_cur_].data() : recv_bits_.data();
-  for (size_t j = 0; j < P; ++j) std::memcpy(dest + j * chunk_bytes + off, stage_recv_.data() + j * len, len);
+  comm_.alltoall(std::as_bytes(std::span(stage_send_.data(), P * piece)),
+                 std::as_writable_bytes(std::span(stage_recv_.data(), P * piece)));
+  for (size_t j = 0; j < P; ++j) {
+    std::memcpy(recv_bits_.data() + j * chunk_bytes + off, stage_recv_.data() + j * piece, len);
+    if (scale) std::memcpy(&worker_scales_[j], stage_recv_.data() + j * piece + len, sizeof(float));
+  }
 }
 
-// run() as a pipeline of stages_ stages, the same bits as compress + exchange + decode: a helper
-// thread compresses the blocks of stage s+1 while this one sends stage s; then, after the server
-// stage, this thread gathers stage s+1 while the helper decodes stage s.
+// run() with its compression pipelined: the same bits as compress + exchange + decode. A helper
+// thread compresses the blocks of stage s+1 while this one sends stage s. The all-gather is one
+// collective: a ring's every stage pays P-1 hops of latency, which cost more than the decode it
+// would hide (on 4 ranks sharing 2 cores at 1 Gbit/s, 8 stages took 50-65 ms, one plus the decode 30).
 bool CompressedAllreduce::run_pipelined(std::span<float> x) {
   ONEBIT_CHECK(x.size() == n_, "compressed allreduce on rank " << comm_.rank() << ": buffer has "
                                                                 << x.size() << " elements, built for " << n_);
   const int cur = worker_cur_;
+  float scale = 0;
   {
     Overlap compressing([&](Overlap& o) {
       for (int s = 0; s < stages_; ++s) {
@@ -157,25 +173,17 @@ bool CompressedAllreduce::run_pipelined(std::span<float> x) {
     });
     for (int s = 0; s < stages_; ++s) {
       compressing.wait_helper(s + 1);
-      exchange_stage(s, false);
+      const bool last = s == stages_ - 1;
+      if (last) scale = kernels::scale_from_sum(kernels::sum_pieces(piece_sums_), n_);
+      alltoall_stage(s, last ? &scale : nullptr);
     }
     compressing.join();
   }
-  // A non-finite input shows in its rank's scale; the bits sent so far are simply not used.
-  if (!finish_compress(kernels::sum_pieces(piece_sums_))) return false;
-  const double sum_sq = kernels::server_average(server_part_, pool_, recv_bits_.data(), chunk_size() / 8,
-                                                worker_scales_, server_c_.data(), server_scale_, server_bits_.data());
-  server_scale_ = kernels::scale_from_sum(sum_sq, server_real());
-  comm_.allgather_values(std::span<const float>(&server_scale_, 1), std::span<float>(server_scales_[result_cur_]));
-  Overlap decoding([&](Overlap& o) {
-    for (int s = 0; s < stages_ && o.wait_caller(s + 1); ++s)
-      kernels::decode_blocks(part_, pool_, decode_stage_[s], bits(), chunk_scales(), x.data());
-  });
-  for (int s = 0; s < stages_; ++s) {
-    exchange_stage(s, true);
-    decoding.caller_finished(s + 1);
-  }
-  decoding.join();
+  // A non-finite input shows in its rank's scale; the bits sent are simply not used.
+  if (!accept_worker_scales(scale)) return false;
+  result_cur_ = 1 - result_cur_;
+  serve_and_gather();
+  decode(x);
   return true;
 }
 

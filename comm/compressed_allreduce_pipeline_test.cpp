@@ -1,4 +1,4 @@
-// run()'s pipeline (compression overlapped with the all-to-all, decoding with the all-gather) gives
+// run()'s pipeline (compression overlapped with the all-to-all, the worker scales in its last stage) gives
 // the same bits as the plain halves compress + exchange + decode, which the simulation tests check.
 #include <gtest/gtest.h>
 

@@ -1,6 +1,6 @@
-// Overlap: two threads stepping through the same numbered stages of one call, the caller (who talks
-// to the communicator, as MPI's funneled mode wants) and a helper (who computes); each waits for
-// the stages of the other that it needs. Internal to the compressed allreduce's pipeline.
+// Overlap: a helper thread that computes numbered stages while the caller (who talks to the
+// communicator, as MPI's funneled mode wants) sends each one as soon as it is done. Internal to the
+// compressed allreduce's pipeline.
 #pragma once
 #include <atomic>
 #include <exception>
@@ -18,28 +18,31 @@ class Overlap {
             helper(*this);
           } catch (...) {
             error_ = std::current_exception();
-            set(helper_done_, kFailed);
+            set(kFailed);
           }
         }) {}
-  // Unwinding (the caller's collective threw): tells the helper to stop waiting, then joins it.
+  // Unwinding (the caller's collective threw): the helper finishes its computing, then joins.
   ~Overlap() {
-    if (!thread_.joinable()) return;
-    set(caller_done_, kFailed);
-    thread_.join();
+    if (thread_.joinable()) thread_.join();
   }
   Overlap(const Overlap&) = delete;
   Overlap& operator=(const Overlap&) = delete;
 
-  // The caller finished its first `stages` stages / the helper its first `stages`.
-  void caller_finished(int stages) { set(caller_done_, stages); }
-  void helper_finished(int stages) { set(helper_done_, stages); }
+  // Helper: its first `stages` stages are done.
+  void helper_finished(int stages) { set(stages); }
 
   // Caller: waits until the helper finished `stages` stages; rethrows the helper's exception.
   void wait_helper(int stages) {
-    if (!wait(helper_done_, stages)) rethrow();
+    for (;;) {
+      const int v = done_.load();
+      if (v == kFailed) {
+        thread_.join();
+        std::rethrow_exception(error_);
+      }
+      if (v >= stages) return;
+      done_.wait(v);
+    }
   }
-  // Helper: waits until the caller finished `stages` stages; false when the caller gave up.
-  bool wait_caller(int stages) { return wait(caller_done_, stages); }
 
   // Caller, at the end: joins the helper and rethrows its exception, if any.
   void join() {
@@ -49,24 +52,12 @@ class Overlap {
 
  private:
   static constexpr int kFailed = -1;
-  static void set(std::atomic<int>& a, int v) {
-    a.store(v);
-    a.notify_all();
-  }
-  static bool wait(std::atomic<int>& a, int stages) {
-    for (;;) {
-      const int v = a.load();
-      if (v == kFailed) return false;
-      if (v >= stages) return true;
-      a.wait(v);
-    }
-  }
-  void rethrow() {
-    thread_.join();
-    std::rethrow_exception(error_);
+  void set(int v) {
+    done_.store(v);
+    done_.notify_all();
   }
 
-  std::atomic<int> caller_done_{0}, helper_done_{0};
+  std::atomic<int> done_{0};
   std::exception_ptr error_;
   std::thread thread_;  // last: started once the rest exists
 };

@@ -57,11 +57,13 @@ class CompressedAllreduce {
 
  private:
   bool finish_compress(double sum_sq);
+  bool accept_worker_scales(float scale);
+  void serve_and_gather();
   size_t server_real() const;  // real elements in this rank's chunk
-  // run() on large buffers: compression overlapped with the all-to-all, decoding with the all-gather.
+  // run() on large buffers: compression overlapped with the all-to-all.
   void plan_stages();
   bool run_pipelined(std::span<float> x);
-  void exchange_stage(int s, bool gather);
+  void alltoall_stage(int s, const float* scale);
 
   Communicator& comm_;
   ThreadPool& pool_;
@@ -73,18 +75,17 @@ class CompressedAllreduce {
   float worker_scale_ = 0;
   AlignedVector<float> server_c_;
   float server_scale_ = 0;
-  std::vector<uint8_t> send_bits_, recv_bits_, server_bits_;
+  std::vector<uint8_t> send_bits_, recv_bits_, server_bits_, gathered_;
   std::vector<float> worker_scales_;
   // The results of the last two exchanges; result_cur_ is the last.
   std::vector<uint8_t> result_bits_[2];
   std::vector<float> server_scales_[2];
   int result_cur_ = 0;
   // The pipeline of run(): stage s moves words [stage_word_[s], stage_word_[s+1]) of every chunk's
-  // sign bits; compress_stage_[s] are the blocks compressed before its all-to-all, decode_stage_[s]
-  // the blocks decoded once its all-gather is in.
+  // sign bits; compress_stage_[s] are the blocks compressed before its all-to-all.
   int stages_ = 1;
   std::vector<size_t> stage_word_;
-  std::vector<std::vector<uint32_t>> compress_stage_, decode_stage_;
+  std::vector<std::vector<uint32_t>> compress_stage_;
   std::vector<double> piece_sums_;
   std::vector<uint8_t> stage_send_, stage_recv_;
 };

@@ -101,15 +101,13 @@ void decode(const Partition& part, ThreadPool& pool, const uint8_t* bits,
             const float* chunk_scales, float* out);
 
 // --- stages of a pipelined compressed allreduce ---------------------------------------------
-// compress and decode over a subset of the partition's blocks, so that a caller can overlap them
-// with communication. Across its stages a call must cover every block exactly once, in any order.
+// compress over a subset of the partition's blocks, so that a caller can overlap it with
+// communication. Across its stages a call must cover every block exactly once, in any order.
 // piece_sums (part.pieces().size() entries) receives the sum of each piece compressed; sum_pieces
 // adds them in the pinned order once every block is done: the same bits as one whole compress().
 void compress_blocks(const Partition& part, ThreadPool& pool, std::span<const uint32_t> blocks,
                      const float* x, const float* prev, float prev_scale, float* next,
                      uint8_t* bits, double* piece_sums);
-void decode_blocks(const Partition& part, ThreadPool& pool, std::span<const uint32_t> blocks,
-                   const uint8_t* bits, const float* chunk_scales, float* out);
 double sum_pieces(std::span<const double> piece_sums);
 
 // The error the compressed state stands for: out[i] = c[i] - s*sign(c[i]).

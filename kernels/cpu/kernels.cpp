@@ -158,15 +158,6 @@ double compress_with(const Partition& part, ThreadPool& pool, const CompressArgs
   compress_into(part, pool, a, m, k, part.num_blocks(), [](size_t b) { return b; }, sums.data());
   return sum_pieces(sums);
 }
-
-template <class BlockAt>
-void decode_into(const Partition& part, ThreadPool& pool, size_t count, BlockAt block_at, const uint8_t* bits,
-                 const float* chunk_scales, float* out) {
-  const bool stream = part.size() * sizeof(float) > kStreamBytes;
-  for_blocks(part, pool, count, block_at, [&](size_t, const Piece& p) {
-    K().decode(p.begin, p.end, {bits, chunk_scales[p.chunk], out, stream});
-  });
-}
 }  // namespace
 
 void compress_blocks(const Partition& part, ThreadPool& pool, std::span<const uint32_t> blocks,
@@ -174,11 +165,6 @@ void compress_blocks(const Partition& part, ThreadPool& pool, std::span<const ui
                      uint8_t* bits, double* piece_sums) {
   compress_into(part, pool, {x, {}, nullptr, 1, 0, 1, prev, prev_scale, next, bits, false}, nullptr, nullptr,
                 blocks.size(), [&](size_t i) { return blocks[i]; }, piece_sums);
-}
-
-void decode_blocks(const Partition& part, ThreadPool& pool, std::span<const uint32_t> blocks,
-                   const uint8_t* bits, const float* chunk_scales, float* out) {
-  decode_into(part, pool, blocks.size(), [&](size_t i) { return blocks[i]; }, bits, chunk_scales, out);
 }
 
 double compress(const Partition& part, ThreadPool& pool, const float* x, const float* prev,
@@ -220,7 +206,8 @@ double server_average(const Partition& part, ThreadPool& pool, const uint8_t* wo
 
 void decode(const Partition& part, ThreadPool& pool, const uint8_t* bits,
             const float* chunk_scales, float* out) {
-  decode_into(part, pool, part.num_blocks(), [](size_t b) { return b; }, bits, chunk_scales, out);
+  const bool stream = part.size() * sizeof(float) > kStreamBytes;
+  for_pieces(part, pool, [&](size_t, const Piece& p) { K().decode(p.begin, p.end, {bits, chunk_scales[p.chunk], out, stream}); });
 }
 
 namespace {
