@@ -157,7 +157,8 @@ void CompressedAllreduce::alltoall_stage(int s, const float* scale) {
 // run() with its compression pipelined: the same bits as compress + exchange + decode. A helper
 // thread compresses the blocks of stage s+1 while this one sends stage s. The all-gather is one
 // collective: a ring's every stage pays P-1 hops of latency, which cost more than the decode it
-// would hide (on 4 ranks sharing 2 cores at 1 Gbit/s, 8 stages took 50-65 ms, one plus the decode 30).
+// would hide (4 ranks sharing 2 cores at 1 Gbit/s, 25M elements: 7 stages with the decode
+// overlapped took 48-68 ms, one all-gather and then the decode about 30).
 bool CompressedAllreduce::run_pipelined(std::span<float> x) {
   ONEBIT_CHECK(x.size() == n_, "compressed allreduce on rank " << comm_.rank() << ": buffer has "
                                                                 << x.size() << " elements, built for " << n_);
