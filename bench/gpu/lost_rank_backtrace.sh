@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Where a surviving rank of the lost-rank scenario dies (python/tests test_distributed.py -k
-# killed_rank): runs its three ranks by hand, rank 0 under gdb when the machine has it, and prints
-# every rank's log with its native backtrace on SIGABRT (abort_backtrace.c, preloaded; frames in
-# onebit's module resolved with addr2line). For the GPU machine, after bench/gpu/torch_phase.sh
+# killed_rank): runs its three ranks by hand and prints every rank's log with its native backtrace
+# on SIGABRT (abort_backtrace.c, preloaded, since that machine has no gdb; frames in onebit's module
+# resolved with addr2line). It found the torch 2.11 abort that torch/watchdog.cpp's parse now avoids. For the GPU machine, after bench/gpu/torch_phase.sh
 # has built the Python module (BUILD_TORCH, default build-gpu-torch).
 #
 #   bash bench/gpu/lost_rank_backtrace.sh [KILL_STEP [WATCH]]     # defaults: 1 true (as the test)
