@@ -125,7 +125,8 @@ void CompressedAllreduce::serve_and_gather() {
   std::memcpy(server_bits_.data() + chunk_bytes, &server_scale_, sizeof(float));
   comm_.allgather(std::as_bytes(std::span(server_bits_)), std::as_writable_bytes(std::span(gathered_)));
   for (size_t j = 0; j < P; ++j) {
-    std::memcpy(result_bits_[result_cur_].data() + j * chunk_bytes, gathered_.data() + j * piece, chunk_bytes);
+    if (chunk_bytes > 0)  // an empty buffer has no bits, and memcpy may not take its null pointer
+      std::memcpy(result_bits_[result_cur_].data() + j * chunk_bytes, gathered_.data() + j * piece, chunk_bytes);
     std::memcpy(&server_scales_[result_cur_][j], gathered_.data() + j * piece + chunk_bytes, sizeof(float));
   }
 }
