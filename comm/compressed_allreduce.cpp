@@ -111,13 +111,14 @@ bool CompressedAllreduce::accept_worker_scales(float scale) {
 }
 
 void CompressedAllreduce::exchange() {
-  result_cur_ = 1 - result_cur_;
   comm_.alltoall(std::as_bytes(std::span(send_bits_)), std::as_writable_bytes(std::span(recv_bits_)));
   serve_and_gather();
 }
 
-// The server stage over this rank's chunk, then the all-gather of every chunk's result.
+// The server stage over this rank's chunk, then the all-gather of every chunk's result, which
+// becomes bits() (the one before stays readable as previous_bits()).
 void CompressedAllreduce::serve_and_gather() {
+  result_cur_ = 1 - result_cur_;
   const size_t P = static_cast<size_t>(comm_.size()), chunk_bytes = chunk_size() / 8, piece = server_bits_.size();
   const double sum_sq = kernels::server_average(server_part_, pool_, recv_bits_.data(), chunk_bytes, worker_scales_,
                                                 server_c_.data(), server_scale_, server_bits_.data());
@@ -183,7 +184,6 @@ bool CompressedAllreduce::run_pipelined(std::span<float> x) {
   }
   // A non-finite input shows in its rank's scale; the bits sent are simply not used.
   if (!accept_worker_scales(scale)) return false;
-  result_cur_ = 1 - result_cur_;
   serve_and_gather();
   decode(x);
   return true;

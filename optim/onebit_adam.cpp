@@ -26,10 +26,7 @@ bool OnebitAdam::step(std::span<float> w, std::span<float> g) {
     done = lamb_ratios(g.data(), m_.data(), v_.data(), w.data(), p, 1.0f, 1.0f, unused);
     if (done) kernels::lamb_update(part_, pool_, g.data(), m_.data(), v_.data(), w.data(), p, coef_.data());
   } else {
-    if (d_.empty()) {
-      d_.resize(v_.size());
-      kernels::frozen_denominator(pool_, v_, opt_.eps, d_);
-    }
+    freeze_denominator(d_, v_, opt_.eps);
     done = allreduce_.compress_momentum(momentum(), g, opt_.beta1, nullptr);
     if (done) {
       allreduce_.exchange();

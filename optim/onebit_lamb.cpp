@@ -88,10 +88,7 @@ kernels::Momentum OnebitLamb::momentum() const {
 
 bool OnebitLamb::compression_step(std::span<float> w, std::span<float> g) {
   if (k_.empty()) init_momentum_scale();
-  if (d_.empty()) {
-    d_.resize(v_.size());
-    kernels::frozen_denominator(pool_, v_, opt_.eps, d_);
-  }
+  freeze_denominator(d_, v_, opt_.eps);
   // Steps 2-4: the scaled local momentum (b1*m_prev + (1-b1)*g)*k is formed inside the compression
   // pass and never stored.
   const kernels::Momentum m_prev = momentum();

@@ -45,6 +45,12 @@ bool Optimizer::lamb_ratios(const float* g, const float* m, const float* v, cons
   return true;
 }
 
+void Optimizer::freeze_denominator(AlignedVector<float>& d, std::span<const float> v, float eps) {
+  if (!d.empty()) return;
+  d.resize(v.size());
+  kernels::frozen_denominator(pool_, v, eps, d);
+}
+
 void Optimizer::save_common(OptimizerState& s) const {
   s.counters["step"] = step_;
   s.counters["skipped"] = skipped_;

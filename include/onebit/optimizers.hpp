@@ -89,6 +89,8 @@ class Optimizer {
                    const kernels::MomentParams& p, float min_coeff, float max_coeff,
                    std::vector<double>& ratio);
   void save_common(OptimizerState& s) const;
+  // The compression stage's d = sqrt(v) + eps, filled on its first call: v is frozen from then on.
+  void freeze_denominator(AlignedVector<float>& d, std::span<const float> v, float eps);
   void load_common(const OptimizerState& s);
 
   FlatLayout layout_;
