@@ -2,6 +2,8 @@
 #include "train_cmd.hpp"
 
 #include <CLI/CLI.hpp>
+#include <charconv>
+#include <string>
 
 #include "train/compare.hpp"
 #include "train/corpus.hpp"
@@ -23,9 +25,34 @@ void add_shared(CLI::App* c, TrainOptions& o) {
   c->add_option("--heldout", o.heldout, "fraction of documents held out for evaluation")->capture_default_str();
   c->add_option("--cache-dir", o.cache_dir, "tokenizer and token cache (default: $XDG_CACHE_HOME/onebit or ~/.cache/onebit)");
   c->add_option("--batch", o.batch, "global batch in sequences (split evenly over the workers)")->capture_default_str();
+  c->add_option("--micro-batch", o.micro_batch,
+                "sequences per forward/backward on each worker; gradients accumulate over the local batch (0: all at once)")
+      ->capture_default_str();
   c->add_option("--steps", o.steps, "optimizer steps")->capture_default_str();
-  c->add_option("--freeze-step", o.freeze_step,
-                "last uncompressed warmup step of the 1-bit optimizers (-1: 16% of --steps)")
+  c->add_option_function<std::string>(
+       "--freeze-step",
+       [&o](const std::string& v) {
+         if (v == "auto") {
+           o.freeze_step = 0;
+           return;
+         }
+         int step = 0;
+         const auto [end, ec] = std::from_chars(v.data(), v.data() + v.size(), step);
+         if (ec != std::errc() || end != v.data() + v.size() || step < 1)
+           throw CLI::ValidationError("--freeze-step", "must be a step >= 1 or auto, not '" + v + "'");
+         o.freeze_step = step;
+       },
+       "last uncompressed warmup step of the 1-bit optimizers, or auto: when the second moment has stabilised "
+       "(between 10 steps and 20% of --steps)")
+      ->default_str("auto");
+  c->add_option("--refresh-interval", o.refresh_interval,
+                "1-bit LAMB: a full-precision refresh step this many steps after the freeze, then after doubling "
+                "intervals (0: off, the paper's algorithm; -1: 16 with --freeze-step auto, else off)")
+      ->capture_default_str();
+  c->add_option("--track-scales", o.track_scales,
+                "1-bit LAMB: the per-layer momentum scale k follows the layers' gradient RMS (1: on, 0: off, the paper's; "
+                "-1: on with --freeze-step auto)")
+      ->check(CLI::Range(-1, 1))
       ->capture_default_str();
   c->add_option("--warmup-steps", o.warmup_steps, "linear learning-rate warmup, then linear decay (-1: 10% of --steps)")
       ->capture_default_str();
@@ -45,6 +72,9 @@ void add_shared(CLI::App* c, TrainOptions& o) {
   c->add_option("--eval-samples", o.eval_samples, "held-out sequences per evaluation (the same ones every time)")
       ->capture_default_str();
   c->add_option("--save-every", o.save_every, "checkpoint every K steps (0: only at the end)")->capture_default_str();
+  c->add_flag("--log-layers", o.log_layers,
+              "write layers.jsonl: per step and layer, the trust ratio used (1-bit LAMB: c_freeze x factor, and the "
+              "factor before its clamps)");
   c->add_flag_function("--no-progress", [&o](int64_t) { o.progress = false; }, "no progress bar even on a terminal");
 }
 

@@ -7,6 +7,7 @@ namespace onebit {
 OnebitAdam::OnebitAdam(const FlatLayout& layout, Communicator& comm, OnebitAdamOptions options)
     : Optimizer(layout, comm, options.threads),
       opt_((validate(options, "onebit-adam"), options)),
+      freeze_(opt_.freeze_step, opt_.auto_freeze, layout),
       allreduce_(comm, pool_, layout.total(), layout.boundaries()) {
   agree_across_ranks(comm, layout, settings_of(opt_), name());
   m_.assign(layout.total(), 0.0f);
@@ -19,12 +20,15 @@ bool OnebitAdam::step(std::span<float> w, std::span<float> g) {
   std::fill(coef_.begin(), coef_.end(), opt_.lr);
   const kernels::MomentParams p = moments(opt_);
   bool done;
-  if (step_ < opt_.freeze_step) {
+  if (in_warmup()) {
     average_gradients(g);
     // The LAMB reduction pass only serves to find a non-finite gradient before anything changes.
     std::vector<double> unused;
     done = lamb_ratios(g.data(), m_.data(), v_.data(), w.data(), p, 1.0f, 1.0f, unused);
-    if (done) kernels::lamb_update(part_, pool_, g.data(), m_.data(), v_.data(), w.data(), p, coef_.data());
+    if (done) {
+      kernels::lamb_update(part_, pool_, g.data(), m_.data(), v_.data(), w.data(), p, coef_.data());
+      freeze_.after_warmup_step(step_ + 1, v_.data(), opt_.beta2, part_, pool_);
+    }
   } else {
     freeze_denominator(d_, v_, opt_.eps);
     done = allreduce_.compress_momentum(momentum(), g, opt_.beta1, nullptr);
@@ -53,11 +57,13 @@ OptimizerState OnebitAdam::state() const {
   s.tensors["v"] = plain(v_);
   s.tensors["worker_error"] = allreduce_.worker_error();
   s.tensors["server_error"] = allreduce_.server_error();
+  freeze_.save(s.tensors, s.counters);
   return s;
 }
 
 void OnebitAdam::load_state(const OptimizerState& s) {
   load_common(s);
+  freeze_.load(s.tensors, s.counters, name());
   take(s, "m", m_, layout_.total(), name());
   m_in_signs_ = false;
   take(s, "v", v_, layout_.total(), name());

@@ -143,6 +143,8 @@ bool Lamb::step(std::span<float> w, std::span<float> g) {
   return true;
 }
 
+std::vector<float> Lamb::layer_trust() const { return std::vector<float>(ratio_.begin(), ratio_.end()); }
+
 OptimizerState Lamb::state() const {
   OptimizerState s;
   save_common(s);

@@ -314,10 +314,12 @@ TEST(Optimizers, BadOptionsAreNamed) {
     expect_error(with([](auto& c) { c.beta1 = 1; }), "beta1");
     expect_error(with([](auto& c) { c.beta2 = -0.1f; }), "beta2");
     expect_error(with([](auto& c) { c.eps = 0; }), "eps");
-    expect_error(with([](auto& c) { c.freeze_step = 0; }), "freeze_step");
+    expect_error(with([](auto& c) { c.freeze_step = -1; }), "freeze_step");
     expect_error(with([](auto& c) { c.min_coeff = 20; }), "min_coeff");
     expect_error(with([](auto& c) { c.factor_min = 5; }), "factor_min");
-    expect_error([&] { OnebitAdam(kLayout, comm, OnebitAdamOptions{}); }, "freeze_step");
+    OnebitAdamOptions bad_adam;
+    bad_adam.freeze_step = -2;
+    expect_error([&] { OnebitAdam(kLayout, comm, bad_adam); }, "freeze_step");
     OnebitLamb ok(kLayout, comm, o);
     Vec w(kLayout.total()), g(kLayout.total() - 1);
     expect_error([&] { ok.step(w, g); }, "gradients");
@@ -378,7 +380,11 @@ TEST(Optimizers, RanksThatDisagreeAreReportedOnEveryRankNamingWhat) {
                          OnebitAdamOptions o;
                          o.freeze_step = 5;
                          if (comm.rank() == 0) OnebitAdam opt(kLayout, comm, o);
-                         else OnebitLamb opt(kLayout, comm, OnebitLambOptions{{}, 5});
+                         else {
+                           OnebitLambOptions l;
+                           l.freeze_step = 5;
+                           OnebitLamb lamb(kLayout, comm, l);
+                         }
                        }),
                        "rank 1 builds a different optimizer");
   // A rank of another build, whose checkpoints this one could not read.

@@ -19,6 +19,19 @@ void check_common(float lr, float beta1, float beta2, float eps, float wd, int t
   ONEBIT_CHECK(threads >= 1, who << ": threads must be >= 1, got " << threads);
 }
 
+void validate_freeze(int64_t freeze_step, const AutoFreezeOptions& a, const std::string& who) {
+  ONEBIT_CHECK(freeze_step >= 1 || freeze_step == kAutoFreeze,
+               who << ": freeze_step must be >= 1 (the last warmup step) or auto (" << kAutoFreeze << "), got "
+                   << freeze_step);
+  if (freeze_step != kAutoFreeze) return;
+  ONEBIT_CHECK(a.min_steps >= 1 && a.max_steps >= a.min_steps,
+               who << ": the automatic freeze needs 1 <= min_steps <= max_steps, got min_steps " << a.min_steps
+                   << ", max_steps " << a.max_steps);
+  ONEBIT_CHECK(a.window >= 1, who << ": the automatic freeze's window must be >= 1 step, got " << a.window);
+  ONEBIT_CHECK(a.tolerance > 0 && a.tolerance < 1,
+               who << ": the automatic freeze's tolerance must be in (0, 1), got " << a.tolerance);
+}
+
 }  // namespace
 
 void validate(const LambOptions& o, const std::string& who) {
@@ -30,20 +43,33 @@ void validate(const LambOptions& o, const std::string& who) {
 
 void validate(const OnebitLambOptions& o, const std::string& who) {
   validate(static_cast<const LambOptions&>(o), who);
-  ONEBIT_CHECK(o.freeze_step >= 1, who << ": freeze_step must be >= 1 (the last warmup step), got "
-                                       << o.freeze_step);
+  validate_freeze(o.freeze_step, o.auto_freeze, who);
   ONEBIT_CHECK(o.coeff_beta >= 0 && o.coeff_beta < 1, who << ": coeff_beta must be in [0, 1), got " << o.coeff_beta);
   ONEBIT_CHECK(o.factor_min > 0 && o.factor_min <= o.factor_max && std::isfinite(o.factor_max),
                who << ": need 0 < factor_min <= factor_max, got " << o.factor_min << ", " << o.factor_max);
   ONEBIT_CHECK(o.factor_threshold >= 0 && o.factor_threshold < 1,
                who << ": factor_threshold must be in [0, 1), got " << o.factor_threshold);
+  ONEBIT_CHECK(o.refresh_interval >= 0 || o.refresh_interval == kWithAutoFreeze,
+               who << ": refresh_interval must be >= 0 (0: off) or kWithAutoFreeze (" << kWithAutoFreeze << "), got "
+                   << o.refresh_interval);
+  ONEBIT_CHECK(o.track_scales == 0 || o.track_scales == 1 || o.track_scales == kWithAutoFreeze,
+               who << ": track_scales must be 0, 1 or kWithAutoFreeze (" << kWithAutoFreeze << "), got "
+                   << o.track_scales);
 }
 
 void validate(const OnebitAdamOptions& o, const std::string& who) {
   check_common(o.lr, o.beta1, o.beta2, o.eps, o.weight_decay, o.threads, who);
-  ONEBIT_CHECK(o.freeze_step >= 1, who << ": freeze_step must be >= 1 (the last warmup step), got "
-                                       << o.freeze_step);
+  validate_freeze(o.freeze_step, o.auto_freeze, who);
 }
+
+namespace {
+void add_auto_freeze(Settings& s, const AutoFreezeOptions& a) {
+  s.insert(s.end(), {{"auto_freeze.min_steps", static_cast<double>(a.min_steps)},
+                     {"auto_freeze.max_steps", static_cast<double>(a.max_steps)},
+                     {"auto_freeze.window", static_cast<double>(a.window)},
+                     {"auto_freeze.tolerance", a.tolerance}});
+}
+}  // namespace
 
 Settings settings_of(const LambOptions& o) {
   return {{"beta1", o.beta1}, {"beta2", o.beta2}, {"eps", o.eps}, {"weight_decay", o.weight_decay},
@@ -54,13 +80,18 @@ Settings settings_of(const OnebitLambOptions& o) {
   Settings s = settings_of(static_cast<const LambOptions&>(o));
   s.insert(s.end(), {{"freeze_step", static_cast<double>(o.freeze_step)}, {"coeff_beta", o.coeff_beta},
                      {"factor_max", o.factor_max}, {"factor_min", o.factor_min},
-                     {"factor_threshold", o.factor_threshold}});
+                     {"factor_threshold", o.factor_threshold},
+                     {"refresh_interval", static_cast<double>(o.refresh_interval)},
+                     {"track_scales", static_cast<double>(o.track_scales)}});
+  add_auto_freeze(s, o.auto_freeze);
   return s;
 }
 
 Settings settings_of(const OnebitAdamOptions& o) {
-  return {{"beta1", o.beta1}, {"beta2", o.beta2}, {"eps", o.eps}, {"weight_decay", o.weight_decay},
-          {"freeze_step", static_cast<double>(o.freeze_step)}};
+  Settings s{{"beta1", o.beta1}, {"beta2", o.beta2}, {"eps", o.eps}, {"weight_decay", o.weight_decay},
+             {"freeze_step", static_cast<double>(o.freeze_step)}};
+  add_auto_freeze(s, o.auto_freeze);
+  return s;
 }
 
 Fingerprint fingerprint(const FlatLayout& layout, const Settings& settings, const std::string& kind,

@@ -27,7 +27,7 @@ Settings settings_of(const OnebitAdamOptions& o);
 // version, the layer count and shapes, and the settings. Fixed size, so one small all-gather
 // carries it on any backend.
 struct Fingerprint {
-  static constexpr size_t kMaxSettings = 12;
+  static constexpr size_t kMaxSettings = 20;
   uint64_t kind = 0;     // FNV-1a of the optimizer's name
   uint64_t version = 0;  // checkpoint format version of this build
   uint64_t layers = 0, params = 0;

@@ -55,6 +55,15 @@ void read_lamb_like(OptionReader& r, O& o) {
   r.get("threads", o.threads);
 }
 
+template <class O>
+void read_freeze(OptionReader& r, O& o) {
+  r.get("freeze_step", o.freeze_step);  // 0: auto (the Python side maps "auto" to it)
+  r.get("auto_min_steps", o.auto_freeze.min_steps);
+  r.get("auto_max_steps", o.auto_freeze.max_steps);
+  r.get("auto_window", o.auto_freeze.window);
+  r.get("auto_tolerance", o.auto_freeze.tolerance);
+}
+
 onebit::LambOptions lamb_options(const py::dict& d) {
   onebit::LambOptions o;
   OptionReader r(d, "lamb");
@@ -71,11 +80,13 @@ onebit::OnebitLambOptions onebit_lamb_options(const py::dict& d) {
   read_lamb_like(r, o);
   r.get("max_coeff", o.max_coeff);
   r.get("min_coeff", o.min_coeff);
-  r.get("freeze_step", o.freeze_step);
+  read_freeze(r, o);
   r.get("coeff_beta", o.coeff_beta);
   r.get("factor_max", o.factor_max);
   r.get("factor_min", o.factor_min);
   r.get("factor_threshold", o.factor_threshold);
+  r.get("refresh_interval", o.refresh_interval);
+  r.get("track_scales", o.track_scales);
   r.finish();
   return o;
 }
@@ -84,7 +95,7 @@ onebit::OnebitAdamOptions onebit_adam_options(const py::dict& d) {
   onebit::OnebitAdamOptions o;
   OptionReader r(d, "onebit-adam");
   read_lamb_like(r, o);
-  r.get("freeze_step", o.freeze_step);
+  read_freeze(r, o);
   r.finish();
   return o;
 }
@@ -285,6 +296,7 @@ PYBIND11_MODULE(_onebit, m) {
       .def_property_readonly("steps", [](const TorchOptimizer& o) { return o.core().steps(); })
       .def_property_readonly("skipped", [](const TorchOptimizer& o) { return o.core().skipped(); })
       .def_property_readonly("in_warmup", [](const TorchOptimizer& o) { return o.core().in_warmup(); })
+      .def_property_readonly("freeze_step", [](const TorchOptimizer& o) { return o.core().freeze_step(); })
       .def_property_readonly("flat_params", [](TorchOptimizer& o) { return o.flat().params(); })
       .def_property_readonly("flat_grads", [](TorchOptimizer& o) { return o.flat().grads(); })
       .def("is_view", [](TorchOptimizer& o, size_t i) { return o.flat().is_view(i); })

@@ -96,6 +96,7 @@ nlohmann::json compare_json(const nlohmann::json& lamb, const nlohmann::json& on
                           {"wall_seconds", wall},
                           {"samples_per_second", sum.at("samples_per_second")}};
   };
+  const int64_t freeze = onebit.value("freeze_step", nlohmann::json(s.freeze_step)).get<int64_t>();
   nlohmann::json c;
   c["lamb"] = entry(lamb, lamb_wall, "lamb");
   c["onebit_lamb"] = entry(onebit, onebit_wall, "onebit-lamb");
@@ -110,8 +111,9 @@ nlohmann::json compare_json(const nlohmann::json& lamb, const nlohmann::json& on
                  {"bytes_at_least_4_6x_fewer", bb > 0 && ba / bb >= 4.6}};
   c["settings"] = {{"model", s.model}, {"workers", s.workers}, {"backend", s.backend}, {"device", s.device},
                    {"steps", s.steps}, {"batch", s.batch}, {"seq", s.seq}, {"lr", s.lr},
-                   {"warmup_steps", s.warmup_steps}, {"freeze_step", s.freeze_step},
-                   {"freeze_samples", static_cast<int64_t>(s.freeze_step) * s.batch}, {"seed", s.seed},
+                   {"warmup_steps", s.warmup_steps}, {"freeze_step", freeze},
+                   {"freeze_rule", s.freeze_step == 0 ? "auto" : "given"},
+                   {"freeze_samples", freeze * s.batch}, {"seed", s.seed},
                    {"parameters", lamb.at("parameters")}, {"eval_samples", lamb.at("heldout_sequences_evaluated")}};
   return c;
 }

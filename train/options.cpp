@@ -27,8 +27,11 @@ std::vector<std::string> to_args(const TrainOptions& o) {
   if (!o.cache_dir.empty()) add("--cache-dir", o.cache_dir);
   add("--optimizer", o.optimizer);
   add("--batch", std::to_string(o.batch));
+  add("--micro-batch", std::to_string(o.micro_batch));
   add("--steps", std::to_string(o.steps));
-  add("--freeze-step", std::to_string(o.freeze_step));
+  add("--freeze-step", o.freeze_step == 0 ? "auto" : std::to_string(o.freeze_step));
+  add("--refresh-interval", std::to_string(o.refresh_interval));
+  add("--track-scales", std::to_string(o.track_scales));
   add("--warmup-steps", std::to_string(o.warmup_steps));
   add("--lr", exact(o.lr));
   add("--clip", exact(o.clip));
@@ -48,6 +51,7 @@ std::vector<std::string> to_args(const TrainOptions& o) {
   if (!o.resume.empty()) add("--resume", o.resume);
   if (o.reset_errors_on_resize) a.emplace_back("--reset-errors-on-resize");
   if (!o.progress) a.emplace_back("--no-progress");
+  if (o.log_layers) a.emplace_back("--log-layers");
   return a;
 }
 
@@ -71,8 +75,6 @@ TrainOptions resolve_options(const TrainOptions& in) {
   // element, and 1-bit Adam diverges at LAMB's tiny rate (1e-2), so it gets a tenth.
   if (o.lr == 0) o.lr = o.optimizer == "onebit-adam" ? c.lr / 10 : c.lr;
   if (o.dropout < 0) o.dropout = c.dropout;
-  if (o.freeze_step < 0)
-    o.freeze_step = std::max(1, static_cast<int>(std::lround(kDefaultFreezeFraction * o.steps)));
   if (o.warmup_steps < 0) o.warmup_steps = static_cast<int>(std::lround(kDefaultWarmupFraction * o.steps));
   if (o.eval_every <= 0) o.eval_every = std::max(1, o.steps / 20);
   return o;
@@ -93,7 +95,12 @@ void validate_options(const TrainOptions& o) {
   ONEBIT_CHECK(o.batch >= 1, "onebit train: --batch must be at least 1, not " << o.batch);
   ONEBIT_CHECK(o.workers >= 1, "onebit train: --workers must be at least 1, not " << o.workers);
   ONEBIT_CHECK(o.batch % o.workers == 0, "onebit train: --batch " << o.batch << " is not a multiple of --workers " << o.workers);
-  ONEBIT_CHECK(o.freeze_step >= 1, "onebit train: --freeze-step must be at least 1, not " << o.freeze_step);
+  ONEBIT_CHECK(o.micro_batch >= 0, "onebit train: --micro-batch must be >= 0 (0: the whole local batch), not " << o.micro_batch);
+  ONEBIT_CHECK(o.freeze_step >= 0, "onebit train: --freeze-step must be a step >= 1 or auto, not " << o.freeze_step);
+  ONEBIT_CHECK(o.refresh_interval >= -1, "onebit train: --refresh-interval must be >= 0 (0: off) or -1 (on with "
+                                          "--freeze-step auto), not " << o.refresh_interval);
+  ONEBIT_CHECK(o.track_scales >= -1 && o.track_scales <= 1,
+               "onebit train: --track-scales must be 1, 0 or -1 (on with --freeze-step auto), not " << o.track_scales);
   ONEBIT_CHECK(o.warmup_steps >= 0 && o.warmup_steps <= o.steps,
                "onebit train: --warmup-steps must be in [0, --steps], not " << o.warmup_steps);
   ONEBIT_CHECK(o.lr > 0 && std::isfinite(o.lr), "onebit train: --lr must be positive, not " << o.lr);
@@ -111,12 +118,19 @@ void validate_options(const TrainOptions& o) {
 
 nlohmann::json options_json(const TrainOptions& o) {
   return {{"model", o.model}, {"data", o.data}, {"vocab", o.vocab}, {"seq", o.seq}, {"heldout", o.heldout},
-          {"optimizer", o.optimizer}, {"batch", o.batch}, {"steps", o.steps}, {"freeze_step", o.freeze_step},
+          {"optimizer", o.optimizer}, {"batch", o.batch}, {"micro_batch", o.micro_batch}, {"steps", o.steps}, {"freeze_step", o.freeze_step}, {"refresh_interval", o.refresh_interval}, {"track_scales", o.track_scales},
           {"warmup_steps", o.warmup_steps}, {"lr", o.lr}, {"clip", o.clip}, {"weight_decay", o.weight_decay},
           {"beta2", o.beta2}, {"dropout", o.dropout}, {"seed", o.seed}, {"workers", o.workers},
           {"backend", o.backend}, {"device", o.device}, {"threads", o.threads}, {"timeout", o.timeout},
           {"out", o.out}, {"eval_every", o.eval_every}, {"eval_samples", o.eval_samples},
-          {"save_every", o.save_every}, {"resume", o.resume}, {"reset_errors_on_resize", o.reset_errors_on_resize}};
+          {"save_every", o.save_every}, {"log_layers", o.log_layers}, {"resume", o.resume}, {"reset_errors_on_resize", o.reset_errors_on_resize}};
+}
+
+AutoFreezeOptions auto_freeze_options(const TrainOptions& o) {
+  AutoFreezeOptions a;
+  a.max_steps = std::max<int64_t>(1, std::lround(kAutoFreezeCeilingFraction * o.steps));
+  a.min_steps = std::min<int64_t>(kAutoFreezeFloor, a.max_steps);
+  return a;
 }
 
 double lr_at(int64_t step, double peak, int64_t warmup, int64_t steps) {

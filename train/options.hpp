@@ -7,12 +7,14 @@
 
 namespace onebit::train {
 
-// Fraction of --steps spent in the uncompressed warmup stage when --freeze-step is not given.
-// 0.16: the whole-run volume against the fp32 baseline is 1/(w + (1-w)/32) = 5.4x at w = 0.16 (the
-// paper's 4.6x needs w <= 0.19 against fp32; w = 0.2 gives only 4.4x); it is the paper's BERT
-// recipe (1000 of ~7000 steps, ~15%) and inside the spec's 15-25% rule; and on the default
-// `onebit compare` 1-bit LAMB ends within 1.0-1.5% of LAMB's held-out loss (seeds 1-3).
-inline constexpr double kDefaultFreezeFraction = 0.16;
+// --freeze-step auto (the default) ends the 1-bit optimizers' warmup when the second moment has
+// stabilised (onebit::AutoFreezeOptions), at the latest after this fraction of --steps: the whole-run
+// volume against the fp32 baseline is at least 1/(w + (1-w)/32) = 4.4x at w = 0.2.
+inline constexpr double kAutoFreezeCeilingFraction = 0.2;
+// ... and at the earliest after this many steps (or the ceiling, if that comes first).
+inline constexpr int kAutoFreezeFloor = 10;
+// The paper's fixed fraction (its BERT recipe froze after 1000 of ~7000 steps), for comparison.
+inline constexpr double kPaperFreezeFraction = 0.16;
 // Fraction of --steps spent in the linear learning-rate warmup when --warmup-steps is not given.
 inline constexpr double kDefaultWarmupFraction = 0.1;
 
@@ -27,8 +29,11 @@ struct TrainOptions {
   // --- optimization ---
   std::string optimizer = "onebit-lamb";  // lamb | onebit-lamb | onebit-adam
   int batch = 128;                   // global batch in sequences, split evenly over the workers
+  int micro_batch = 0;               // sequences per forward/backward on a worker (gradients accumulate); 0: all
   int steps = 120;                   // optimizer steps (with batch: about a minute of the tiny model on 2 cores)
-  int freeze_step = -1;              // last warmup step of the 1-bit optimizers; -1: kDefaultFreezeFraction of steps
+  int freeze_step = 0;               // last warmup step of the 1-bit optimizers; 0: auto (see kAutoFreezeCeilingFraction)
+  int refresh_interval = -1;         // 1-bit LAMB's full-precision refreshes (0: off; -1: 16 with --freeze-step auto, else off)
+  int track_scales = -1;             // 1-bit LAMB's k follows the layers' gradient RMS (1/0; -1: on with --freeze-step auto)
   int warmup_steps = -1;             // linear lr warmup; -1: kDefaultWarmupFraction of steps; then linear decay to 0
   double lr = 0;                     // peak learning rate; 0: the preset's (tiny 1e-2 ... large 1e-3; a tenth for onebit-adam)
   double clip = 1.0;                 // clip this rank's local gradient to this global norm; 0: off
@@ -50,6 +55,7 @@ struct TrainOptions {
   std::string resume;                // a run directory (its latest checkpoint) or a checkpoint directory
   bool reset_errors_on_resize = false;  // resume with another number of workers: error buffers restart at 0
   bool progress = true;              // progress bar when stdout is a terminal
+  bool log_layers = false;           // layers.jsonl: per step and layer, the trust ratio (and 1-bit LAMB's factor)
 };
 
 struct CompareOptions {

@@ -35,7 +35,7 @@ double since(Clock::time_point t) { return std::chrono::duration<double>(Clock::
 
 // Settings that change the trajectory: a resume must match them all.
 constexpr const char* kMathSettings[] = {"model", "data", "vocab", "seq", "heldout", "optimizer", "batch", "steps",
-                                         "freeze_step", "warmup_steps", "lr", "clip", "weight_decay", "beta2",
+                                         "freeze_step", "refresh_interval", "track_scales", "warmup_steps", "lr", "clip", "weight_decay", "beta2",
                                          "dropout", "seed", "backend", "device"};
 
 // Running totals of a run, carried across resumes in the checkpoint.
@@ -59,9 +59,10 @@ struct Totals {
 void check_resume_matches(const nlohmann::json& meta, const TrainOptions& o, int world, const std::string& key) {
   const auto saved = meta.at("options");
   const auto now = options_json(o);
-  for (const char* k : kMathSettings)
-    ONEBIT_CHECK(saved.at(k) == now.at(k), "onebit train --resume: the checkpoint was made with " << k << " = "
-                                               << saved.at(k).dump() << ", this run has " << now.at(k).dump());
+  for (const char* k : kMathSettings)  // a setting the checkpoint lacks is newer than it: its default
+    ONEBIT_CHECK(!saved.contains(k) || saved.at(k) == now.at(k), "onebit train --resume: the checkpoint was made with "
+                                                                     << k << " = " << saved.at(k).dump()
+                                                                     << ", this run has " << now.at(k).dump());
   ONEBIT_CHECK(meta.at("world_size") == world || o.reset_errors_on_resize,
                "onebit train --resume: the checkpoint was made by " << meta.at("world_size") << " workers, this run has "
                    << world << " (add --reset-errors-on-resize to continue with the error buffers reset, not bit for bit)");
@@ -84,6 +85,21 @@ std::set<int64_t> injected_nonfinite_steps(int rank) {
     if (r == rank) steps.insert(s);
   }
   return steps;
+}
+
+// One line of layers.jsonl: each layer's trust ratio in this step, and 1-bit LAMB's factor
+// before and after its clamps (spec §4 step 8) once it compresses.
+nlohmann::json layer_record(int64_t step, const char* stage, const Optimizer& opt) {
+  nlohmann::json r{{"step", step}, {"stage", stage}, {"trust", opt.layer_trust()}};
+  const auto* l = dynamic_cast<const OnebitLamb*>(&opt);
+  if (l && std::isfinite(l->freeze_schedule().last_movement()))
+    r["v_movement"] = l->freeze_schedule().last_movement();  // --freeze-step auto's measure (warmup)
+  if (l && !l->in_warmup()) {
+    r["c_freeze"] = l->c_freeze();
+    r["factor"] = l->last_factor();
+    r["raw_factor"] = l->raw_factor();
+  }
+  return r;
 }
 
 // rank 0: the resumed run's history up to the checkpoint, in this run's directory.
@@ -146,7 +162,7 @@ void train_rank(const TrainOptions& in, const std::optional<JobInfo>& job) {
     check_ranks_identical(*opt, *comm, "after loading the checkpoint");
   }
 
-  std::optional<MetricsLog> log;
+  std::optional<MetricsLog> log, layer_log;
   const nlohmann::json run_info{{"options", options_json(o)},
                                 {"world_size", world},
                                 {"backend", comm->backend()},
@@ -166,6 +182,10 @@ void train_rank(const TrainOptions& in, const std::optional<JobInfo>& job) {
     std::ofstream(fs::path(o.out) / "config.json") << run_info.dump(2) << "\n";
     if (!ckpt.empty()) carry_metrics(ckpt, o.out);
     log.emplace((fs::path(o.out) / "metrics.jsonl").string(), start);
+    if (o.log_layers) {
+      layer_log.emplace((fs::path(o.out) / "layers.jsonl").string(), start);
+      if (start == 0) layer_log->write({{"step", 0}, {"layers", names}});
+    }
   }
 
   comm->reset_stats();  // count training traffic only: set-up (corpus, checks) is not the algorithm's
@@ -183,11 +203,10 @@ void train_rank(const TrainOptions& in, const std::optional<JobInfo>& job) {
     const CommStats before = comm->stats();
     const double lr = lr_at(step, o.lr, o.warmup_steps, o.steps);
     opt->param_groups().front().options().set_lr(lr);
-    const char* stage = o.optimizer == "lamb" ? "fp32" : opt->core().in_warmup() ? "warmup" : "compression";
+    const char* stage = opt->core().next_stage();
     Batch b = data.train_batch(step, o.batch, rank, world);
     if (o.dropout > 0) torch::manual_seed(mix(o.seed, static_cast<uint64_t>(step), static_cast<uint64_t>(rank)));
-    at::Tensor loss = model->mlm_loss(b.ids.to(device), b.labels.to(device));
-    loss.backward();
+    const double local_loss = forward_backward(model, b, o.micro_batch, device);
     if (nonfinite_at.count(step)) {
       std::cerr << "onebit train: rank " << rank << " injects a NaN into its gradient at step " << step
                 << " (ONEBIT_TRAIN_INJECT_NONFINITE)" << std::endl;
@@ -201,7 +220,7 @@ void train_rank(const TrainOptions& in, const std::optional<JobInfo>& job) {
     dead.restore(*opt);
     const bool applied = opt->last_step_applied();
     opt->zero_grad();
-    float l = loss.item<float>();
+    float l = static_cast<float>(local_loss);
     comm->allreduce_sum(std::span<float>(&l, 1));
     loss_avg = l / static_cast<float>(world);
     const CommStats after = comm->stats();
@@ -222,6 +241,7 @@ void train_rank(const TrainOptions& in, const std::optional<JobInfo>& job) {
       if (!applied) rec["skipped"] = true;
       if (eval_now) rec["heldout_loss"] = heldout;
       log->write(rec);
+      if (layer_log) layer_log->write(layer_record(step, stage, opt->core()));
       progress.update(step, loss_avg, heldout, lr, stage, sps);
       if (eval_now && !progress.active())
         std::cout << "step " << step << "/" << o.steps << "  samples " << step * o.batch << "  loss " << loss_avg
@@ -244,6 +264,8 @@ void train_rank(const TrainOptions& in, const std::optional<JobInfo>& job) {
     summary["samples"] = static_cast<int64_t>(o.steps) * o.batch;
     summary["final_train_loss"] = loss_avg;
     summary["final_heldout_loss"] = heldout;
+    const int64_t freeze = opt->core().freeze_step();  // -1: LAMB; 0: auto, still undecided
+    summary["freeze_step"] = freeze < 0 ? nlohmann::json(nullptr) : nlohmann::json(freeze);
     summary["heldout_sequences_evaluated"] = std::min<int64_t>(o.eval_samples, data.heldout_sequences());
     summary["totals"] = totals.to_json();
     summary["bytes_sent"] = totals.bytes_sent;  // per rank, training only (whole run, resumes included)

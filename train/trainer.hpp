@@ -5,6 +5,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "onebit/freeze_schedule.hpp"
 #include "train/distributed.hpp"
 #include "train/options.hpp"
 
@@ -15,6 +16,8 @@ TrainOptions resolve_options(const TrainOptions& o);
 // Throws onebit::Error naming the first bad setting.
 void validate_options(const TrainOptions& o);
 nlohmann::json options_json(const TrainOptions& o);
+// The bounds of --freeze-step auto for this run: kAutoFreezeFloor to kAutoFreezeCeilingFraction of --steps.
+AutoFreezeOptions auto_freeze_options(const TrainOptions& o);
 
 // Learning rate at `step` (1-based): linear warmup to `peak` over `warmup` steps, then linear decay
 // from `peak` at step warmup+1 to peak/(steps-warmup) at the last step (which still learns).

@@ -8,6 +8,7 @@
 
 #include "onebit/error.hpp"
 #include "train/random.hpp"
+#include "train/trainer.hpp"
 
 namespace onebit::train {
 namespace {
@@ -75,6 +76,8 @@ std::unique_ptr<TorchOptimizer> make_optimizer(const TrainOptions& o, const std:
     OnebitLambOptions l;
     l.lr = static_cast<float>(o.lr), l.beta2 = static_cast<float>(o.beta2);
     l.weight_decay = static_cast<float>(o.weight_decay), l.threads = threads, l.freeze_step = o.freeze_step;
+    l.auto_freeze = auto_freeze_options(o);
+    l.refresh_interval = o.refresh_interval, l.track_scales = o.track_scales;
     return std::make_unique<TorchOnebitLamb>(params, l, std::move(comm));
   }
   ONEBIT_CHECK(o.optimizer == "onebit-adam", "onebit train: --optimizer must be lamb, onebit-lamb or onebit-adam, not '"
@@ -82,6 +85,7 @@ std::unique_ptr<TorchOptimizer> make_optimizer(const TrainOptions& o, const std:
   OnebitAdamOptions a;
   a.lr = static_cast<float>(o.lr), a.beta2 = static_cast<float>(o.beta2);
   a.weight_decay = static_cast<float>(o.weight_decay), a.threads = threads, a.freeze_step = o.freeze_step;
+  a.auto_freeze = auto_freeze_options(o);
   return std::make_unique<TorchOnebitAdam>(params, a, std::move(comm));
 }
 
@@ -137,6 +141,27 @@ size_t DeadParameters::elements() const {
   size_t n = 0;
   for (const auto& r : regions_) n += static_cast<size_t>(r.second.numel());
   return n;
+}
+
+double forward_backward(BertForMlm& model, const Batch& b, int micro, const torch::Device& device) {
+  const int64_t n = b.ids.size(0);
+  if (micro <= 0 || micro >= n) {
+    at::Tensor loss = model->mlm_loss(b.ids.to(device), b.labels.to(device));
+    loss.backward();
+    return loss.item<double>();
+  }
+  const double masked = static_cast<double>(b.labels.ne(kIgnore).sum().item<int64_t>());
+  double total = 0;
+  for (int64_t i = 0; i < n; i += micro) {
+    const at::Tensor ids = b.ids.slice(0, i, std::min<int64_t>(n, i + micro));
+    const at::Tensor labels = b.labels.slice(0, i, std::min<int64_t>(n, i + micro));
+    const double share = static_cast<double>(labels.ne(kIgnore).sum().item<int64_t>()) / masked;
+    if (share == 0) continue;
+    at::Tensor loss = model->mlm_loss(ids.to(device), labels.to(device)) * share;
+    loss.backward();
+    total += loss.item<double>();
+  }
+  return total;
 }
 
 double evaluate(BertForMlm& model, const MlmData& data, Communicator& comm, int samples, int batch,

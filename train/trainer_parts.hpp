@@ -44,6 +44,11 @@ class DeadParameters {
   std::vector<std::pair<int64_t, at::Tensor>> regions_;  // flat offset, values (on the buffers' device)
 };
 
+// Forward and backward of this rank's batch in micro-batches of `micro` sequences (0 or more than
+// the batch: one pass), each loss weighted by its share of the batch's masked tokens, so the
+// accumulated gradient is the whole batch's up to fp32 summation order. Returns the batch's loss.
+double forward_backward(BertForMlm& model, const Batch& b, int micro, const torch::Device& device);
+
 // Mean masked-LM loss over the first `samples` held-out sequences (sharded over the ranks).
 double evaluate(BertForMlm& model, const MlmData& data, Communicator& comm, int samples, int batch,
                 const torch::Device& device);

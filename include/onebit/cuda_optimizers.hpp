@@ -143,6 +143,7 @@ class CudaOnebitLamb : public CudaOptimizer {
   void load_state(const OptimizerState& s) override;
   std::string name() const override { return "onebit-lamb"; }
   bool in_warmup() const override { return step_ < opt_.freeze_step; }
+  int64_t freeze_step() const override { return opt_.freeze_step; }
   void set_lr(float lr) override { opt_.lr = lr; }
   // As OnebitLamb::set_momentum_mask (host mask, copied to the device).
   void set_momentum_mask(size_t layer, std::span<const float> mask);
@@ -175,6 +176,7 @@ class CudaOnebitAdam : public CudaOptimizer {
   void load_state(const OptimizerState& s) override;
   std::string name() const override { return "onebit-adam"; }
   bool in_warmup() const override { return step_ < opt_.freeze_step; }
+  int64_t freeze_step() const override { return opt_.freeze_step; }
   void set_lr(float lr) override { opt_.lr = lr; }
 
  private:

@@ -12,6 +12,7 @@
 #include "onebit/communicator.hpp"
 #include "onebit/compressed_allreduce.hpp"
 #include "onebit/flat_layout.hpp"
+#include "onebit/freeze_schedule.hpp"
 #include "onebit/kernels.hpp"
 #include "onebit/thread_pool.hpp"
 
@@ -28,12 +29,28 @@ struct LambOptions {
   int threads = 1;             // CPU threads for the kernels on this rank
 };
 
+// An option of OnebitLambOptions that is on with freeze_step = kAutoFreeze and off otherwise.
+inline constexpr int kWithAutoFreeze = -1;
+inline constexpr int64_t kAutoRefreshInterval = 16;
+
 struct OnebitLambOptions : LambOptions {
-  int64_t freeze_step = 0;         // required, >= 1: steps 1..freeze_step are LAMB warmup
+  int64_t freeze_step = kAutoFreeze;  // >= 1: steps 1..freeze_step are LAMB warmup (spec §4); or kAutoFreeze
+  AutoFreezeOptions auto_freeze;   // used only with freeze_step = kAutoFreeze
   float coeff_beta = 0.9f;         // decay of the frozen trust-ratio average c_freeze
   float factor_max = 4.0f;         // upper clip of the variance-change factor
   float factor_min = 0.5f;         // lower clip of the variance-change factor
   float factor_threshold = 0.1f;   // the factor moves at most this fraction per step
+  // Past the paper (docs/algorithm.md §10). kWithAutoFreeze: on with freeze_step = kAutoFreeze, off
+  // with a given freeze step, so a given step with default options is spec §4 exactly.
+  // A full-precision refresh refresh_interval steps after the freeze, then after intervals that
+  // double (R, 3R, 7R, ... steps after it; 0: none): every rank's error-compensated momentum is
+  // averaged in fp32, so the momentum is exact, the errors restart at zero, and k and the trust
+  // ratios are measured afresh; between refreshes the trust ratio is held (no variance factor).
+  // kWithAutoFreeze means kAutoRefreshInterval.
+  int64_t refresh_interval = kWithAutoFreeze;
+  // 1: k follows each layer's gradient RMS every compression step (one fp32 all-reduce of a value
+  // per layer); 0: k is set once, at the first compression step (spec §4 step 1).
+  int track_scales = kWithAutoFreeze;
 };
 
 struct OnebitAdamOptions {
@@ -42,7 +59,8 @@ struct OnebitAdamOptions {
   float beta2 = 0.999f;        // in [0, 1)
   float eps = 1e-8f;           // > 0
   float weight_decay = 0.0f;   // >= 0
-  int64_t freeze_step = 0;     // required, >= 1: steps 1..freeze_step are Adam warmup
+  int64_t freeze_step = kAutoFreeze;  // >= 1: steps 1..freeze_step are Adam warmup; or kAutoFreeze
+  AutoFreezeOptions auto_freeze;   // used only with freeze_step = kAutoFreeze
   int threads = 1;             // CPU threads for the kernels on this rank
 };
 
@@ -73,8 +91,17 @@ class Optimizer {
   virtual std::string name() const = 0;
   // True while the next step exchanges uncompressed gradients.
   virtual bool in_warmup() const { return true; }
+  // What the next step exchanges: "fp32" (an optimizer that never compresses), "warmup",
+  // "compression" or "refresh" (1-bit LAMB's full-precision refresh, see refresh_interval).
+  virtual const char* next_stage() const { return "fp32"; }
+  // The last warmup step: given, or decided by freeze_step = auto (kAutoFreeze while undecided);
+  // -1 for an optimizer that never compresses.
+  virtual int64_t freeze_step() const { return -1; }
 
   virtual void set_lr(float lr) = 0;
+  // Per layer, the multiple of lr the last applied step moved it by (LAMB's trust ratio; 1-bit
+  // LAMB's c_freeze x factor in compression); empty where the optimizer has none. For reports.
+  virtual std::vector<float> layer_trust() const { return {}; }
   int64_t steps() const { return step_; }
   int64_t skipped() const { return skipped_; }
   const FlatLayout& layout() const { return layout_; }
@@ -110,6 +137,7 @@ class Lamb : public Optimizer {
   std::string name() const override { return "lamb"; }
   void set_lr(float lr) override { opt_.lr = lr; }
   const LambOptions& options() const { return opt_; }
+  std::vector<float> layer_trust() const override;
 
  private:
   LambOptions opt_;
@@ -125,9 +153,13 @@ class OnebitLamb : public Optimizer {
   OptimizerState state() const override;
   void load_state(const OptimizerState& s) override;
   std::string name() const override { return "onebit-lamb"; }
-  bool in_warmup() const override { return step_ < opt_.freeze_step; }
+  bool in_warmup() const override { return freeze_.in_warmup(step_); }
+  const char* next_stage() const override { return in_warmup() ? "warmup" : refresh_due() ? "refresh" : "compression"; }
+  int64_t freeze_step() const override { return freeze_.freeze_step(); }
   void set_lr(float lr) override { opt_.lr = lr; }
   const OnebitLambOptions& options() const { return opt_; }
+  int64_t refreshes() const { return refreshes_; }
+  const FreezeSchedule& freeze_schedule() const { return freeze_; }
 
   // Spec §4 momentum mask: a 0/1 mask over layer `layer`'s elements, applied after every
   // compressed exchange. An empty span removes it.
@@ -137,15 +169,22 @@ class OnebitLamb : public Optimizer {
   const std::vector<float>& c_freeze() const { return c_freeze_; }
   const std::vector<float>& last_factor() const { return last_factor_; }
   const std::vector<float>& k() const { return k_; }
+  // Per layer, the factor of the last compression step before its clamps (spec §4 step 8).
+  const std::vector<float>& raw_factor() const { return max_ratio_; }
+  std::vector<float> layer_trust() const override;
 
  private:
   bool warmup_step(std::span<float> w, std::span<float> g);
   bool compression_step(std::span<float> w, std::span<float> g);
+  bool refresh_due() const;
+  bool refresh_step(std::span<float> w, std::span<float> g);
+  bool track_scales(std::span<const float> g);
   void init_momentum_scale();
   kernels::Momentum signs(const uint8_t* bits, const float* chunk_scales) const;
   kernels::Momentum momentum() const;  // the synchronized momentum, wherever it lives now
 
   OnebitLambOptions opt_;
+  FreezeSchedule freeze_;
   CompressedAllreduce allreduce_;
   // The momentum lives in m_ through the warmup, the first compression step and a load; after a
   // compressed exchange it is that exchange's result (allreduce_.bits()), and m_ is released.
@@ -158,6 +197,9 @@ class OnebitLamb : public Optimizer {
   std::vector<const float*> mask_ptrs_;
   std::vector<double> ratio_, u0_sq_;
   std::vector<float> max_ratio_;
+  std::vector<float> k_prev_;  // the k of the exchange before (track_scales changes k every step)
+  std::vector<float> g_rms_;   // track_scales: each layer's smoothed gradient RMS (fp32: saved exactly)
+  int64_t refreshes_ = 0;
 };
 
 class OnebitAdam : public Optimizer {
@@ -167,13 +209,16 @@ class OnebitAdam : public Optimizer {
   OptimizerState state() const override;
   void load_state(const OptimizerState& s) override;
   std::string name() const override { return "onebit-adam"; }
-  bool in_warmup() const override { return step_ < opt_.freeze_step; }
+  bool in_warmup() const override { return freeze_.in_warmup(step_); }
+  const char* next_stage() const override { return in_warmup() ? "warmup" : "compression"; }
+  int64_t freeze_step() const override { return freeze_.freeze_step(); }
   void set_lr(float lr) override { opt_.lr = lr; }
 
  private:
   kernels::Momentum momentum() const;
 
   OnebitAdamOptions opt_;
+  FreezeSchedule freeze_;
   CompressedAllreduce allreduce_;
   bool m_in_signs_ = false;  // as in OnebitLamb
   AlignedVector<float> m_, v_, d_;  // d_ as in OnebitLamb

@@ -3,6 +3,7 @@
 Each step takes every parameter's .grad as this rank's LOCAL gradient and does all communication
 itself over torch.distributed (no DDP, no gradient averaging by the caller).
 """
+import numbers
 import warnings
 
 import torch
@@ -109,6 +110,9 @@ class _OnebitOptimizer(torch.optim.Optimizer):
     def _core_options(self, group, threads):
         beta1, beta2 = group["betas"]
         options = {k: group[k] for k in self._options}
+        if options.get("freeze_step") == "auto":
+            options["freeze_step"] = 0  # onebit::kAutoFreeze
+        options.update(group.get("auto_freeze", {}))
         options.update(lr=float(group["lr"]), beta1=float(beta1), beta2=float(beta2), threads=int(threads))
         return options
 
@@ -133,6 +137,12 @@ class _OnebitOptimizer(torch.optim.Optimizer):
     @property
     def in_warmup(self):
         return self._engines[0].in_warmup
+
+    @property
+    def freeze_step(self):
+        """The last warmup step (given, or decided by freeze_step="auto"); None while undecided or for Lamb."""
+        step = self._engines[0].freeze_step
+        return step if step > 0 else None
 
     @property
     def skipped_steps(self):
@@ -226,11 +236,24 @@ def _check_betas(betas):
     return tuple(float(b) for b in betas)
 
 
-def _need_freeze_step(freeze_step):
-    if freeze_step is None:
-        raise ValueError("onebit: freeze_step is required (the last warmup step; 15-25% of the "
-                         "planned steps is a good rule)")
+def _freeze_step(freeze_step):
+    """'auto' (also for None) or the last warmup step, a positive integer."""
+    if freeze_step is None or freeze_step == "auto":
+        return "auto"
+    if isinstance(freeze_step, bool) or not isinstance(freeze_step, numbers.Integral) or freeze_step < 1:
+        raise ValueError("onebit: freeze_step must be a positive integer (the last warmup step) or 'auto', "
+                         "got %r" % (freeze_step,))
     return int(freeze_step)
+
+
+def _auto_freeze(auto_freeze):
+    """The automatic freeze's bounds and test as flat core options (C++ AutoFreezeOptions)."""
+    known = ("min_steps", "max_steps", "window", "tolerance")
+    given = dict(auto_freeze or {})
+    unknown = sorted(set(given) - set(known))
+    if unknown:
+        raise ValueError("onebit: auto_freeze takes %s, not %s" % (", ".join(known), ", ".join(unknown)))
+    return {"auto_" + k: v for k, v in given.items()}
 
 
 class Lamb(_OnebitOptimizer):
@@ -248,37 +271,40 @@ class Lamb(_OnebitOptimizer):
 
 
 class OnebitLamb(_OnebitOptimizer):
-    """1-bit LAMB (spec §4): LAMB warmup for steps 1..freeze_step, then compressed momentum.
+    """1-bit LAMB: LAMB warmup for steps 1..freeze_step, then compressed momentum.
 
-    momentum_masks: {parameter: 0/1 tensor of its shape} (see set_momentum_mask)."""
+    freeze_step: the last warmup step, or "auto" (the default): the warmup ends once the second
+    moment has stabilised, between auto_freeze's min_steps (10) and max_steps (1000); see
+    docs/algorithm.md, "Choosing the freeze step". auto_freeze: {min_steps, max_steps, window,
+    tolerance}. momentum_masks: {parameter: 0/1 tensor of its shape} (see set_momentum_mask)."""
 
     _kind = "onebit-lamb"
     _options = ("freeze_step", "eps", "weight_decay", "max_coeff", "min_coeff", "coeff_beta", "factor_max",
                 "factor_min", "factor_threshold")
-    _fixed = ("freeze_step", "betas", "eps", "weight_decay", "max_coeff", "min_coeff", "coeff_beta",
-              "factor_max", "factor_min", "factor_threshold")
+    _fixed = ("freeze_step", "auto_freeze", "betas", "eps", "weight_decay", "max_coeff", "min_coeff",
+              "coeff_beta", "factor_max", "factor_min", "factor_threshold")
 
-    def __init__(self, params, lr=1e-3, freeze_step=None, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
+    def __init__(self, params, lr=1e-3, freeze_step="auto", betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
                  max_coeff=10.0, min_coeff=0.01, coeff_beta=0.9, factor_max=4.0, factor_min=0.5,
-                 factor_threshold=0.1, process_group=None, *, momentum_masks=None, threads=1, timeout=60.0,
-                 watch=False):
-        defaults = dict(lr=lr, freeze_step=_need_freeze_step(freeze_step), betas=_check_betas(betas), eps=eps,
-                        weight_decay=weight_decay, max_coeff=max_coeff, min_coeff=min_coeff,
-                        coeff_beta=coeff_beta, factor_max=factor_max, factor_min=factor_min,
+                 factor_threshold=0.1, process_group=None, *, auto_freeze=None, momentum_masks=None, threads=1,
+                 timeout=60.0, watch=False):
+        defaults = dict(lr=lr, freeze_step=_freeze_step(freeze_step), auto_freeze=_auto_freeze(auto_freeze),
+                        betas=_check_betas(betas), eps=eps, weight_decay=weight_decay, max_coeff=max_coeff,
+                        min_coeff=min_coeff, coeff_beta=coeff_beta, factor_max=factor_max, factor_min=factor_min,
                         factor_threshold=factor_threshold)
         super().__init__(params, defaults, process_group, momentum_masks, threads, timeout, watch)
 
 
 class OnebitAdam(_OnebitOptimizer):
-    """1-bit Adam (spec §5): Adam warmup (no bias correction), then frozen variance and compressed
-    momentum."""
+    """1-bit Adam: Adam warmup (no bias correction), then frozen variance and compressed momentum.
+    freeze_step and auto_freeze as for OnebitLamb."""
 
     _kind = "onebit-adam"
     _options = ("freeze_step", "eps", "weight_decay")
-    _fixed = ("freeze_step", "betas", "eps", "weight_decay")
+    _fixed = ("freeze_step", "auto_freeze", "betas", "eps", "weight_decay")
 
-    def __init__(self, params, lr=1e-3, freeze_step=None, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
-                 process_group=None, *, threads=1, timeout=60.0, watch=False):
-        defaults = dict(lr=lr, freeze_step=_need_freeze_step(freeze_step), betas=_check_betas(betas), eps=eps,
-                        weight_decay=weight_decay)
+    def __init__(self, params, lr=1e-3, freeze_step="auto", betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
+                 process_group=None, *, auto_freeze=None, threads=1, timeout=60.0, watch=False):
+        defaults = dict(lr=lr, freeze_step=_freeze_step(freeze_step), auto_freeze=_auto_freeze(auto_freeze),
+                        betas=_check_betas(betas), eps=eps, weight_decay=weight_decay)
         super().__init__(params, defaults, process_group, None, threads, timeout, watch)

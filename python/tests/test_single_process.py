@@ -170,7 +170,8 @@ def test_state_dict_survives_torch_save_and_checks_what_it_is_loaded_into():
     (dict(betas=(1.0, 0.999)), r"beta1 must be in \[0, 1\), got 1\b"),
     (dict(lr=-1.0), r"lr must be a finite number >= 0, got -1\b"),
     (dict(eps=0.0), r"eps must be > 0, got 0\b"),
-    (dict(freeze_step=0), r"freeze_step must be >= 1 .*got 0\b"),
+    (dict(freeze_step="auto", auto_freeze=dict(min_steps=20, max_steps=10)),
+     r"min_steps <= max_steps, got min_steps 20, max_steps 10\b"),
     (dict(factor_min=5.0), r"factor_min <= factor_max, got 5, 4\b"),
 ])
 def test_bad_settings_are_named(kwargs, match):
@@ -195,11 +196,23 @@ def test_bad_watch_is_named():
         onebit.Lamb(sc.make_params(sc.initial_params()), watch="rank 0")
 
 
-def test_freeze_step_is_required():
-    with pytest.raises(ValueError, match="freeze_step is required"):
-        onebit.OnebitLamb(sc.make_params(sc.initial_params()))
-    with pytest.raises(ValueError, match="freeze_step is required"):
-        onebit.OnebitAdam(sc.make_params(sc.initial_params()))
+def test_freeze_step_is_auto_unless_given_and_bad_ones_are_named():
+    for cls in (onebit.OnebitLamb, onebit.OnebitAdam):
+        params = sc.make_params(sc.initial_params())
+        opt = cls(params, lr=0.01, auto_freeze=dict(min_steps=2, max_steps=3))
+        assert opt.defaults["freeze_step"] == "auto" and opt.freeze_step is None
+        for _ in range(3):
+            assert opt.in_warmup
+            for p in params:
+                p.grad = torch.randn_like(p)
+            opt.step()
+        assert not opt.in_warmup and opt.freeze_step in (2, 3)
+        assert cls(sc.make_params(sc.initial_params()), freeze_step=4).freeze_step == 4
+        for bad in (0, -1, 2.5, "often", True):
+            with pytest.raises(ValueError, match="freeze_step must be a positive integer .* or 'auto'"):
+                cls(sc.make_params(sc.initial_params()), freeze_step=bad)
+        with pytest.raises(ValueError, match="auto_freeze takes min_steps, max_steps, window, tolerance, not steps"):
+            cls(sc.make_params(sc.initial_params()), auto_freeze=dict(steps=3))
 
 
 def test_the_example_trains_on_two_processes():

@@ -169,7 +169,13 @@ TEST(Options, DefaultsAreResolvedAndArgumentsRoundTrip) {
   TrainOptions o;
   o.steps = 1000;
   const TrainOptions r = resolve_options(o);
-  EXPECT_EQ(r.freeze_step, std::lround(kDefaultFreezeFraction * 1000));
+  EXPECT_EQ(r.freeze_step, 0);  // auto, between kAutoFreezeFloor and 20% of the steps
+  const AutoFreezeOptions a = auto_freeze_options(r);
+  EXPECT_EQ(a.min_steps, kAutoFreezeFloor);
+  EXPECT_EQ(a.max_steps, std::lround(kAutoFreezeCeilingFraction * 1000));
+  o.steps = 20;
+  EXPECT_EQ(auto_freeze_options(resolve_options(o)).min_steps, 4);  // the ceiling comes first
+  o.steps = 1000;
   EXPECT_EQ(r.warmup_steps, 100);
   EXPECT_EQ(r.seq, 64);
   EXPECT_EQ(r.vocab, 1024);
@@ -181,6 +187,8 @@ TEST(Options, DefaultsAreResolvedAndArgumentsRoundTrip) {
   in.seed = 18446744073709551615ull;
   in.resume = "runs/x";
   in.progress = false;
+  in.micro_batch = 3;
+  in.log_layers = true;
   CLI::App app;
   TrainOptions parsed;
   add_train_command(app, parsed);
@@ -190,6 +198,20 @@ TEST(Options, DefaultsAreResolvedAndArgumentsRoundTrip) {
   app.parse(reversed);
   EXPECT_EQ(options_json(parsed), options_json(in));
   EXPECT_EQ(parsed.progress, false);
+  in.freeze_step = 7;  // a given step round-trips too (0 went through as "auto")
+  CLI::App app2;
+  TrainOptions parsed2;
+  add_train_command(app2, parsed2);
+  args = {"train"};
+  for (const auto& a : to_args(in)) args.push_back(a);
+  app2.parse(std::vector<std::string>(args.rbegin(), args.rend()));
+  EXPECT_EQ(options_json(parsed2), options_json(in));
+  for (const char* bad : {"0", "-3", "often", "12x"}) {
+    CLI::App app3;
+    TrainOptions p3;
+    add_train_command(app3, p3);
+    EXPECT_THROW(app3.parse(std::vector<std::string>{bad, "--freeze-step", "train"}), CLI::ValidationError) << bad;
+  }
 }
 
 TEST(Options, BadSettingsAreNamed) {
@@ -204,7 +226,8 @@ TEST(Options, BadSettingsAreNamed) {
   };
   auto b = o; b.batch = 10, b.workers = 4; expect_error(b, "--batch");
   b = o; b.optimizer = "sgd"; expect_error(b, "--optimizer");
-  b = o; b.freeze_step = 0; expect_error(b, "--freeze-step");
+  b = o; b.freeze_step = -1; expect_error(b, "--freeze-step");
+  b = o; b.micro_batch = -1; expect_error(b, "--micro-batch");
   b = o; b.backend = "nccl"; expect_error(b, "--backend nccl");
   b = o; b.lr = -1; expect_error(b, "--lr");
 }
@@ -229,6 +252,44 @@ TEST(Model, LossStartsNearUniformAndCoversOnlyMaskedPositions) {
   EXPECT_EQ(bert_preset("base").hidden, 768);
   EXPECT_EQ(bert_preset("large").layers, 24);
   EXPECT_THROW(bert_preset("huge"), Error);
+}
+
+// --micro-batch: the accumulated gradient is the whole batch's up to fp32 summation order, for a
+// micro-batch that does not divide the batch, and the loss is the batch's.
+TEST(Model, MicroBatchesAccumulateTheWholeBatchGradient) {
+  BertConfig c = bert_preset("tiny");
+  c.vocab = 300, c.seq = 16;
+  torch::manual_seed(2);
+  BertForMlm m(c);
+  Batch b;
+  b.ids = torch::randint(SpecialIds::kFirstPiece, 300, {7, 16}, torch::kLong);
+  b.labels = torch::full({7, 16}, kIgnore, torch::kLong);
+  // Different numbers of masked tokens per sequence, one sequence with none.
+  for (int64_t r = 0; r < 6; ++r)
+    for (int64_t col = 1; col < 16; col += 1 + static_cast<int>(r))
+      b.labels.index_put_({r, col}, b.ids.index({r, col}));
+  auto grads = [&](int micro, double& loss) {
+    for (auto& p : m->parameters()) p.mutable_grad() = at::Tensor();
+    loss = forward_backward(m, b, micro, torch::kCPU);
+    std::vector<at::Tensor> g;
+    for (auto& p : m->parameters()) g.push_back(p.grad().clone());
+    return g;
+  };
+  double whole_loss = 0, micro_loss = 0;
+  const auto whole = grads(0, whole_loss);
+  const auto micro = grads(3, micro_loss);
+  EXPECT_NEAR(micro_loss, whole_loss, 1e-5 * whole_loss);
+  ASSERT_EQ(whole.size(), micro.size());
+  double diff = 0, norm = 0;
+  for (size_t i = 0; i < whole.size(); ++i) {
+    diff += (whole[i] - micro[i]).pow(2).sum().item<double>();
+    norm += whole[i].pow(2).sum().item<double>();
+  }
+  EXPECT_GT(norm, 0);
+  EXPECT_LT(std::sqrt(diff / norm), 1e-5);
+  double one_loss = 0;
+  grads(7, one_loss);  // a micro-batch of the whole batch is one pass
+  EXPECT_EQ(one_loss, whole_loss);
 }
 
 TEST(Model, OnebitLambMasksDeadPositionAndTokenTypeRows) {
