@@ -8,6 +8,7 @@
 #include <cstring>
 #include <memory>
 #include <random>
+#include <string>
 
 #include "onebit/error.hpp"
 #include "onebit/local_comm.hpp"
@@ -114,11 +115,11 @@ TEST(AutoFreeze, ResumesBitForBitAcrossTheDecision) {
     run_local(3, [&](Communicator& comm) {
       auto straight = make(adam, comm, kAutoFreeze, bounds(6, 60));
       Vec ws = initial_weights();
-      const int steps = 70;
+      const int steps = 100;  // past the first refresh (16 steps after the freeze, which is at most 60)
       run(*straight, ws, 0, steps);
       const int64_t decided = straight->freeze_step();
       ASSERT_GT(decided, 6);
-      for (int64_t stop : {decided - 5, decided - 1, decided, decided + 2}) {
+      for (int64_t stop : {decided - 5, decided - 1, decided, decided + 2, decided + kAutoRefreshInterval + 3}) {
         auto first = make(adam, comm, kAutoFreeze, bounds(6, 60));
         Vec wr = initial_weights();
         run(*first, wr, 0, static_cast<int>(stop));
@@ -132,6 +133,30 @@ TEST(AutoFreeze, ResumesBitForBitAcrossTheDecision) {
       }
     });
   }
+}
+
+// A NaN on one rank in a refresh step or a tracked-scales step: every rank skips, nothing changes.
+TEST(AutoFreeze, ANonFiniteGradientInARefreshOrATrackedStepSkipsEverywhere) {
+  run_local(3, [&](Communicator& comm) {
+    OnebitLambOptions o;
+    o.lr = 1e-2f, o.freeze_step = 4, o.refresh_interval = 2, o.track_scales = 1;
+    OnebitLamb opt(kLayout, comm, o);
+    Vec w = initial_weights();
+    run(opt, w, 0, 5);  // the warmup and the first compression step (it sets k)
+    for (int t = 5; t < 11; ++t) {
+      const bool refresh = std::string(opt.next_stage()) == "refresh";
+      const OptimizerState before = opt.state();
+      const Vec w_before = w;
+      Vec bad = gradient(t, comm.rank());
+      if (comm.rank() == 1) bad[3] = std::nanf("");
+      EXPECT_FALSE(opt.step(w, bad)) << "step " << t << (refresh ? " (refresh)" : "");
+      EXPECT_EQ(opt.state().tensors, before.tensors) << "step " << t;
+      EXPECT_EQ(0, std::memcmp(w.data(), w_before.data(), w.size() * 4));
+      Vec g = gradient(t, comm.rank());
+      EXPECT_TRUE(opt.step(w, g));
+    }
+    EXPECT_EQ(opt.refreshes(), 2);  // 2 and 6 steps after the freeze
+  });
 }
 
 TEST(AutoFreeze, BadBoundsAndMixedStatesAreNamed) {

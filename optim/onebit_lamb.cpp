@@ -1,5 +1,6 @@
-// 1-bit LAMB (spec §4): LAMB warmup that records the trust ratios, then compressed-momentum steps
-// whose per-layer learning rate is the frozen ratio times a factor tracking the variance change.
+// 1-bit LAMB (docs/algorithm.md §4): LAMB warmup that records the trust ratios, then compressed-momentum
+// steps whose per-layer learning rate is the frozen ratio times a factor tracking the variance change.
+// Past the paper, on with freeze_step = auto (§10): refresh steps and tracked scales.
 #include <algorithm>
 #include <cmath>
 

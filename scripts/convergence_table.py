@@ -1,12 +1,11 @@
 #!/usr/bin/python3
 """Builds the README's convergence table from bench/results/*/convergence/summary.json (written by
 bench/convergence/run.py; never edited by hand)."""
-import argparse
 import glob
 import json
 import os
-import re
-import sys
+
+from results_table import cli  # noqa: E402 (the same directory)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BEGIN, END = "<!-- convergence:begin -->", "<!-- convergence:end -->"
@@ -78,21 +77,7 @@ def table():
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--write", help="replace the table between the markers in this file")
-    args = ap.parse_args()
-    t = table()
-    if not args.write:
-        print(t)
-        return
-    path = os.path.join(ROOT, args.write) if not os.path.isabs(args.write) else args.write
-    with open(path) as f:
-        text = f.read()
-    if BEGIN not in text or END not in text:
-        sys.exit(f"{path}: no {BEGIN} ... {END} markers; add them where the table goes")
-    text = re.sub(re.escape(BEGIN) + ".*?" + re.escape(END), lambda _: f"{BEGIN}\n{t}\n{END}", text, flags=re.S)
-    with open(path, "w") as f:
-        f.write(text)
+    cli(table, BEGIN, END, __doc__)
 
 
 if __name__ == "__main__":

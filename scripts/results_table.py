@@ -90,8 +90,9 @@ def table():
     return "\n".join(out)
 
 
-def main():
-    ap = argparse.ArgumentParser(description=__doc__)
+def cli(table, begin=BEGIN, end=END, doc=__doc__):
+    """Prints `table` (a function giving markdown), or with --write puts it between the markers."""
+    ap = argparse.ArgumentParser(description=doc)
     ap.add_argument("--write", help="replace the table between the markers in this file")
     args = ap.parse_args()
     t = table()
@@ -101,11 +102,15 @@ def main():
     path = os.path.join(ROOT, args.write) if not os.path.isabs(args.write) else args.write
     with open(path) as f:
         text = f.read()
-    if BEGIN not in text or END not in text:
-        raise SystemExit(f"{path}: no {BEGIN} ... {END} markers")
-    text = re.sub(re.escape(BEGIN) + ".*?" + re.escape(END), lambda _: f"{BEGIN}\n{t}\n{END}", text, flags=re.S)
+    if begin not in text or end not in text:
+        raise SystemExit(f"{path}: no {begin} ... {end} markers; add them where the table goes")
+    text = re.sub(re.escape(begin) + ".*?" + re.escape(end), lambda _: f"{begin}\n{t}\n{end}", text, flags=re.S)
     with open(path, "w") as f:
         f.write(text)
+
+
+def main():
+    cli(table)
 
 
 if __name__ == "__main__":

@@ -52,11 +52,11 @@ REGIMES = [
     # Short (under 200 steps), small batch, 4 workers: where the paper's fraction hurts most.
     dict(name="bert-tiny-b64-w4", kind="bert", model="tiny", workers=4, steps=120, batch=64, seq=32, quick=True),
     # Large global batch through accumulation (the paper's regime: few, large steps), 2 workers.
-    dict(name="bert-tiny-b1024-w2", kind="bert", model="tiny", workers=2, steps=25, batch=1024, micro_batch=256,
+    dict(name="bert-tiny-b1024-w2", kind="bert", model="tiny", workers=2, steps=20, batch=1024, micro_batch=256,
          seq=16),
-    dict(name="bert-mini-b32-w2", kind="bert", model="mini", workers=2, steps=60, batch=32, seq=32),
+    dict(name="bert-mini-b32-w2", kind="bert", model="mini", workers=2, steps=40, batch=32, seq=32),
     # A causal LM on another corpus, through the PyTorch module under torchrun.
-    dict(name="causal-fortunes-w4", kind="causal", workers=4, steps=80, batch=64, seq=64, quick=True),
+    dict(name="causal-fortunes-w4", kind="causal", workers=4, steps=60, batch=64, seq=64, quick=True),
 ]
 
 # The flags a method adds: "args" for both kinds, or "bert" (`onebit train`'s flags) / "causal"

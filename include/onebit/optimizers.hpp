@@ -35,7 +35,7 @@ inline constexpr int64_t kAutoRefreshInterval = 16;
 
 struct OnebitLambOptions : LambOptions {
   int64_t freeze_step = kAutoFreeze;  // >= 1: steps 1..freeze_step are LAMB warmup (spec §4); or kAutoFreeze
-  AutoFreezeOptions auto_freeze;   // used only with freeze_step = kAutoFreeze
+  AutoFreezeOptions auto_freeze{};  // used only with freeze_step = kAutoFreeze
   float coeff_beta = 0.9f;         // decay of the frozen trust-ratio average c_freeze
   float factor_max = 4.0f;         // upper clip of the variance-change factor
   float factor_min = 0.5f;         // lower clip of the variance-change factor
@@ -60,7 +60,7 @@ struct OnebitAdamOptions {
   float eps = 1e-8f;           // > 0
   float weight_decay = 0.0f;   // >= 0
   int64_t freeze_step = kAutoFreeze;  // >= 1: steps 1..freeze_step are Adam warmup; or kAutoFreeze
-  AutoFreezeOptions auto_freeze;   // used only with freeze_step = kAutoFreeze
+  AutoFreezeOptions auto_freeze{};  // used only with freeze_step = kAutoFreeze
   int threads = 1;             // CPU threads for the kernels on this rank
 };
 

@@ -7,12 +7,15 @@
 
 namespace onebit::cuda {
 namespace {
-// The automatic freeze reads v's per-layer norms on the host; the device optimizers do not yet.
+// The automatic freeze and docs/algorithm.md §10 run on the host optimizers only, so far.
 template <class O>
 void validate_on_device(const O& o, const char* who) {
   validate(o, who);
   ONEBIT_CHECK(o.freeze_step != kAutoFreeze,
                who << " on CUDA: freeze_step auto is not implemented on the GPU yet; give the last warmup step");
+  if constexpr (requires { o.refresh_interval; })
+    ONEBIT_CHECK(o.refresh_interval <= 0 && o.track_scales <= 0,
+                 who << " on CUDA: refresh_interval and track_scales are not implemented on the GPU yet");
 }
 }  // namespace
 

@@ -276,22 +276,26 @@ class OnebitLamb(_OnebitOptimizer):
     freeze_step: the last warmup step, or "auto" (the default): the warmup ends once the second
     moment has stabilised, between auto_freeze's min_steps (10) and max_steps (1000); see
     docs/algorithm.md, "Choosing the freeze step". auto_freeze: {min_steps, max_steps, window,
-    tolerance}. momentum_masks: {parameter: 0/1 tensor of its shape} (see set_momentum_mask)."""
+    tolerance}. refresh_interval and track_scales (None: on with freeze_step "auto", off with a
+    given step): past the paper, docs/algorithm.md §10. momentum_masks: {parameter: 0/1 tensor of
+    its shape} (see set_momentum_mask)."""
 
     _kind = "onebit-lamb"
     _options = ("freeze_step", "eps", "weight_decay", "max_coeff", "min_coeff", "coeff_beta", "factor_max",
-                "factor_min", "factor_threshold")
+                "factor_min", "factor_threshold", "refresh_interval", "track_scales")
     _fixed = ("freeze_step", "auto_freeze", "betas", "eps", "weight_decay", "max_coeff", "min_coeff",
-              "coeff_beta", "factor_max", "factor_min", "factor_threshold")
+              "coeff_beta", "factor_max", "factor_min", "factor_threshold", "refresh_interval", "track_scales")
 
     def __init__(self, params, lr=1e-3, freeze_step="auto", betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
                  max_coeff=10.0, min_coeff=0.01, coeff_beta=0.9, factor_max=4.0, factor_min=0.5,
-                 factor_threshold=0.1, process_group=None, *, auto_freeze=None, momentum_masks=None, threads=1,
-                 timeout=60.0, watch=False):
+                 factor_threshold=0.1, process_group=None, *, auto_freeze=None, refresh_interval=None,
+                 track_scales=None, momentum_masks=None, threads=1, timeout=60.0, watch=False):
         defaults = dict(lr=lr, freeze_step=_freeze_step(freeze_step), auto_freeze=_auto_freeze(auto_freeze),
                         betas=_check_betas(betas), eps=eps, weight_decay=weight_decay, max_coeff=max_coeff,
                         min_coeff=min_coeff, coeff_beta=coeff_beta, factor_max=factor_max, factor_min=factor_min,
-                        factor_threshold=factor_threshold)
+                        factor_threshold=factor_threshold,
+                        refresh_interval=-1 if refresh_interval is None else int(refresh_interval),
+                        track_scales=-1 if track_scales is None else int(bool(track_scales)))
         super().__init__(params, defaults, process_group, momentum_masks, threads, timeout, watch)
 
 

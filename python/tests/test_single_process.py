@@ -208,6 +208,10 @@ def test_freeze_step_is_auto_unless_given_and_bad_ones_are_named():
             opt.step()
         assert not opt.in_warmup and opt.freeze_step in (2, 3)
         assert cls(sc.make_params(sc.initial_params()), freeze_step=4).freeze_step == 4
+        if cls is onebit.OnebitLamb:  # docs/algorithm.md §10: on with "auto", off with a given step
+            assert opt.defaults["refresh_interval"] == -1 and opt.defaults["track_scales"] == -1
+            paper = cls(sc.make_params(sc.initial_params()), freeze_step=1, refresh_interval=2, track_scales=True)
+            assert paper.defaults["refresh_interval"] == 2 and paper.defaults["track_scales"] == 1
         for bad in (0, -1, 2.5, "often", True):
             with pytest.raises(ValueError, match="freeze_step must be a positive integer .* or 'auto'"):
                 cls(sc.make_params(sc.initial_params()), freeze_step=bad)
