@@ -41,7 +41,7 @@ def rows_for(machine_dir):
     for path in sorted(glob.glob(os.path.join(machine_dir, "*", "compare.json"))):
         r, name = load(path), os.path.relpath(path, ROOT)
         st, a, b = r["settings"], r["lamb"], r["onebit_lamb"]
-        links = f", {st['network']['rate']} links" if "network" in st else ""
+        links = f", {st['network']['rate']} links" if isinstance(st.get("network"), dict) else ""
         rows.append((f"`onebit compare`: {st['model']} BERT, {st['workers']} workers ({st['backend']}{links}), "
                      f"{st['steps']} steps x {st['batch']}",
                      f"1-bit LAMB: held-out loss {b['heldout_loss']:.4f}, {b['bytes_sent']/1e6:.1f} MB/worker",

@@ -371,7 +371,9 @@ TEST_F(TrainRun, CompareWritesItsResultsAndPicture) {
     for (const char* k : {"heldout_loss", "bytes_sent", "wall_seconds", "samples_per_second"})
       EXPECT_TRUE(c[run].contains(k)) << run << " " << k;
   EXPECT_GT(c["ratios"]["bytes_sent"].get<double>(), 1.0);
-  EXPECT_EQ(c["settings"]["freeze_step"], 1);  // 16% of 6 steps, rounded
+  EXPECT_EQ(c["settings"]["freeze_step"], 1);  // auto, at its ceiling: 20% of 6 steps, rounded
+  EXPECT_EQ(c["settings"]["freeze_rule"], "auto");
+  EXPECT_TRUE(c["checks"].contains("heldout_loss_within_1_percent") && c["checks"].contains("bytes_at_least_4x_fewer"));
   EXPECT_TRUE(fs::exists(out + "/loss_vs_samples.png"));
   EXPECT_NE(slurp(p.log).find("bytes sent per worker"), std::string::npos);
 }
