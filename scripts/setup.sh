@@ -14,6 +14,7 @@ PACKAGES=(build-essential cmake git pkg-config
           clang libclang-rt-14-dev                     # sanitizer builds and the fuzzer
           libsentencepiece-dev libgloo-dev             # onebit train: tokenizer; Gloo headers for c10d
           libopenblas0-openmp                          # a real BLAS for libtorch (the default is netlib's, ~10x slower)
+          fortunes                                     # the convergence study's causal-LM corpus
           python3.11-doc python3-matplotlib)           # onebit train's default corpus; compare's picture
 missing=()
 for p in "${PACKAGES[@]}"; do
