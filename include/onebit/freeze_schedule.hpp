@@ -37,7 +37,6 @@ class FreezeSchedule {
   // After warmup step t (1-based) has updated v: true when t is the last warmup step.
   bool after_warmup_step(int64_t t, const float* v, float beta2, const kernels::Partition& part, ThreadPool& pool);
 
-  bool automatic() const { return automatic_; }
   // The last warmup step: the given one, or the decided one; kAutoFreeze while undecided.
   int64_t freeze_step() const { return freeze_step_; }
   // The movement measured at the last window's end (see AutoFreezeOptions); NaN before the second.
