@@ -22,7 +22,7 @@ OnebitLambOptions settled(OnebitLambOptions o) {
 }  // namespace
 
 OnebitLamb::OnebitLamb(const FlatLayout& layout, Communicator& comm, OnebitLambOptions options)
-    : Optimizer(layout, comm, options.threads),
+    : Optimizer(layout, comm, options.threads, options.warmup_exchange),
       opt_(settled(options)),
       freeze_(opt_.freeze_step, opt_.auto_freeze, layout),
       allreduce_(comm, pool_, layout.total(), layout.boundaries()) {

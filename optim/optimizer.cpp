@@ -9,13 +9,16 @@
 
 namespace onebit {
 
-Optimizer::Optimizer(const FlatLayout& layout, Communicator& comm, int threads)
+Optimizer::Optimizer(const FlatLayout& layout, Communicator& comm, int threads, WirePrecision warmup_exchange)
     : layout_(layout),
       comm_(comm),
       pool_(threads),
       part_(layout.total(), layout.boundaries()),
       w_sq_(layout.num_layers()),
-      u_sq_(layout.num_layers()) {}
+      u_sq_(layout.num_layers()) {
+  if (warmup_exchange != WirePrecision::kFp32)
+    half_ = std::make_unique<HalfAllreduce>(comm, pool_, layout.total(), warmup_exchange);
+}
 
 void Optimizer::check_sizes(std::span<float> params, std::span<float> grads) const {
   ONEBIT_CHECK(params.size() == layout_.total() && grads.size() == layout_.total(),
@@ -25,6 +28,7 @@ void Optimizer::check_sizes(std::span<float> params, std::span<float> grads) con
 
 void Optimizer::average_gradients(std::span<float> grads) {
   if (comm_.size() == 1) return;
+  if (half_) return half_->average(grads);
   comm_.allreduce_sum(grads);
   kernels::divide(pool_, grads, static_cast<float>(comm_.size()));
 }
@@ -121,7 +125,7 @@ std::string load_state(Optimizer& opt, const OptimizerState& s, OnResize on_resi
 // --- Lamb ------------------------------------------------------------------------------------
 
 Lamb::Lamb(const FlatLayout& layout, Communicator& comm, LambOptions options)
-    : Optimizer(layout, comm, options.threads), opt_(options) {
+    : Optimizer(layout, comm, options.threads, options.warmup_exchange), opt_(options) {
   validate(opt_, "lamb");
   agree_across_ranks(comm, layout, settings_of(opt_), "lamb");
   m_.assign(layout.total(), 0.0f);

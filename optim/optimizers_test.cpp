@@ -11,6 +11,7 @@
 #include <random>
 
 #include "../tests/reference_optimizers.hpp"
+#include "../tests/simulation.hpp"
 #include "onebit/error.hpp"
 #include "onebit/local_comm.hpp"
 #include "options.hpp"
@@ -191,6 +192,72 @@ TEST(Lamb, MultiRankWarmupEqualsSingleRankOnTheAverage) {
       ASSERT_TRUE(opt.step(w, avg));
     }
     for (int p = 0; p < P; ++p) EXPECT_EQ(multi[static_cast<size_t>(p)], w) << "rank " << p;
+  });
+}
+
+// With a 16-bit exchange, the warmup on P ranks = LAMB on one rank fed the pinned 16-bit average
+// (docs/algorithm.md §11), for LAMB and for 1-bit LAMB's warmup; half the bytes of fp32.
+TEST(Optimizers, SixteenBitWarmupExchangeIsThePinnedAverage) {
+  const int P = 3, steps = 4;
+  for (auto precision : {WirePrecision::kBf16, WirePrecision::kFp16}) {
+    SCOPED_TRACE(to_string(precision));
+    std::vector<Vec> lamb(P), onebit(P);
+    std::vector<uint64_t> sent(P);
+    run_local(P, [&](Communicator& comm) {
+      LambOptions lo;
+      lo.warmup_exchange = precision;
+      OnebitLambOptions oo;
+      oo.warmup_exchange = precision;
+      oo.freeze_step = 100;
+      Lamb a(kLayout, comm, lo);
+      OnebitLamb b(kLayout, comm, oo);
+      Vec wa = initial_weights(1), wb = wa;
+      for (int t = 0; t < steps; ++t) {
+        Vec ga = gradient(2, t, comm.rank()), gb = ga;
+        ASSERT_TRUE(a.step(wa, ga));
+        ASSERT_TRUE(b.step(wb, gb));
+      }
+      lamb[static_cast<size_t>(comm.rank())] = wa;
+      onebit[static_cast<size_t>(comm.rank())] = wb;
+      sent[static_cast<size_t>(comm.rank())] = comm.stats().bytes_sent;
+    });
+    run_local(1, [&](Communicator& comm) {
+      Lamb opt(kLayout, comm, {});
+      Vec w = initial_weights(1);
+      for (int t = 0; t < steps; ++t) {
+        std::vector<Vec> g;
+        for (int p = 0; p < P; ++p) g.push_back(gradient(2, t, p));
+        Vec avg = precision == WirePrecision::kBf16 ? testing::pinned_half_average(g, to_bf16, from_bf16)
+                                                    : testing::pinned_half_average(g, to_fp16, from_fp16);
+        ASSERT_TRUE(opt.step(w, avg));
+      }
+      for (int p = 0; p < P; ++p) {
+        EXPECT_EQ(lamb[static_cast<size_t>(p)], w) << "rank " << p;
+        EXPECT_EQ(onebit[static_cast<size_t>(p)], w) << "rank " << p;
+      }
+    });
+    // Per step and optimizer: an all-to-all and an all-gather of (P-1) chunks of 2-byte values
+    // (plus the agreement check's one small all-gather per optimizer).
+    const uint64_t chunk = (kLayout.total() + P - 1) / P;
+    EXPECT_EQ(sent[0], 2 * (2 * steps * (P - 1) * chunk * 2 + (P - 1) * sizeof(Fingerprint)));
+  }
+}
+
+// An fp16 exchange overflows at 65520: the step skips on every rank, as for a NaN.
+TEST(Lamb, AnFp16OverflowSkipsTheStepEverywhere) {
+  run_local(2, [&](Communicator& comm) {
+    LambOptions o;
+    o.warmup_exchange = WirePrecision::kFp16;
+    Lamb opt(kLayout, comm, o);
+    Vec w = initial_weights(4);
+    const Vec w_before = w;
+    Vec g = gradient(5, 0, comm.rank());
+    if (comm.rank() == 1) g[17] = 7e4f;
+    EXPECT_FALSE(opt.step(w, g));
+    EXPECT_EQ(w, w_before);
+    EXPECT_EQ(opt.skipped(), 1);
+    g = gradient(5, 0, comm.rank());
+    EXPECT_TRUE(opt.step(w, g));
   });
 }
 
@@ -387,6 +454,12 @@ TEST(Optimizers, RanksThatDisagreeAreReportedOnEveryRankNamingWhat) {
                          }
                        }),
                        "rank 1 builds a different optimizer");
+  expect_on_every_rank(errors_on_each_rank(2, [](Communicator& comm) {
+                         OnebitAdamOptions o;
+                         if (comm.rank() == 1) o.warmup_exchange = WirePrecision::kBf16;
+                         OnebitAdam opt(kLayout, comm, o);
+                       }),
+                       "rank 1 has warmup_exchange = ");
   // A rank of another build, whose checkpoints this one could not read.
   expect_on_every_rank(errors_on_each_rank(2, [](Communicator& comm) {
                          agree_across_ranks(comm, kLayout, settings_of(LambOptions{}), "lamb",

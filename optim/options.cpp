@@ -73,7 +73,8 @@ void add_auto_freeze(Settings& s, const AutoFreezeOptions& a) {
 
 Settings settings_of(const LambOptions& o) {
   return {{"beta1", o.beta1}, {"beta2", o.beta2}, {"eps", o.eps}, {"weight_decay", o.weight_decay},
-          {"max_coeff", o.max_coeff}, {"min_coeff", o.min_coeff}};
+          {"max_coeff", o.max_coeff}, {"min_coeff", o.min_coeff},
+          {"warmup_exchange", static_cast<double>(o.warmup_exchange)}};
 }
 
 Settings settings_of(const OnebitLambOptions& o) {
@@ -89,7 +90,8 @@ Settings settings_of(const OnebitLambOptions& o) {
 
 Settings settings_of(const OnebitAdamOptions& o) {
   Settings s{{"beta1", o.beta1}, {"beta2", o.beta2}, {"eps", o.eps}, {"weight_decay", o.weight_decay},
-             {"freeze_step", static_cast<double>(o.freeze_step)}};
+             {"freeze_step", static_cast<double>(o.freeze_step)},
+             {"warmup_exchange", static_cast<double>(o.warmup_exchange)}};
   add_auto_freeze(s, o.auto_freeze);
   return s;
 }

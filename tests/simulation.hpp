@@ -64,6 +64,19 @@ class SimulatedAllreduce {
   std::vector<Vec> worker_err, server_err;
 };
 
+// The 16-bit exchange (docs/algorithm.md §11) in one loop: round each rank's values, sum them in
+// rank order, divide, round. x[p]: rank p's input; round and widen: to_bf16/from_bf16 or fp16's.
+template <class Round, class Widen>
+Vec pinned_half_average(const std::vector<Vec>& x, Round round, Widen widen) {
+  Vec out(x[0].size());
+  for (size_t i = 0; i < out.size(); ++i) {
+    float s = widen(round(x[0][i]));
+    for (size_t r = 1; r < x.size(); ++r) s += widen(round(x[r][i]));
+    out[i] = widen(round(s / static_cast<float>(x.size())));
+  }
+  return out;
+}
+
 // Same length and the same bits (so -0.0 differs from 0.0 and a NaN equals itself).
 inline bool bitwise_equal(std::span<const float> a, std::span<const float> b) {
   return a.size() == b.size() && (a.empty() || std::memcmp(a.data(), b.data(), a.size_bytes()) == 0);

@@ -13,6 +13,7 @@
 #include "onebit/compressed_allreduce.hpp"
 #include "onebit/flat_layout.hpp"
 #include "onebit/freeze_schedule.hpp"
+#include "onebit/half_allreduce.hpp"
 #include "onebit/kernels.hpp"
 #include "onebit/thread_pool.hpp"
 
@@ -27,6 +28,9 @@ struct LambOptions {
   float max_coeff = 10.0f;     // upper clip of the trust ratio ||w|| / ||u||
   float min_coeff = 0.01f;     // lower clip of the trust ratio
   int threads = 1;             // CPU threads for the kernels on this rank
+  // The gradient exchange of LAMB and of the warmup: fp32, or bf16/fp16 (half the bytes,
+  // docs/algorithm.md §11).
+  WirePrecision warmup_exchange = WirePrecision::kFp32;
 };
 
 // An option of OnebitLambOptions that is on with freeze_step = kAutoFreeze and off otherwise.
@@ -62,6 +66,7 @@ struct OnebitAdamOptions {
   int64_t freeze_step = kAutoFreeze;  // >= 1: steps 1..freeze_step are Adam warmup; or kAutoFreeze
   AutoFreezeOptions auto_freeze{};  // used only with freeze_step = kAutoFreeze
   int threads = 1;             // CPU threads for the kernels on this rank
+  WirePrecision warmup_exchange = WirePrecision::kFp32;  // the warmup's gradient exchange
 };
 
 // Everything an optimizer needs to continue bit for bit, this rank's error buffers included.
@@ -79,7 +84,8 @@ enum class OnResize {
 
 class Optimizer {
  public:
-  Optimizer(const FlatLayout& layout, Communicator& comm, int threads);
+  Optimizer(const FlatLayout& layout, Communicator& comm, int threads,
+            WirePrecision warmup_exchange = WirePrecision::kFp32);
   virtual ~Optimizer() = default;
 
   // One step. params: the flat parameter buffer; grads: this rank's local gradient, which may be
@@ -109,7 +115,7 @@ class Optimizer {
 
  protected:
   void check_sizes(std::span<float> params, std::span<float> grads) const;
-  // fp32 allreduce-average of the gradients (the warmup exchange).
+  // Allreduce-average of the gradients (the warmup exchange), in the warmup_exchange precision.
   void average_gradients(std::span<float> grads);
   // Fills the per-layer LAMB trust ratios; false if the gradient was not finite.
   bool lamb_ratios(const float* g, const float* m, const float* v, const float* w,
@@ -126,6 +132,7 @@ class Optimizer {
   kernels::Partition part_;
   int64_t step_ = 0, skipped_ = 0;
   std::vector<double> w_sq_, u_sq_;  // per-layer scratch
+  std::unique_ptr<HalfAllreduce> half_;  // a 16-bit warmup exchange; null for fp32
 };
 
 class Lamb : public Optimizer {

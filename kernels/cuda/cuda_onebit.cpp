@@ -7,10 +7,13 @@
 
 namespace onebit::cuda {
 namespace {
-// The automatic freeze and docs/algorithm.md §10 run on the host optimizers only, so far.
+// The automatic freeze, docs/algorithm.md §10 and the 16-bit warmup exchange (§11) run on the host
+// optimizers only, so far.
 template <class O>
 void validate_on_device(const O& o, const char* who) {
   validate(o, who);
+  ONEBIT_CHECK(o.warmup_exchange == WirePrecision::kFp32,
+               who << " on CUDA: the 16-bit warmup exchange is not implemented on the GPU yet; use fp32");
   ONEBIT_CHECK(o.freeze_step != kAutoFreeze,
                who << " on CUDA: freeze_step auto is not implemented on the GPU yet; give the last warmup step");
   if constexpr (requires { o.refresh_interval; })

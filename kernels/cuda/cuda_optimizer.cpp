@@ -102,6 +102,8 @@ void CudaOptimizer::upload(DeviceArray<float>& a, const OptimizerState& s, const
 CudaLamb::CudaLamb(const FlatLayout& layout, Communicator& comm, Stream stream, LambOptions options)
     : CudaOptimizer(layout, comm, stream), opt_(options), m_(layout.total()), v_(layout.total()) {
   validate(opt_, "lamb");
+  ONEBIT_CHECK(opt_.warmup_exchange == WirePrecision::kFp32,
+               "lamb on CUDA: the 16-bit gradient exchange is not implemented on the GPU yet; use fp32");
   check_agreement(settings_of(opt_));
   m_.zero(stream_);
   v_.zero(stream_);
