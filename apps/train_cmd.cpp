@@ -54,6 +54,11 @@ void add_shared(CLI::App* c, TrainOptions& o) {
                 "-1: on with --freeze-step auto)")
       ->check(CLI::Range(-1, 1))
       ->capture_default_str();
+  c->add_option("--warmup-exchange", o.warmup_exchange,
+                "the warmup's gradient exchange (every step of lamb's): fp32, or bf16/fp16 at half the bytes, "
+                "which lets --freeze-step auto warm up twice as many steps for the same bytes")
+      ->check(CLI::IsMember({"fp32", "bf16", "fp16"}))
+      ->capture_default_str();
   c->add_option("--warmup-steps", o.warmup_steps, "linear learning-rate warmup, then linear decay (-1: 10% of --steps)")
       ->capture_default_str();
   c->add_option("--lr", o.lr, "peak learning rate (0: the preset's LAMB rate, tiny 1e-2; a tenth of it for onebit-adam)")->capture_default_str();

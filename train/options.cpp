@@ -32,6 +32,7 @@ std::vector<std::string> to_args(const TrainOptions& o) {
   add("--freeze-step", o.freeze_step == 0 ? "auto" : std::to_string(o.freeze_step));
   add("--refresh-interval", std::to_string(o.refresh_interval));
   add("--track-scales", std::to_string(o.track_scales));
+  add("--warmup-exchange", o.warmup_exchange);
   add("--warmup-steps", std::to_string(o.warmup_steps));
   add("--lr", exact(o.lr));
   add("--clip", exact(o.clip));
@@ -61,6 +62,7 @@ std::vector<std::string> to_args(const TrainOptions& o) {
 #include <cmath>
 
 #include "onebit/error.hpp"
+#include "onebit/half_allreduce.hpp"
 #include "train/model.hpp"
 #include "train/trainer.hpp"
 
@@ -101,6 +103,8 @@ void validate_options(const TrainOptions& o) {
                                           "--freeze-step auto), not " << o.refresh_interval);
   ONEBIT_CHECK(o.track_scales >= -1 && o.track_scales <= 1,
                "onebit train: --track-scales must be 1, 0 or -1 (on with --freeze-step auto), not " << o.track_scales);
+  ONEBIT_CHECK(one_of(o.warmup_exchange, {"fp32", "bf16", "fp16"}),
+               "onebit train: --warmup-exchange must be fp32, bf16 or fp16, not '" << o.warmup_exchange << "'");
   ONEBIT_CHECK(o.warmup_steps >= 0 && o.warmup_steps <= o.steps,
                "onebit train: --warmup-steps must be in [0, --steps], not " << o.warmup_steps);
   ONEBIT_CHECK(o.lr > 0 && std::isfinite(o.lr), "onebit train: --lr must be positive, not " << o.lr);
@@ -119,7 +123,7 @@ void validate_options(const TrainOptions& o) {
 nlohmann::json options_json(const TrainOptions& o) {
   return {{"model", o.model}, {"data", o.data}, {"vocab", o.vocab}, {"seq", o.seq}, {"heldout", o.heldout},
           {"optimizer", o.optimizer}, {"batch", o.batch}, {"micro_batch", o.micro_batch}, {"steps", o.steps}, {"freeze_step", o.freeze_step}, {"refresh_interval", o.refresh_interval}, {"track_scales", o.track_scales},
-          {"warmup_steps", o.warmup_steps}, {"lr", o.lr}, {"clip", o.clip}, {"weight_decay", o.weight_decay},
+          {"warmup_exchange", o.warmup_exchange}, {"warmup_steps", o.warmup_steps}, {"lr", o.lr}, {"clip", o.clip}, {"weight_decay", o.weight_decay},
           {"beta2", o.beta2}, {"dropout", o.dropout}, {"seed", o.seed}, {"workers", o.workers},
           {"backend", o.backend}, {"device", o.device}, {"threads", o.threads}, {"timeout", o.timeout},
           {"out", o.out}, {"eval_every", o.eval_every}, {"eval_samples", o.eval_samples},
@@ -128,7 +132,8 @@ nlohmann::json options_json(const TrainOptions& o) {
 
 AutoFreezeOptions auto_freeze_options(const TrainOptions& o) {
   AutoFreezeOptions a;
-  a.max_steps = std::max<int64_t>(1, std::lround(kAutoFreezeCeilingFraction * o.steps));
+  const double bits = parse_wire_precision(o.warmup_exchange) == WirePrecision::kFp32 ? 32 : 16;
+  a.max_steps = std::max<int64_t>(1, std::lround(kAutoFreezeCeilingFraction * 32 / bits * o.steps));
   a.min_steps = std::min<int64_t>(kAutoFreezeFloor, a.max_steps);
   return a;
 }

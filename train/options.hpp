@@ -8,8 +8,10 @@
 namespace onebit::train {
 
 // --freeze-step auto (the default) ends the 1-bit optimizers' warmup when the second moment has
-// stabilised (onebit::AutoFreezeOptions), at the latest after this fraction of --steps: the whole-run
-// volume against the fp32 baseline is at least 1/(w + (1-w)/32) = 4.4x at w = 0.2.
+// stabilised (onebit::AutoFreezeOptions), at the latest once the warmup has sent this fraction of
+// the bytes of --steps fp32 exchanges: 20% of the steps with an fp32 warmup exchange, 40% with a
+// 16-bit one. The whole-run volume against the fp32 baseline is then at least
+// 1/(0.2 + (1-w)/32) = 4.4x (w, the warmup's share of the steps: 0.2 or 0.4).
 inline constexpr double kAutoFreezeCeilingFraction = 0.2;
 // ... and at the earliest after this many steps (or the ceiling, if that comes first).
 inline constexpr int kAutoFreezeFloor = 10;
@@ -34,6 +36,7 @@ struct TrainOptions {
   int freeze_step = 0;               // last warmup step of the 1-bit optimizers; 0: auto (see kAutoFreezeCeilingFraction)
   int refresh_interval = -1;         // 1-bit LAMB's full-precision refreshes (0: off; -1: 16 with --freeze-step auto, else off)
   int track_scales = -1;             // 1-bit LAMB's k follows the layers' gradient RMS (1/0; -1: on with --freeze-step auto)
+  std::string warmup_exchange = "fp32";  // the warmup's gradient exchange: fp32 | bf16 | fp16 (LAMB's every step)
   int warmup_steps = -1;             // linear lr warmup; -1: kDefaultWarmupFraction of steps; then linear decay to 0
   double lr = 0;                     // peak learning rate; 0: the preset's (tiny 1e-2 ... large 1e-3; a tenth for onebit-adam)
   double clip = 1.0;                 // clip this rank's local gradient to this global norm; 0: off

@@ -222,8 +222,10 @@ def main():
         kwargs["freeze_step"] = args.freeze_step
     if args.optimizer != "lamb" and args.freeze_step in (None, "auto"):
         # As the README advises for a run of known length (and as `onebit train` does): the automatic
-        # warmup ends by 20% of the steps, so the whole run sends at least 4.4x fewer bytes than LAMB.
-        ceiling = max(1, round(0.2 * args.steps))
+        # warmup ends once it has sent the bytes of 20% of the steps in fp32 (20% of the steps, or 40%
+        # with a 16-bit warmup exchange), so the whole run sends at least 4.4x fewer bytes than LAMB.
+        bits = 32 if args.opt.get("warmup_exchange", "fp32") == "fp32" else 16
+        ceiling = max(1, round(0.2 * 32 / bits * args.steps))
         kwargs["auto_freeze"] = dict(min_steps=min(10, ceiling), max_steps=ceiling)
     kwargs.update(args.opt)
     opt = getattr(onebit, OPTIMIZERS[args.optimizer])(param_groups(model, args.weight_decay), **kwargs)

@@ -91,21 +91,37 @@ class _OnebitOptimizer(torch.optim.Optimizer):
     _kind = None
     _options = ()        # hyperparameters passed to the core (besides lr and betas)
     _fixed = ()          # hyperparameters that cannot change after construction
+    # torch.cuda.amp / torch.amp.GradScaler: step() unscales the gradients itself and the skip of a
+    # step whose gradient overflowed is decided by all ranks together (see step()).
+    _step_supports_amp_scaling = True
 
     def __init__(self, params, defaults, process_group, momentum_masks, threads, timeout, watch):
         self._engines = []
+        self._built_with = []
+        self._comm = None
         super().__init__(params, defaults)
         given = isinstance(process_group, _onebit.Communicator)
         self._comm = _communicator(process_group, timeout, _device_of(self.param_groups))
         if not given:
             self._comm = _watched(self._comm, watch)
-        for group in self.param_groups:
-            self._engines.append(
-                _onebit.Engine(self._kind, group["params"], self._core_options(group, threads), self._comm))
         self._threads = threads
+        for group in self.param_groups:
+            self._engines.append(self._engine(group))
         self.last_step_skipped = False
         for param, mask in (momentum_masks or {}).items():
             self.set_momentum_mask(param, mask)
+
+    def _engine(self, group):
+        engine = _onebit.Engine(self._kind, group["params"], self._core_options(group, self._threads), self._comm)
+        self._built_with.append({k: group[k] for k in self._fixed if k in group})  # step() checks them
+        return engine
+
+    def _check_fixed(self, group, built_with):
+        for key, value in built_with.items():
+            if group[key] != value:
+                raise ValueError("onebit: %s changed from %r to %r after the optimizer was built; only lr may "
+                                 "change (a scheduler that cycles momentum, such as OneCycleLR, needs "
+                                 "cycle_momentum=False)" % (key, value, group[key]))
 
     def _core_options(self, group, threads):
         beta1, beta2 = group["betas"]
@@ -117,9 +133,19 @@ class _OnebitOptimizer(torch.optim.Optimizer):
         return options
 
     def add_param_group(self, param_group):
-        if self._engines:
-            raise RuntimeError("onebit optimizers take all parameter groups at construction")
+        """As torch.optim: a new group with its own settings (and its own flat buffers and state,
+        starting at step 0). Every rank must add the same group at the same step."""
         super().add_param_group(param_group)
+        if self._comm is None:  # during __init__: the engines are made once the device is known
+            return
+        group = self.param_groups[-1]
+        try:
+            _device_of(self.param_groups)  # one device for all groups (builds with CUDA)
+            self._engines.append(self._engine(group))
+        except Exception:
+            self.param_groups.pop()
+            del self._built_with[len(self._engines):]
+            raise
 
     @property
     def rank(self):
@@ -159,23 +185,71 @@ class _OnebitOptimizer(torch.optim.Optimizer):
         raise ValueError("onebit: set_momentum_mask for a tensor that is not one of the parameters")
 
     @torch.no_grad()
-    def step(self, closure=None):
+    def step(self, closure=None, **kwargs):
         """One step on every group; returns the closure's loss. If any rank's gradient held a NaN or
-        an infinity, all ranks skip the step together and last_step_skipped is True."""
+        an infinity, all ranks skip the step together and last_step_skipped is True.
+
+        A parameter whose .grad is None counts as a zero gradient (every rank exchanges the same
+        layout): unlike torch.optim's optimizers, its momentum and weight decay still move it.
+
+        Under GradScaler (scaler.step(opt)) the gradients are unscaled here, and a step in which any
+        rank's scaled gradient overflowed is skipped on every rank. With torch 1.x's scaler (which
+        passes itself as grad_scaler) every rank's scaler then backs off together; torch 2.x's
+        scaler hands over only its scale, so each rank's scaler backs off on its own overflows."""
+        grad_scaler = kwargs.pop("grad_scaler", None)
+        if kwargs:
+            raise TypeError("onebit: step() got unexpected keyword arguments %s" % ", ".join(sorted(kwargs)))
         loss = None
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        if grad_scaler is not None:
+            self._unscale_with(grad_scaler)
+        elif getattr(self, "grad_scale", None) is not None:
+            self._unscale(self.grad_scale)
         skipped = False
+        for group, built_with in zip(self.param_groups, self._built_with):
+            self._check_fixed(group, built_with)
         for group, engine in zip(self.param_groups, self._engines):
             engine.set_lr(float(group["lr"]))
             skipped |= not engine.step()
         self.last_step_skipped = skipped
+        if grad_scaler is not None:
+            self._record_overflow(grad_scaler, skipped)
         return loss
 
+    def _unscale(self, scale):
+        """Divides every gradient by GradScaler's scale (as the scaler does: times its fp32 reciprocal)."""
+        inv = scale.double().reciprocal().float().reshape(())
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is not None:
+                    p.grad.mul_(inv.to(p.grad.device))
+
+    def _unscale_with(self, scaler):
+        # torch 1.x's contract: the scaler passes itself; unscale_ records this rank's overflow.
+        state = scaler._per_optimizer_states[id(self)]
+        if state["stage"].name == "READY":
+            scaler.unscale_(self)
+
+    def _record_overflow(self, scaler, skipped):
+        # What every rank decided, so that every rank's scaler backs off (or grows) alike.
+        found = scaler._per_optimizer_states[id(self)]["found_inf_per_device"]
+        if not found:
+            found[scaler._scale.device] = torch.zeros(1, device=scaler._scale.device)
+        for flag in found.values():
+            flag.fill_(1.0 if skipped else 0.0)
+
     def zero_grad(self, set_to_none=None):
-        """Zeroes the flat gradients in one pass and keeps each .grad a view into them (so
-        set_to_none is ignored: a None .grad would cost a copy on the next step)."""
+        """Zeroes the gradients. By default (set_to_none None or False) the flat gradients are zeroed in
+        one pass and each .grad stays a view into them, which costs nothing at the next step. With
+        set_to_none=True every .grad becomes None, as torch.optim does; the next step then copies
+        the new gradients into the flat buffer (and a parameter still without one counts as zero)."""
+        if set_to_none:
+            for group in self.param_groups:
+                for p in group["params"]:
+                    p.grad = None
+            return
         for engine in self._engines:
             engine.zero_grad()
 
@@ -246,6 +320,13 @@ def _freeze_step(freeze_step):
     return int(freeze_step)
 
 
+def _exchange(warmup_exchange):
+    """The warmup's gradient exchange precision (C++ WirePrecision)."""
+    if warmup_exchange not in ("fp32", "bf16", "fp16"):
+        raise ValueError("onebit: warmup_exchange must be 'fp32', 'bf16' or 'fp16', got %r" % (warmup_exchange,))
+    return warmup_exchange
+
+
 def _auto_freeze(auto_freeze):
     """The automatic freeze's bounds and test as flat core options (C++ AutoFreezeOptions)."""
     known = ("min_steps", "max_steps", "window", "tolerance")
@@ -260,13 +341,14 @@ class Lamb(_OnebitOptimizer):
     """LAMB (spec §3) with the gradient averaged over the process group, no bias correction."""
 
     _kind = "lamb"
-    _options = ("eps", "weight_decay", "max_coeff", "min_coeff")
-    _fixed = ("betas", "eps", "weight_decay", "max_coeff", "min_coeff")
+    _options = ("eps", "weight_decay", "max_coeff", "min_coeff", "warmup_exchange")
+    _fixed = ("betas", "eps", "weight_decay", "max_coeff", "min_coeff", "warmup_exchange")
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, max_coeff=10.0,
-                 min_coeff=0.01, *, process_group=None, threads=1, timeout=60.0, watch=False):
+                 min_coeff=0.01, *, warmup_exchange="fp32", process_group=None, threads=1, timeout=60.0,
+                 watch=False):
         defaults = dict(lr=lr, betas=_check_betas(betas), eps=eps, weight_decay=weight_decay,
-                        max_coeff=max_coeff, min_coeff=min_coeff)
+                        max_coeff=max_coeff, min_coeff=min_coeff, warmup_exchange=_exchange(warmup_exchange))
         super().__init__(params, defaults, process_group, None, threads, timeout, watch)
 
 
@@ -277,38 +359,44 @@ class OnebitLamb(_OnebitOptimizer):
     moment has stabilised, between auto_freeze's min_steps (10) and max_steps (1000); see
     docs/algorithm.md, "Choosing the freeze step". auto_freeze: {min_steps, max_steps, window,
     tolerance}. refresh_interval and track_scales (None: on with freeze_step "auto", off with a
-    given step): past the paper, docs/algorithm.md §10. momentum_masks: {parameter: 0/1 tensor of
-    its shape} (see set_momentum_mask)."""
+    given step): past the paper, docs/algorithm.md §10. warmup_exchange: "fp32", or "bf16"/"fp16"
+    for half the warmup's bytes (§11). momentum_masks: {parameter: 0/1 tensor of its shape} (see
+    set_momentum_mask)."""
 
     _kind = "onebit-lamb"
     _options = ("freeze_step", "eps", "weight_decay", "max_coeff", "min_coeff", "coeff_beta", "factor_max",
-                "factor_min", "factor_threshold", "refresh_interval", "track_scales")
+                "factor_min", "factor_threshold", "refresh_interval", "track_scales", "warmup_exchange")
     _fixed = ("freeze_step", "auto_freeze", "betas", "eps", "weight_decay", "max_coeff", "min_coeff",
-              "coeff_beta", "factor_max", "factor_min", "factor_threshold", "refresh_interval", "track_scales")
+              "coeff_beta", "factor_max", "factor_min", "factor_threshold", "refresh_interval", "track_scales",
+              "warmup_exchange")
 
     def __init__(self, params, lr=1e-3, freeze_step="auto", betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
                  max_coeff=10.0, min_coeff=0.01, coeff_beta=0.9, factor_max=4.0, factor_min=0.5,
                  factor_threshold=0.1, process_group=None, *, auto_freeze=None, refresh_interval=None,
-                 track_scales=None, momentum_masks=None, threads=1, timeout=60.0, watch=False):
+                 track_scales=None, warmup_exchange="fp32", momentum_masks=None, threads=1, timeout=60.0,
+                 watch=False):
         defaults = dict(lr=lr, freeze_step=_freeze_step(freeze_step), auto_freeze=_auto_freeze(auto_freeze),
                         betas=_check_betas(betas), eps=eps, weight_decay=weight_decay, max_coeff=max_coeff,
                         min_coeff=min_coeff, coeff_beta=coeff_beta, factor_max=factor_max, factor_min=factor_min,
                         factor_threshold=factor_threshold,
                         refresh_interval=-1 if refresh_interval is None else int(refresh_interval),
-                        track_scales=-1 if track_scales is None else int(bool(track_scales)))
+                        track_scales=-1 if track_scales is None else int(bool(track_scales)),
+                        warmup_exchange=_exchange(warmup_exchange))
         super().__init__(params, defaults, process_group, momentum_masks, threads, timeout, watch)
 
 
 class OnebitAdam(_OnebitOptimizer):
     """1-bit Adam: Adam warmup (no bias correction), then frozen variance and compressed momentum.
-    freeze_step and auto_freeze as for OnebitLamb."""
+    freeze_step, auto_freeze and warmup_exchange as for OnebitLamb."""
 
     _kind = "onebit-adam"
-    _options = ("freeze_step", "eps", "weight_decay")
-    _fixed = ("freeze_step", "auto_freeze", "betas", "eps", "weight_decay")
+    _options = ("freeze_step", "eps", "weight_decay", "warmup_exchange")
+    _fixed = ("freeze_step", "auto_freeze", "betas", "eps", "weight_decay", "warmup_exchange")
 
     def __init__(self, params, lr=1e-3, freeze_step="auto", betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
-                 process_group=None, *, auto_freeze=None, threads=1, timeout=60.0, watch=False):
+                 process_group=None, *, auto_freeze=None, warmup_exchange="fp32", threads=1, timeout=60.0,
+                 watch=False):
         defaults = dict(lr=lr, freeze_step=_freeze_step(freeze_step), auto_freeze=_auto_freeze(auto_freeze),
-                        betas=_check_betas(betas), eps=eps, weight_decay=weight_decay)
+                        betas=_check_betas(betas), eps=eps, weight_decay=weight_decay,
+                        warmup_exchange=_exchange(warmup_exchange))
         super().__init__(params, defaults, process_group, None, threads, timeout, watch)
