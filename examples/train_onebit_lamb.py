@@ -1,10 +1,18 @@
-"""Trains a small torch model with onebit.OnebitLamb on several processes (torch.multiprocessing +
-Gloo on this machine): each rank computes the gradient of its own batch, the optimizer does the rest.
+"""Trains a small torch model with onebit.OnebitLamb on several processes over Gloo: each rank computes
+the gradient of its own batch, the optimizer does the rest.
+
+Under torchrun (env:// rendezvous: RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT), one process per rank:
+
+    torchrun --standalone --nproc_per_node 4 examples/train_onebit_lamb.py --steps 200
+
+(Debian 12's torch 1.13 on Python 3.11 needs `--redirects 2 --tee 2` after torchrun: it cannot parse
+their default "0".) Run by itself, it starts --world-size processes with torch.multiprocessing:
 
     python3 examples/train_onebit_lamb.py --world-size 4 --steps 200
 """
 import argparse
 import datetime
+import os
 import socket
 import time
 
@@ -25,8 +33,11 @@ def data(n, seed):
 
 def worker(rank, world, port, args):
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method="tcp://127.0.0.1:%d" % port, rank=rank, world_size=world,
-                            timeout=datetime.timedelta(seconds=60))
+    if port is None:  # torchrun: the rendezvous is in the environment (env://)
+        dist.init_process_group("gloo", timeout=datetime.timedelta(seconds=60))
+    else:
+        dist.init_process_group("gloo", init_method="tcp://127.0.0.1:%d" % port, rank=rank, world_size=world,
+                                timeout=datetime.timedelta(seconds=60))
     torch.manual_seed(0)  # the same initial model on every rank
     model = torch.nn.Sequential(torch.nn.Linear(16, 64), torch.nn.GELU(), torch.nn.Linear(64, 1))
     # Build the optimizer last: the parameters move into its flat buffer. No DDP wrapper: step()
@@ -59,12 +70,15 @@ def worker(rank, world, port, args):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--world-size", type=int, default=4)
+    parser.add_argument("--world-size", type=int, default=4, help="processes to start (not under torchrun)")
     parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--batch", type=int, default=32, help="samples per rank per step")
     parser.add_argument("--lr", type=float, default=0.02)
     parser.add_argument("--timeout", type=float, default=600, help="seconds before the run is abandoned")
     args = parser.parse_args()
+    if "RANK" in os.environ and "WORLD_SIZE" in os.environ:  # started by torchrun: this is one rank
+        worker(int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), None, args)
+        return
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]

@@ -85,10 +85,17 @@ if(ONEBIT_BUILD_TESTS AND ONEBIT_HAVE_STATIC_LIBSTDCXX)
 endif()
 
 # Where `cmake --install` puts the package: the interpreter's own site directory for local
-# installs (Debian: /usr/local/lib/python3.X/dist-packages, on sys.path from any directory).
+# installs (Debian: /usr/local/lib/python3.X/dist-packages, on sys.path from any directory), kept
+# relative to the install prefix when it lies below it, so that `cmake --install --prefix DIR` puts
+# it below DIR. (pip installs the package its own way: setup.py.)
 execute_process(COMMAND "${ONEBIT_PYTHON}" -c "import sysconfig; print(sysconfig.get_path('platlib'))"
                 WORKING_DIRECTORY "${PROJECT_BINARY_DIR}" OUTPUT_VARIABLE _onebit_site OUTPUT_STRIP_TRAILING_WHITESPACE)
-set(ONEBIT_PYTHON_INSTALL_DIR "${_onebit_site}" CACHE PATH "Where the onebit Python package is installed")
+cmake_path(IS_PREFIX CMAKE_INSTALL_PREFIX "${_onebit_site}" NORMALIZE _onebit_site_below_prefix)
+if(_onebit_site_below_prefix)
+  cmake_path(RELATIVE_PATH _onebit_site BASE_DIRECTORY "${CMAKE_INSTALL_PREFIX}")
+endif()
+set(ONEBIT_PYTHON_INSTALL_DIR "${_onebit_site}" CACHE STRING
+    "Where the onebit Python package is installed (relative: below the install prefix)")
 install(TARGETS onebit_python LIBRARY DESTINATION "${ONEBIT_PYTHON_INSTALL_DIR}/onebit" COMPONENT python)
 install(FILES ${ONEBIT_PY_FILES} DESTINATION "${ONEBIT_PYTHON_INSTALL_DIR}/onebit" COMPONENT python)
 
@@ -117,6 +124,8 @@ if(ONEBIT_BUILD_TESTS)
       "compression|test_distributed.py|equals_the_core"
       "resume|test_distributed.py|resumes"
       "training|test_distributed.py|training"
+      "conventions|test_torch_conventions.py|"
+      "torchrun|test_torchrun.py|"
       "cuda|test_cuda.py|")
   if(TARGET onebit_python_static_runtime)
     # Against the static-runtime twin: the error messages, and the lost-rank watch over Gloo.

@@ -6,6 +6,7 @@
 #include <pybind11/stl.h>
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <functional>
 #include <set>
@@ -53,6 +54,9 @@ void read_lamb_like(OptionReader& r, O& o) {
   r.get("eps", o.eps);
   r.get("weight_decay", o.weight_decay);
   r.get("threads", o.threads);
+  std::string exchange = onebit::to_string(o.warmup_exchange);
+  r.get("warmup_exchange", exchange);
+  o.warmup_exchange = onebit::parse_wire_precision(exchange);
 }
 
 template <class O>
@@ -128,6 +132,26 @@ std::function<std::unique_ptr<onebit::Optimizer>(const onebit::FlatLayout&, Comm
   throw onebit::Error("onebit: unknown optimizer kind '" + kind + "'");
 }
 
+// Every Communicator handed to Python goes through this. Its last reference may drop while this
+// thread holds the GIL (garbage collection, the interpreter's exit), and destroying a c10d
+// communicator can drop the last reference to the torch ProcessGroup, whose destructor joins threads
+// that may be waiting for the GIL: a deadlock at exit. As torch does for its own c10d objects (its
+// IntrusivePtrNoGilDestructor holder), the deleter lets the GIL go first.
+std::atomic<int64_t> g_released_without_gil{0};  // for the test that this happens
+
+std::shared_ptr<Communicator> for_python(std::shared_ptr<Communicator> comm) {
+  Communicator* raw = comm.get();
+  return std::shared_ptr<Communicator>(raw, [owner = std::move(comm)](Communicator*) mutable {
+    if (Py_IsInitialized() && PyGILState_Check()) {
+      py::gil_scoped_release release;
+      if (!PyGILState_Check()) g_released_without_gil.fetch_add(1);
+      owner.reset();
+    } else {
+      owner.reset();
+    }
+  });
+}
+
 // A tensor's bytes, for the raw collectives the tests drive.
 std::span<std::byte> bytes_of(const at::Tensor& t, const char* what) {
   ONEBIT_CHECK(t.device().is_cpu() && t.is_contiguous(), "onebit communicator: " << what
@@ -152,14 +176,15 @@ std::shared_ptr<Communicator> with_timeout(std::shared_ptr<Communicator> comm, d
 
 std::shared_ptr<Communicator> c10d_communicator(const py::object& group, double timeout_s,
                                                 const std::string& device) {
-  return with_timeout(onebit::make_c10d_communicator(process_group_of(group), c10::Device(device)), timeout_s);
+  return for_python(
+      with_timeout(onebit::make_c10d_communicator(process_group_of(group), c10::Device(device)), timeout_s));
 }
 
 #ifdef ONEBIT_HAVE_CUDA
 std::shared_ptr<Communicator> c10d_device_communicator(const py::object& group, double timeout_s,
                                                        const std::string& device) {
-  return with_timeout(onebit::make_c10d_device_communicator(process_group_of(group), c10::Device(device)),
-                      timeout_s);
+  return for_python(with_timeout(
+      onebit::make_c10d_device_communicator(process_group_of(group), c10::Device(device)), timeout_s));
 }
 
 std::shared_ptr<Communicator> nccl_communicator(const py::bytes& unique_id, int rank, int size, int device,
@@ -169,9 +194,13 @@ std::shared_ptr<Communicator> nccl_communicator(const py::bytes& unique_id, int 
   ONEBIT_CHECK(bytes.size() == id.size(), "onebit nccl_communicator: the unique id has " << bytes.size()
                                               << " bytes, not " << id.size() << " (use nccl_unique_id())");
   std::copy(bytes.begin(), bytes.end(), id.begin());
-  py::gil_scoped_release release;  // initialization waits for the other ranks
-  return onebit::make_nccl_communicator(id, rank, size, device, nullptr,
-                                        std::chrono::milliseconds(static_cast<int64_t>(timeout_s * 1000)));
+  std::shared_ptr<Communicator> comm;
+  {
+    py::gil_scoped_release release;  // initialization waits for the other ranks
+    comm = onebit::make_nccl_communicator(id, rank, size, device, nullptr,
+                                          std::chrono::milliseconds(static_cast<int64_t>(timeout_s * 1000)));
+  }
+  return for_python(std::move(comm));
 }
 #endif
 
@@ -263,12 +292,19 @@ PYBIND11_MODULE(_onebit, m) {
         py::arg("device") = "cpu", "The Communicator over a torch.distributed ProcessGroup.");
   m.def("watch_ranks", [](std::shared_ptr<Communicator> comm, const std::string& host, int port, const std::string& prefix) {
         const auto timeout = comm->timeout();
-        py::gil_scoped_release release;  // connects to the store
-        return onebit::watch_ranks(std::move(comm), onebit::tcp_store_connector(host, port, timeout), prefix);
+        std::shared_ptr<Communicator> watched;
+        {
+          py::gil_scoped_release release;  // connects to the store
+          watched = onebit::watch_ranks(std::move(comm), onebit::tcp_store_connector(host, port, timeout), prefix);
+        }
+        return for_python(std::move(watched));
       }, py::arg("comm"), py::arg("host"), py::arg("port"), py::arg("prefix") = "onebit",
       "`comm` with its collectives watched through heartbeats in the TCPStore at host:port, so a failed "
       "collective names the lost rank (see include/onebit/torch_watchdog.hpp).");
-  m.def("single_rank_communicator", [] { return std::shared_ptr<Communicator>(onebit::make_single_rank_communicator()); });
+  m.def("single_rank_communicator",
+        [] { return for_python(std::shared_ptr<Communicator>(onebit::make_single_rank_communicator())); });
+  m.def("_communicators_released_without_gil", [] { return g_released_without_gil.load(); },
+        "How many Communicators this process destroyed with the GIL let go (each one that Python held).");
 #ifdef ONEBIT_HAVE_CUDA
   m.attr("built_with_cuda") = true;
   m.def("c10d_device_communicator", &c10d_device_communicator, py::arg("group"), py::arg("timeout") = 60.0,

@@ -95,3 +95,32 @@ def test_parameters_on_different_devices_are_an_error():
     # The engine's own check, for C++ users and each parameter group.
     with pytest.raises(onebit.Error, match="must all be on the CPU or all on one GPU"):
         _onebit.Engine("lamb", mixed(), {}, _onebit.single_rank_communicator())
+
+
+def test_grad_scaler_fp16_skips_an_overflowing_step_and_backs_off():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(8, 32), torch.nn.Tanh(), torch.nn.Linear(32, 1)).cuda()
+    opt = onebit.OnebitLamb(model.parameters(), lr=0.02, freeze_step=5)
+    scaler = torch.amp.GradScaler("cuda", init_scale=1024.0) if hasattr(torch.amp, "GradScaler") \
+        else torch.cuda.amp.GradScaler(init_scale=1024.0)
+    x, y = (t.cuda() for t in sc.regression_data(256, seed=1))
+    losses = []
+    for s in range(40):
+        opt.zero_grad()
+        with torch.autocast("cuda", dtype=torch.float16):
+            out = model(x)
+        assert out.dtype == torch.float16
+        loss = torch.nn.functional.mse_loss(out.float(), y)
+        scaled = scaler.scale(loss)
+        if s == 10:
+            scaled = scaled * float("inf")  # an overflow: the step must be skipped, the scale halved
+            weights, scale = sc.cat(model.parameters()).clone(), scaler.get_scale()
+        scaled.backward()
+        scaler.step(opt)
+        scaler.update()
+        if s == 10:
+            assert opt.last_step_skipped and torch.equal(sc.cat(model.parameters()), weights)
+            assert scaler.get_scale() == scale / 2
+        losses.append(loss.item())
+    assert opt.skipped_steps >= 1 and not opt.in_warmup
+    assert losses[-1] < 0.5 * losses[0]
