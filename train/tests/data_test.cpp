@@ -176,6 +176,9 @@ TEST(Options, DefaultsAreResolvedAndArgumentsRoundTrip) {
   o.steps = 20;
   EXPECT_EQ(auto_freeze_options(resolve_options(o)).min_steps, 4);  // the ceiling comes first
   o.steps = 1000;
+  o.warmup_exchange = "bf16";  // the ceiling is a byte budget: a 16-bit warmup gets twice the steps
+  EXPECT_EQ(auto_freeze_options(resolve_options(o)).max_steps, 2 * a.max_steps);
+  o.warmup_exchange = "fp32";
   EXPECT_EQ(r.warmup_steps, 100);
   EXPECT_EQ(r.seq, 64);
   EXPECT_EQ(r.vocab, 1024);
@@ -189,6 +192,7 @@ TEST(Options, DefaultsAreResolvedAndArgumentsRoundTrip) {
   in.progress = false;
   in.micro_batch = 3;
   in.log_layers = true;
+  in.warmup_exchange = "fp16";
   CLI::App app;
   TrainOptions parsed;
   add_train_command(app, parsed);
@@ -230,6 +234,7 @@ TEST(Options, BadSettingsAreNamed) {
   b = o; b.micro_batch = -1; expect_error(b, "--micro-batch");
   b = o; b.backend = "nccl"; expect_error(b, "--backend nccl");
   b = o; b.lr = -1; expect_error(b, "--lr");
+  b = o; b.warmup_exchange = "fp8"; expect_error(b, "--warmup-exchange must be fp32, bf16 or fp16");
 }
 
 TEST(Model, LossStartsNearUniformAndCoversOnlyMaskedPositions) {
