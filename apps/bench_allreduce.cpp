@@ -212,9 +212,8 @@ CLI::App* add_allreduce_command(CLI::App& bench, AllreduceOptions& o) {
   c->add_option("--elements", o.elements, "fp32 elements per rank")->required()->check(positive_integer, "POSITIVE");
   c->add_option("--backend", o.backend,
                 "local (threads in this process), mpi (processes under mpirun) or gloo (processes over "
-                "PyTorch's Gloo through c10d, as `onebit train` joins)")
-      ->check(CLI::IsMember({"local", "mpi", "gloo"}))
-      ->capture_default_str();
+                "PyTorch's Gloo through c10d, as `onebit train` joins); default: local, with --rate gloo")
+      ->check(CLI::IsMember({"local", "mpi", "gloo"}));
   c->add_option("--threads", o.threads, "kernel threads per rank")->check(CLI::Range(1, 1024))->capture_default_str();
   c->add_option("--repeats", o.repeats, "timed runs (median reported)")->check(CLI::Range(1, 100000))->capture_default_str();
   c->add_flag("--json", o.json, "print JSON instead of a table");
@@ -227,8 +226,9 @@ CLI::App* add_allreduce_command(CLI::App& bench, AllreduceOptions& o) {
   c->add_option("--calibration", o.calibration,
                 "also time elements/10 and elements/100, fit the constants of `onebit plan` and write them to this file");
   c->add_option("--timeout", o.timeout_s, "with --rate: seconds before the whole run is killed")
-      ->check(CLI::Range(1.0, 1e7))
+      ->check(number_in(1, 1e7), "SECONDS")
       ->capture_default_str();
+  c->footer(example("onebit bench allreduce --rate 1gbit --workers 2 --elements 1000000 --json"));
   return c;
 }
 
@@ -261,7 +261,7 @@ int run_gloo(const AllreduceOptions& o, const std::vector<std::string>& args) {
       std::vector<std::string> command{lan::self_path()};
       command.insert(command.end(), args.begin(), args.end());
       return lan::run_in_network(o.workers, lan::make_shape(o.rate, o.delay), command, whole_run_timeout(o),
-                                 "bench allreduce --rate");
+                                 "bench allreduce --rate", 29500, /*prefix_stdout=*/false);
     }
     train::LaunchOptions launch;
     launch.args = args;
@@ -281,7 +281,9 @@ int run_gloo(const AllreduceOptions& o, const std::vector<std::string>& args) {
 
 }  // namespace
 
-int run_allreduce(const AllreduceOptions& o, const std::vector<std::string>& args) {
+int run_allreduce(const AllreduceOptions& given, const std::vector<std::string>& args) {
+  AllreduceOptions o = given;
+  if (o.backend.empty()) o.backend = o.rate.empty() ? "local" : "gloo";  // the ranks resolve it alike
   if (!o.rate.empty()) {
     lan::make_shape(o.rate, o.delay);  // a bad --rate fails here, before anything starts
     if (o.backend == "local")

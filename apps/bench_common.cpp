@@ -4,7 +4,9 @@
 #include <sched.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <fstream>
 #include <iostream>
 #include <thread>
@@ -75,6 +77,45 @@ std::string positive_integer(const std::string& s) {
   const bool digits = !s.empty() && s.size() <= 19 && s.find_first_not_of("0123456789") == std::string::npos;
   return digits && std::stoull(s) > 0 ? "" : "must be a positive integer, not '" + s + "'";
 }
+
+namespace {
+std::string compact(double v) {
+  char buf[64];
+  std::snprintf(buf, sizeof(buf), "%.10g", v);
+  return buf;
+}
+
+// The number s holds, or NaN when s is not one number.
+double parse_number(const std::string& s) {
+  char* end = nullptr;
+  const double v = s.empty() ? 0.0 : std::strtod(s.c_str(), &end);
+  return s.empty() || end != s.c_str() + s.size() ? std::nan("") : v;
+}
+}  // namespace
+
+std::function<std::string(const std::string&)> number_in(double lo, double hi) {
+  return [lo, hi](const std::string& s) -> std::string {
+    const double v = parse_number(s);
+    if (v >= lo && v <= hi) return "";
+    return "must be a number from " + compact(lo) + " to " + compact(hi) + ", not '" + s + "'";
+  };
+}
+
+std::function<std::string(const std::string&)> positive_number() {
+  return [](const std::string& s) -> std::string {
+    const double v = parse_number(s);
+    return v > 0 && std::isfinite(v) ? "" : "must be a number > 0, not '" + s + "'";
+  };
+}
+
+std::function<std::string(const std::string&)> non_negative_number() {
+  return [](const std::string& s) -> std::string {
+    const double v = parse_number(s);
+    return v >= 0 && std::isfinite(v) ? "" : "must be a number >= 0, not '" + s + "'";
+  };
+}
+
+std::string example(const std::string& command_line) { return "Example:\n  " + command_line; }
 
 std::string fixed(double v, int decimals) {
   char buf[64];

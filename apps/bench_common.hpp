@@ -43,6 +43,15 @@ nlohmann::json machine_json();
 // whose built-in range check would print the type's maximum in its message).
 std::string positive_integer(const std::string& s);
 
+// CLI11 checks of a number that say what would be valid in a few digits ("must be a number > 0, not
+// '-5'"; CLI11's own PositiveNumber prints a double's maximum with 300 of them).
+std::function<std::string(const std::string&)> number_in(double lo, double hi);  // lo <= x <= hi
+std::function<std::string(const std::string&)> positive_number();                // x > 0
+std::function<std::string(const std::string&)> non_negative_number();            // x >= 0
+
+// The last line of every command's --help: one example of it.
+std::string example(const std::string& command_line);
+
 // --- output ------------------------------------------------------------------------------------
 
 std::string fixed(double v, int decimals);
@@ -70,7 +79,7 @@ struct CompressOptions {
 struct AllreduceOptions {
   int workers = 0;
   size_t elements = 0;
-  std::string backend = "local";
+  std::string backend;  // empty: local, or gloo with --rate
   int threads = 1;
   int repeats = 7;
   bool json = false;

@@ -35,6 +35,7 @@ CLI::App* add_compress_command(CLI::App& bench, CompressOptions& o) {
       ->check(CLI::IsMember({"generic", "avx2", "avx512"}));
   c->add_flag("--json", o.json, "print JSON instead of a table");
   c->add_option("--out", o.out, "also write the JSON to this file");
+  c->footer(example("onebit bench compress --elements 16777216 --threads 2 --json"));
   return c;
 }
 

@@ -89,6 +89,7 @@ CLI::App* add_step_command(CLI::App& bench, StepOptions& o) {
   c->add_option("--repeats", o.repeats, "timed steps (median reported)")->check(CLI::Range(1, 100000))->capture_default_str();
   c->add_flag("--json", o.json, "print JSON instead of a table");
   c->add_option("--out", o.out, "also write the JSON to this file");
+  c->footer(example("onebit bench step --optimizer onebit-lamb --params 10000000 --json"));
   return c;
 }
 

@@ -1,6 +1,7 @@
 // The `onebit` command line: parses the subcommands and turns every failure into one line,
 // "onebit: <message>", and exit code 1.
 #include <CLI/CLI.hpp>
+#include <cstdlib>
 #include <exception>
 #include <iostream>
 #include <string>
@@ -19,8 +20,10 @@ int main(int argc, char** argv) {
   CLI::App app{"onebit: 1-bit LAMB / 1-bit Adam with an error-compensated 1-bit compressed allreduce"};
   app.name("onebit");
   app.require_subcommand(1);
+  app.footer(example("onebit bench allreduce --workers 4 --elements 25000000"));
   CLI::App* bench = app.add_subcommand("bench", "benchmarks, each against its floor in the same run");
   bench->require_subcommand(1);
+  bench->footer(example("onebit bench compress --elements 16777216"));
 
   CompressOptions compress;
   AllreduceOptions allreduce;
@@ -61,10 +64,14 @@ int main(int argc, char** argv) {
     if (compare_cmd->parsed()) return onebit::train::run_compare(compare);
 #endif
   } catch (const onebit::Error& e) {
-    std::cerr << "onebit: " << e.what() << "\n";
+    const std::string message = e.what();
+    std::cerr << (message.rfind("onebit", 0) == 0 ? "" : "onebit: ") << message;
+    if (e.file() && std::getenv("ONEBIT_DEBUG")) std::cerr << " (" << e.file() << ":" << e.line() << ")";
+    std::cerr << "\n";
     return 1;
   } catch (const std::exception& e) {
-    std::cerr << "onebit: " << e.what() << "\n";
+    const std::string message = e.what();
+    std::cerr << (message.rfind("onebit", 0) == 0 ? "" : "onebit: ") << message << "\n";
     return 1;
   }
   std::cerr << "onebit: no command given (see onebit --help)\n";

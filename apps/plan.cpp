@@ -11,21 +11,24 @@ namespace onebit::plan {
 
 CLI::App* add_plan_command(CLI::App& app, PlanOptions& o) {
   CLI::App* c = app.add_subcommand("plan", "predict communication and speedup of 1-bit LAMB on a network");
-  c->add_option("--params", o.params, "model parameters (e.g. 335141888 for BERT-Large)")->required()->check(CLI::PositiveNumber);
+  c->add_option("--params", o.params, "model parameters (e.g. 335141888 for BERT-Large)")
+      ->required()
+      ->check(bench::positive_number(), "NUMBER > 0");
   c->add_option("--workers", o.workers, "data-parallel workers")->required()->check(CLI::Range(1, 1 << 20));
   c->add_option("--bandwidth", o.bandwidth, "each worker's link: 1gbit, 100mbit, 10GB/s, or bytes/s")->required();
   c->add_option("--latency", o.latency, "per-message latency, e.g. 50us (default: the calibration's)");
   c->add_option("--step-compute", o.step_compute, "seconds of compute per step without communication (default 0)")
-      ->check(CLI::NonNegativeNumber);
+      ->check(bench::non_negative_number(), "SECONDS >= 0");
   c->add_option("--freeze-fraction", o.freeze_fraction,
                 "share of steps in warmup (default " + std::to_string(kDefaultFreezeFraction) + ")")
-      ->check(CLI::Range(0.0, 1.0));
+      ->check(bench::number_in(0, 1), "FRACTION");
   c->add_option("--calibration", o.calibration, "calibration file written by `onebit bench allreduce --calibration`");
   c->add_option("--shared-cores", o.shared_cores,
                 "the workers all run on one machine with this many cores (as `onebit lan` does); default: one "
                 "machine each")
       ->check(CLI::Range(1, 1 << 20));
   c->add_flag("--json", o.json, "print JSON instead of a table");
+  c->footer(bench::example("onebit plan --params 335141888 --workers 256 --bandwidth 10gbit --step-compute 0.4"));
   return c;
 }
 

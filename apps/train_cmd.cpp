@@ -5,6 +5,7 @@
 #include <charconv>
 #include <string>
 
+#include "bench_common.hpp"
 #include "train/compare.hpp"
 #include "train/corpus.hpp"
 #include "train/trainer.hpp"
@@ -98,6 +99,7 @@ CLI::App* add_train_command(CLI::App& app, TrainOptions& o) {
   c->add_flag("--reset-errors-on-resize", o.reset_errors_on_resize,
               "with --resume from a run of another --workers: continue with the compression error buffers reset "
               "(not bit for bit; without this flag such a resume is an error)");
+  c->footer(bench::example("onebit train --model tiny --workers 2 --batch 32 --steps 100 --optimizer onebit-lamb --out run1"));
   return c;
 }
 
@@ -114,8 +116,9 @@ CLI::App* add_compare_command(CLI::App& app, CompareOptions& o) {
   c->add_option("--delay", o.delay, "with --rate: one-way latency between two workers (500us, 1ms)")
       ->capture_default_str();
   c->add_option("--run-timeout", o.run_timeout, "with --rate: seconds before one run's workers are killed")
-      ->check(CLI::Range(1.0, 1e7))
+      ->check(bench::number_in(1, 1e7), "SECONDS")
       ->capture_default_str();
+  c->footer(bench::example("onebit compare --model tiny --workers 4 --steps 120 --out compare-run"));
   return c;
 }
 

@@ -66,6 +66,7 @@ struct ProcessSpec {
   std::string netns;                // a namespace name under /var/run/netns; empty: this one
   bool capture = false;             // stdout/stderr into pipes (for prefixing), else inherited
   std::string label;                // for messages and prefixes, e.g. "rank 1"
+  bool prefix_stdout = true;        // when captured: false passes stdout lines on as they are
 };
 
 // execve's argv / envp: pointers into `v` (which must outlive them), then a null.
@@ -141,16 +142,20 @@ void require_root(const std::string& what);
 // The environment one rank sees: RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT, ONEBIT_LAN_ADDR, ...
 std::vector<std::string> rank_env(const Network& net, int rank, int master_port);
 
-// The process specs that run `command` once per worker namespace, output prefixed "[rank i] ".
+// The process specs that run `command` once per worker namespace, output prefixed "[rank i] "
+// (stdout only when prefix_stdout).
 std::vector<ProcessSpec> per_rank_specs(const Network& net, const std::vector<std::string>& command,
-                                        int master_port);
+                                        int master_port, bool prefix_stdout = true);
 
 // Builds the network, runs `command` once per worker namespace (rank_env: RANK, MASTER_ADDR, ...;
 // output prefixed "[rank i] "), waits at most `timeout`, tears the network down and returns the
 // command's exit status: 0, the first failing rank's, 124 on timeout, 128 + signal when interrupted.
-// Needs root. This is `onebit lan`, and what the commands taking --rate run their ranks in.
+// Needs root. This is `onebit lan`, and what the commands taking --rate run their ranks in; those
+// pass prefix_stdout = false, so that what their rank 0 prints (a table, one JSON document) reaches
+// stdout as it is, while the ranks' logs on stderr keep their "[rank i] ".
 int run_in_network(int workers, const LinkShape& shape, const std::vector<std::string>& command,
-                   std::chrono::milliseconds timeout, const std::string& what, int master_port = 29500);
+                   std::chrono::milliseconds timeout, const std::string& what, int master_port = 29500,
+                   bool prefix_stdout = true);
 
 // The path of this executable, for commands that start themselves inside the network.
 std::string self_path();

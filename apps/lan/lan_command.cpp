@@ -8,6 +8,7 @@
 #include <CLI/CLI.hpp>
 #include <cerrno>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -76,10 +77,12 @@ std::vector<std::string> rank_env(const Network& net, int rank, int master_port)
   };
 }
 
-std::vector<ProcessSpec> per_rank_specs(const Network& net, const std::vector<std::string>& command, int master_port) {
+std::vector<ProcessSpec> per_rank_specs(const Network& net, const std::vector<std::string>& command, int master_port,
+                                        bool prefix_stdout) {
   std::vector<ProcessSpec> specs;
   for (int r = 0; r < net.workers(); ++r)
-    specs.push_back({command, rank_env(net, r, master_port), net.worker_netns(r), true, "rank " + std::to_string(r)});
+    specs.push_back({command, rank_env(net, r, master_port), net.worker_netns(r), true, "rank " + std::to_string(r),
+                     prefix_stdout});
   return specs;
 }
 
@@ -132,7 +135,11 @@ CLI::App* add_lan_command(CLI::App& app, LanOptions& o) {
   c->add_option("--rate", o.rate, "each worker's link rate, both directions (tc units: 100mbit, 1gbit)")->required();
   c->add_option("--delay", o.delay, "one-way latency between two workers (netem: 500us, 1ms)")->capture_default_str();
   c->add_option("--timeout", o.timeout_s, "seconds before every process is killed")
-      ->check(CLI::Range(0.1, 1e7))
+      ->check([](const std::string& s) -> std::string {
+        char* end = nullptr;
+        const double v = std::strtod(s.c_str(), &end);
+        return !s.empty() && *end == '\0' && v >= 0.1 && v <= 1e7 ? "" : "must be a number from 0.1 to 1e+07, not '" + s + "'";
+      }, "SECONDS")
       ->capture_default_str();
   c->add_option("--master-port", o.master_port, "MASTER_PORT given to the ranks")->check(CLI::Range(1, 65535))->capture_default_str();
   c->add_option("command", o.command, "the command (after --); sees RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT, "
@@ -142,18 +149,19 @@ CLI::App* add_lan_command(CLI::App& app, LanOptions& o) {
       "Each worker i lives in namespace onebit-<pid>-<n>-w<i> with address 10.213.0.<i+1>/24 on eth0, linked to a "
       "bridge in a switch namespace. Output lines are prefixed [rank i]. Exit status: 0 if every rank succeeded, "
       "else the first failing rank's status (the others are stopped), 124 on --timeout, 130 on Ctrl-C. The "
-      "network is removed on every exit.");
+      "network is removed on every exit.\n\nExample:\n  onebit lan --workers 2 --rate 100mbit -- sh -c 'echo rank $RANK of "
+      "$WORLD_SIZE at $ONEBIT_LAN_ADDR'");
   return c;
 }
 
 int run_in_network(int workers, const LinkShape& shape, const std::vector<std::string>& command,
-                   std::chrono::milliseconds timeout, const std::string& what, int master_port) {
+                   std::chrono::milliseconds timeout, const std::string& what, int master_port, bool prefix_stdout) {
   require_root(what);
   SignalGuard guard;
   try {
     Network net(workers, shape);
     std::cerr << "onebit: " << what << ": " << describe(shape, workers) << " (namespaces " << net.tag() << "-*)\n";
-    return supervise(per_rank_specs(net, command, master_port), timeout).exit_code;
+    return supervise(per_rank_specs(net, command, master_port, prefix_stdout), timeout).exit_code;
   } catch (const Interrupted& e) {
     std::cerr << "onebit: " << what << ": " << e.what() << "; the network was torn down\n";
     return 128 + e.signal();

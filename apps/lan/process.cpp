@@ -187,7 +187,7 @@ void pump(std::vector<Running>& procs, const std::vector<ProcessSpec>& specs, st
       p.partial[s].append(buf, static_cast<size_t>(n));
     }
     std::ostream& os = s == 0 ? std::cout : std::cerr;
-    const std::string prefix = "[" + specs[i].label + "] ";
+    const std::string prefix = s == 0 && !specs[i].prefix_stdout ? "" : "[" + specs[i].label + "] ";
     size_t start = 0;
     for (size_t nl; (nl = p.partial[s].find('\n', start)) != std::string::npos; start = nl + 1)
       os << prefix << std::string_view(p.partial[s]).substr(start, nl + 1 - start);
