@@ -11,6 +11,7 @@ PACKAGES=(build-essential cmake git pkg-config
           libopenmpi-dev openmpi-bin
           iproute2 python3                            # onebit lan (ip, tc) and its tests
           libtorch-dev python3-torch python3-pybind11 pybind11-dev python3-dev python3-pytest
+          python3-venv python3-pip python3-setuptools python3-wheel   # pip install . (scripts/check_pip.sh)
           clang libclang-rt-14-dev                     # sanitizer builds and the fuzzer
           libsentencepiece-dev libgloo-dev             # onebit train: tokenizer; Gloo headers for c10d
           libopenblas0-openmp                          # a real BLAS for libtorch (the default is netlib's, ~10x slower)

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Installs, builds (warnings are errors) and runs every test: the GoogleTest suites, the MPI runs
-# under mpirun, then the core suites again under AddressSanitizer + UndefinedBehaviorSanitizer
-# (clang) and the checkpoint reader's fuzzer for a bounded time.
+# under mpirun, the pytest suites and the CLI checks (ctest), pip install . in a fresh venv and the
+# find_package consumer of an install (scripts/check_pip.sh, scripts/check_install.sh), then the
+# core suites again under AddressSanitizer + UndefinedBehaviorSanitizer (clang) and the checkpoint
+# reader's fuzzer for a bounded time.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ONEBIT_WERROR=ON scripts/setup.sh
@@ -10,6 +12,11 @@ export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 LOGS=build/test-logs
 mkdir -p "$LOGS"
 ctest --test-dir build --output-on-failure --timeout 600 -j2 | tee "$LOGS/main.log"
+
+echo "== pip install . in a fresh venv, import, the example on 2 processes and under torchrun with 4, pip wheel =="
+scripts/check_pip.sh
+echo "== cmake --install, then a find_package(onebit) consumer built and run from a temporary folder =="
+scripts/check_install.sh build
 
 echo "== core tests under AddressSanitizer + UndefinedBehaviorSanitizer =="
 CC=clang CXX=clang++ cmake -S . -B build-san -DCMAKE_BUILD_TYPE=RelWithDebInfo \
