@@ -44,7 +44,7 @@ void add_shared(CLI::App* c, TrainOptions& o) {
          o.freeze_step = step;
        },
        "last uncompressed warmup step of the 1-bit optimizers, or auto: when the second moment has stabilised "
-       "(between 10 steps and 20% of --steps)")
+       "(from 10 steps up to 20% of --steps' bytes: 20% of the steps with an fp32 warmup exchange, 40% with a 16-bit one)")
       ->default_str("auto");
   c->add_option("--refresh-interval", o.refresh_interval,
                 "1-bit LAMB: a full-precision refresh step this many steps after the freeze, then after doubling "
@@ -59,7 +59,7 @@ void add_shared(CLI::App* c, TrainOptions& o) {
                 "the warmup's gradient exchange (every step of lamb's): fp32, or bf16/fp16 at half the bytes, "
                 "which lets --freeze-step auto warm up twice as many steps for the same bytes")
       ->check(CLI::IsMember({"fp32", "bf16", "fp16"}))
-      ->capture_default_str();
+      ->default_str("bf16; fp32 for lamb");
   c->add_option("--warmup-steps", o.warmup_steps, "linear learning-rate warmup, then linear decay (-1: 10% of --steps)")
       ->capture_default_str();
   c->add_option("--lr", o.lr, "peak learning rate (0: the preset's LAMB rate, tiny 1e-2; a tenth of it for onebit-adam)")->capture_default_str();

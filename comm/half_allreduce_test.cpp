@@ -95,7 +95,10 @@ struct Case {
 class HalfAllreduceCases : public ::testing::TestWithParam<Case> {};
 
 TEST_P(HalfAllreduceCases, EveryRankGetsThePinnedAverage) {
-  const auto [P, n, precision] = GetParam();
+  // Plain copies, not a structured binding: clang 14 (the sanitizer build) cannot capture bindings.
+  const int P = GetParam().world;
+  const size_t n = GetParam().n;
+  const WirePrecision precision = GetParam().precision;
   std::vector<Vec> x;
   for (int p = 0; p < P; ++p) x.push_back(testing::random_vec(n, 77 + p, 3.0f));
   const bool bf16 = precision == WirePrecision::kBf16;

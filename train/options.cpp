@@ -32,7 +32,7 @@ std::vector<std::string> to_args(const TrainOptions& o) {
   add("--freeze-step", o.freeze_step == 0 ? "auto" : std::to_string(o.freeze_step));
   add("--refresh-interval", std::to_string(o.refresh_interval));
   add("--track-scales", std::to_string(o.track_scales));
-  add("--warmup-exchange", o.warmup_exchange);
+  if (!o.warmup_exchange.empty()) add("--warmup-exchange", o.warmup_exchange);
   add("--warmup-steps", std::to_string(o.warmup_steps));
   add("--lr", exact(o.lr));
   add("--clip", exact(o.clip));
@@ -77,6 +77,7 @@ TrainOptions resolve_options(const TrainOptions& in) {
   // element, and 1-bit Adam diverges at LAMB's tiny rate (1e-2), so it gets a tenth.
   if (o.lr == 0) o.lr = o.optimizer == "onebit-adam" ? c.lr / 10 : c.lr;
   if (o.dropout < 0) o.dropout = c.dropout;
+  if (o.warmup_exchange.empty()) o.warmup_exchange = o.optimizer == "lamb" ? "fp32" : "bf16";
   if (o.warmup_steps < 0) o.warmup_steps = static_cast<int>(std::lround(kDefaultWarmupFraction * o.steps));
   if (o.eval_every <= 0) o.eval_every = std::max(1, o.steps / 20);
   return o;

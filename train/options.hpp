@@ -36,7 +36,10 @@ struct TrainOptions {
   int freeze_step = 0;               // last warmup step of the 1-bit optimizers; 0: auto (see kAutoFreezeCeilingFraction)
   int refresh_interval = -1;         // 1-bit LAMB's full-precision refreshes (0: off; -1: 16 with --freeze-step auto, else off)
   int track_scales = -1;             // 1-bit LAMB's k follows the layers' gradient RMS (1/0; -1: on with --freeze-step auto)
-  std::string warmup_exchange = "fp32";  // the warmup's gradient exchange: fp32 | bf16 | fp16 (LAMB's every step)
+  // The warmup's gradient exchange (LAMB's at every step): fp32 | bf16 | fp16; empty: bf16 for the
+  // 1-bit optimizers (the convergence study: no loss change in LAMB, half the warmup's bytes), fp32
+  // for lamb (the baseline as users run it).
+  std::string warmup_exchange;
   int warmup_steps = -1;             // linear lr warmup; -1: kDefaultWarmupFraction of steps; then linear decay to 0
   double lr = 0;                     // peak learning rate; 0: the preset's (tiny 1e-2 ... large 1e-3; a tenth for onebit-adam)
   double clip = 1.0;                 // clip this rank's local gradient to this global norm; 0: off

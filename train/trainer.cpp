@@ -125,6 +125,7 @@ void train_rank(const TrainOptions& in, const std::optional<JobInfo>& job) {
                                                              << " is not a multiple of the " << world << " workers");
   const int threads = threads_per_rank(o.threads, world);
   torch::set_num_threads(threads);
+  flush_denormals_in_torch_threads();
 
   const PreparedCorpus corpus = share_corpus(o, *comm);
   const Tokenizer tokenizer = Tokenizer::from_serialized(corpus.tokenizer_model);

@@ -146,7 +146,20 @@ size_t DeadParameters::elements() const {
   return n;
 }
 
+void flush_denormals_in_torch_threads() {
+  // torch's intra-op threads are its OpenMP runtime's team (at::parallel_for is a header template,
+  // so it would run serially in a file compiled without OpenMP): a region of the team's size runs
+  // once on each thread, the caller included, which then goes back to IEEE until a FlushDenormals.
+#pragma omp parallel
+  at::globalContext().setFlushDenormal(true);
+  at::globalContext().setFlushDenormal(false);
+}
+
+FlushDenormals::FlushDenormals() { at::globalContext().setFlushDenormal(true); }
+FlushDenormals::~FlushDenormals() { at::globalContext().setFlushDenormal(false); }
+
 double forward_backward(BertForMlm& model, const Batch& b, int micro, const torch::Device& device) {
+  const FlushDenormals flush;
   const int64_t n = b.ids.size(0);
   if (micro <= 0 || micro >= n) {
     at::Tensor loss = model->mlm_loss(b.ids.to(device), b.labels.to(device));
@@ -169,6 +182,7 @@ double forward_backward(BertForMlm& model, const Batch& b, int micro, const torc
 
 double evaluate(BertForMlm& model, const MlmData& data, Communicator& comm, int samples, int batch,
                 const torch::Device& device) {
+  const FlushDenormals flush;
   const int64_t n = std::min<int64_t>(samples, data.heldout_sequences());
   const int64_t p = comm.size(), r = comm.rank();
   const int64_t first = n * r / p, last = n * (r + 1) / p;

@@ -64,20 +64,23 @@ REGIMES = [
 # kind's regimes. The new default method is keyed exactly "default".
 METHODS = [
     dict(name="lamb", args=["--optimizer", "lamb"]),
-    # The paper: a fixed freeze at 16% of the steps, its compression stage.
-    dict(name="paper", args=["--optimizer", "onebit-lamb", "--freeze-step", "{paper_freeze}"]),
+    # The paper: a fixed freeze at 16% of the steps, its compression stage, an fp32 warmup.
+    dict(name="paper", bert=["--optimizer", "onebit-lamb", "--freeze-step", "{paper_freeze}", "--warmup-exchange", "fp32"],
+         causal=["--optimizer", "onebit-lamb", "--freeze-step", "{paper_freeze}"]),
     # The automatic freeze alone, with the paper's compression stage.
     dict(name="auto", bert=["--optimizer", "onebit-lamb", "--freeze-step", "auto", "--refresh-interval", "0",
-                            "--track-scales", "0"],
+                            "--track-scales", "0", "--warmup-exchange", "fp32"],
          causal=["--optimizer", "onebit-lamb", "--freeze-step", "auto", "--opt", "refresh_interval=0",
                  "--opt", "track_scales=0"]),
-    # The new default: automatic freeze, refresh steps and tracked scales.
-    dict(name="default", args=["--optimizer", "onebit-lamb"]),
-    dict(name="onebit-adam", args=["--optimizer", "onebit-adam"]),
-    # The default with a 16-bit warmup exchange (docs/algorithm.md §11): the same byte budget buys the
-    # automatic freeze twice the steps (its ceiling: 40% of the steps instead of 20%).
-    dict(name="bf16-warmup", bert=["--optimizer", "onebit-lamb", "--warmup-exchange", "bf16"],
+    # Automatic freeze, refresh steps and tracked scales, with an fp32 warmup exchange.
+    dict(name="fp32-warmup", bert=["--optimizer", "onebit-lamb", "--warmup-exchange", "fp32"],
+         causal=["--optimizer", "onebit-lamb"]),
+    # The new default: the same with a bf16 warmup exchange (docs/algorithm.md §11), whose byte budget
+    # buys the automatic freeze twice the steps (its ceiling: 40% of the steps instead of 20%).
+    dict(name="default", bert=["--optimizer", "onebit-lamb"],
          causal=["--optimizer", "onebit-lamb", "--opt", "warmup_exchange=bf16"]),
+    dict(name="onebit-adam", bert=["--optimizer", "onebit-adam", "--warmup-exchange", "fp32"],
+         causal=["--optimizer", "onebit-adam"]),
     # LAMB itself with the bf16 exchange: what the rounding alone costs.
     dict(name="lamb-bf16", bert=["--optimizer", "lamb", "--warmup-exchange", "bf16"],
          causal=["--optimizer", "lamb", "--opt", "warmup_exchange=bf16"]),

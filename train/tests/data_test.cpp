@@ -169,16 +169,20 @@ TEST(Options, DefaultsAreResolvedAndArgumentsRoundTrip) {
   TrainOptions o;
   o.steps = 1000;
   const TrainOptions r = resolve_options(o);
-  EXPECT_EQ(r.freeze_step, 0);  // auto, between kAutoFreezeFloor and 20% of the steps
+  EXPECT_EQ(r.freeze_step, 0);  // auto, between kAutoFreezeFloor and 40% of the steps (bf16 warmup)
   const AutoFreezeOptions a = auto_freeze_options(r);
   EXPECT_EQ(a.min_steps, kAutoFreezeFloor);
-  EXPECT_EQ(a.max_steps, std::lround(kAutoFreezeCeilingFraction * 1000));
-  o.steps = 20;
+  EXPECT_EQ(a.max_steps, std::lround(kAutoFreezeCeilingFraction * 2 * 1000));
+  o.steps = 10;
   EXPECT_EQ(auto_freeze_options(resolve_options(o)).min_steps, 4);  // the ceiling comes first
   o.steps = 1000;
-  o.warmup_exchange = "bf16";  // the ceiling is a byte budget: a 16-bit warmup gets twice the steps
-  EXPECT_EQ(auto_freeze_options(resolve_options(o)).max_steps, 2 * a.max_steps);
-  o.warmup_exchange = "fp32";
+  EXPECT_EQ(r.warmup_exchange, "bf16");  // the 1-bit optimizers' default; lamb's is fp32
+  o.optimizer = "lamb";
+  EXPECT_EQ(resolve_options(o).warmup_exchange, "fp32");
+  o.optimizer = "onebit-lamb";
+  o.warmup_exchange = "fp32";  // the ceiling is a byte budget: an fp32 warmup gets half the steps
+  EXPECT_EQ(auto_freeze_options(resolve_options(o)).max_steps * 2, a.max_steps);
+  o.warmup_exchange.clear();
   EXPECT_EQ(r.warmup_steps, 100);
   EXPECT_EQ(r.seq, 64);
   EXPECT_EQ(r.vocab, 1024);
