@@ -150,7 +150,7 @@ int compare(const CompareOptions& in) {
     o.optimizer = names[i];
     if (i == 0) o.warmup_exchange = "fp32";  // the baseline: LAMB as it is run, with an fp32 allreduce
     o.out = (fs::path(in.out) / names[i]).string();
-    std::cout << "onebit compare: training with " << names[i] << " -> " << o.out << std::endl;
+    std::cerr << "onebit compare: training with " << names[i] << " -> " << o.out << std::endl;
     const auto t0 = std::chrono::steady_clock::now();
     run_training(o, in);
     walls[i] = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();

@@ -36,7 +36,7 @@ void MetricsLog::write(const nlohmann::json& record) {
 }
 
 Progress::Progress(bool enabled, int64_t total_steps, int64_t first_step)
-    : active_(enabled && ::isatty(STDOUT_FILENO)), total_(total_steps), first_(first_step),
+    : active_(enabled && ::isatty(STDERR_FILENO)), total_(total_steps), first_(first_step),
       start_(std::chrono::steady_clock::now()) {}
 
 void Progress::update(int64_t step, double loss, double heldout, double lr, const std::string& stage,
@@ -58,11 +58,11 @@ void Progress::update(int64_t step, double loss, double heldout, double lr, cons
                 static_cast<long long>(step), static_cast<long long>(total_), bar.c_str(), loss,
                 std::isnan(heldout) ? "" : (" held-out " + std::to_string(heldout).substr(0, 5)).c_str(), lr,
                 stage.c_str(), samples_per_s, human_seconds(eta).c_str());
-  std::cout << line << std::flush;
+  std::cerr << line << std::flush;
 }
 
 void Progress::finish() {
-  if (active_) std::cout << "\n" << std::flush;
+  if (active_) std::cerr << "\n" << std::flush;
 }
 
 std::string human_seconds(double s) {

@@ -23,7 +23,7 @@ class MetricsLog {
 
 class Progress {
  public:
-  // Draws only when `enabled` and stdout is a terminal.
+  // Draws on stderr, only when `enabled` and stderr is a terminal (stdout keeps the results).
   Progress(bool enabled, int64_t total_steps, int64_t first_step);
   bool active() const { return active_; }
   void update(int64_t step, double loss, double heldout, double lr, const std::string& stage, double samples_per_s);

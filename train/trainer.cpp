@@ -245,7 +245,7 @@ void train_rank(const TrainOptions& in, const std::optional<JobInfo>& job) {
       if (layer_log) layer_log->write(layer_record(step, stage, opt->core()));
       progress.update(step, loss_avg, heldout, lr, stage, sps);
       if (eval_now && !progress.active())
-        std::cout << "step " << step << "/" << o.steps << "  samples " << step * o.batch << "  loss " << loss_avg
+        std::cerr << "step " << step << "/" << o.steps << "  samples " << step * o.batch << "  loss " << loss_avg
                   << "  held-out " << heldout << "  " << stage << "  sent " << human_bytes(static_cast<double>(totals.bytes_sent))
                   << "  " << static_cast<int>(sps) << " samples/s" << std::endl;
     }
