@@ -1,5 +1,5 @@
 // `onebit bench allreduce`: the 1-bit compressed allreduce against the backend's own fp32 allreduce
-// of the same buffer, on P ranks: bytes each rank sends and the time of each.
+// of the same buffer (and the warmup's bf16 exchange), on P ranks: bytes each rank sends and the time of each.
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -15,6 +15,7 @@
 #include "lan/lan.hpp"
 #include "onebit/compressed_allreduce.hpp"
 #include "onebit/error.hpp"
+#include "onebit/half_allreduce.hpp"
 #include "onebit/kernels.hpp"
 #include "onebit/local_comm.hpp"
 #include "onebit/mpi_comm.hpp"
@@ -27,11 +28,11 @@ namespace onebit::bench {
 namespace {
 
 struct Measured {
-  uint64_t bytes_compressed = 0, bytes_fp32 = 0;
-  double seconds_compressed = 0, seconds_fp32 = 0;
+  uint64_t bytes_compressed = 0, bytes_fp32 = 0, bytes_bf16 = 0;
+  double seconds_compressed = 0, seconds_fp32 = 0, seconds_bf16 = 0;  // bf16: the warmup's 16-bit exchange
   // Seconds inside the collectives (the rest is the kernels' compute), for the rank with the least
   // and the most: the least is the last to arrive, so it is close to the transfer alone.
-  double in_collectives_compressed[2] = {0, 0}, in_collectives_fp32[2] = {0, 0};
+  double in_collectives_compressed[2] = {0, 0}, in_collectives_fp32[2] = {0, 0}, in_collectives_bf16[2] = {0, 0};
 };
 
 // The time of one collective is its slowest rank's: gather every rank's samples, take the max of
@@ -65,6 +66,7 @@ Measured measure(Communicator& comm, const AllreduceOptions& o) {
   AlignedVector<float> input(n), x(n);
   fill_random(input, static_cast<uint64_t>(comm.rank()) + 1);
   CompressedAllreduce compressed(comm, pool, n);
+  HalfAllreduce bf16(comm, pool, n, WirePrecision::kBf16);
 
   // The first call is untimed (page faults, connection set-up) and is the one whose bytes count.
   auto run = [&](const std::function<void()>& op, uint64_t& bytes, double in_collectives[2]) {
@@ -92,6 +94,7 @@ Measured measure(Communicator& comm, const AllreduceOptions& o) {
       },
       m.bytes_compressed, m.in_collectives_compressed);
   m.seconds_fp32 = run([&] { comm.allreduce_sum(x); }, m.bytes_fp32, m.in_collectives_fp32);
+  m.seconds_bf16 = run([&] { bf16.average(x); }, m.bytes_bf16, m.in_collectives_bf16);
   return m;
 }
 
@@ -101,12 +104,13 @@ Measured measure_and_calibrate(Communicator& comm, const AllreduceOptions& o) {
   const Measured m = measure(comm, o);
   if (o.calibration.empty()) return m;
   ONEBIT_CHECK(comm.size() >= 2, "bench allreduce --calibration: needs at least 2 workers");
-  std::vector<plan::Sample> samples{{static_cast<double>(o.elements), m.seconds_fp32, m.seconds_compressed}};
+  std::vector<plan::Sample> samples{
+      {static_cast<double>(o.elements), m.seconds_fp32, m.seconds_compressed, m.seconds_bf16}};
   for (size_t divisor : {10, 100}) {
     AllreduceOptions smaller = o;
     smaller.elements = std::max<size_t>(o.elements / divisor, 64 * static_cast<size_t>(comm.size()));
     const Measured s = measure(comm, smaller);
-    samples.push_back({static_cast<double>(smaller.elements), s.seconds_fp32, s.seconds_compressed});
+    samples.push_back({static_cast<double>(smaller.elements), s.seconds_fp32, s.seconds_compressed, s.seconds_bf16});
   }
   const double nominal = o.rate.empty() ? 0.0 : lan::make_shape(o.rate, o.delay).rate_bits_per_s / 8.0;
   // Every rank of this benchmark runs on this machine (mpirun's local ranks, or onebit lan's namespaces).
@@ -147,11 +151,12 @@ nlohmann::json to_json(const AllreduceOptions& o, const Measured& m) {
       {"threads_per_rank", o.threads},
       {"repeats", o.repeats},
       {"isa", kernels::isa_name(kernels::active_isa())},
-      {"bytes_per_rank", {{"compressed", m.bytes_compressed}, {"fp32", m.bytes_fp32}}},
-      {"seconds", {{"compressed", m.seconds_compressed}, {"fp32", m.seconds_fp32}}},
+      {"bytes_per_rank", {{"compressed", m.bytes_compressed}, {"fp32", m.bytes_fp32}, {"bf16", m.bytes_bf16}}},
+      {"seconds", {{"compressed", m.seconds_compressed}, {"fp32", m.seconds_fp32}, {"bf16", m.seconds_bf16}}},
       {"seconds_in_collectives",
        {{"compressed", {{"least_rank", m.in_collectives_compressed[0]}, {"most_rank", m.in_collectives_compressed[1]}}},
-        {"fp32", {{"least_rank", m.in_collectives_fp32[0]}, {"most_rank", m.in_collectives_fp32[1]}}}}},
+        {"fp32", {{"least_rank", m.in_collectives_fp32[0]}, {"most_rank", m.in_collectives_fp32[1]}}},
+        {"bf16", {{"least_rank", m.in_collectives_bf16[0]}, {"most_rank", m.in_collectives_bf16[1]}}}}},
       {"byte_ratio", m.bytes_compressed ? static_cast<double>(m.bytes_fp32) / static_cast<double>(m.bytes_compressed) : 0.0},
       {"time_ratio", m.seconds_fp32 / m.seconds_compressed},
       {"machine", machine_json()},
@@ -169,7 +174,9 @@ void print_text(std::ostream& os, const AllreduceOptions& o, const nlohmann::jso
                    {"compressed (1-bit)", human_bytes(static_cast<double>(m.bytes_compressed)), fixed(m.seconds_compressed, 6),
                     fixed(m.in_collectives_compressed[0], 6) + " - " + fixed(m.in_collectives_compressed[1], 6)},
                    {"fp32 (" + o.backend + ")", human_bytes(static_cast<double>(m.bytes_fp32)), fixed(m.seconds_fp32, 6),
-                    fixed(m.in_collectives_fp32[0], 6) + " - " + fixed(m.in_collectives_fp32[1], 6)}});
+                    fixed(m.in_collectives_fp32[0], 6) + " - " + fixed(m.in_collectives_fp32[1], 6)},
+                   {"bf16 (warmup exchange)", human_bytes(static_cast<double>(m.bytes_bf16)), fixed(m.seconds_bf16, 6),
+                    fixed(m.in_collectives_bf16[0], 6) + " - " + fixed(m.in_collectives_bf16[1], 6)}});
   os << "byte_ratio (fp32 / compressed): " << fixed(j["byte_ratio"].get<double>(), 2) << "\n";
   os << "time_ratio (fp32 / compressed, speedup): " << fixed(j["time_ratio"].get<double>(), 3) << "\n";
   os << "machine: " << j["machine"]["cpu"].get<std::string>() << ", " << j["machine"]["cores"].get<int>()

@@ -9,6 +9,7 @@ struct PlanOptions {
   double params = 0;
   int workers = 0;
   std::string bandwidth, latency, calibration;
+  std::string from_run;  // a run directory of `onebit train`: replay its whole run on the link
   double step_compute = 0;
   double freeze_fraction = -1;  // < 0: kDefaultFreezeFraction
   int shared_cores = 0;         // > 0: all workers share one machine of this many cores

@@ -1,6 +1,7 @@
 // The planner's alpha-beta model and its calibration (see plan_model.hpp).
 #include "plan_model.hpp"
 
+#include <algorithm>
 #include <cmath>
 #include <fstream>
 #include <regex>
@@ -14,6 +15,7 @@ nlohmann::json Calibration::to_json() const {
   return {{"calibrated", calibrated},   {"source", source},
           {"alpha_seconds", alpha},     {"compressed_alpha_seconds", compressed_alpha},
           {"bandwidth_efficiency", efficiency},
+          {"half_alpha_seconds", half_alpha}, {"half_bandwidth_efficiency", half_efficiency},
           {"compute_seconds_per_element", compute_per_element},
           {"workers", workers},         {"cores", cores},
           {"nominal_bandwidth_bytes_per_s", nominal_bandwidth}};
@@ -27,6 +29,8 @@ Calibration Calibration::from_json(const nlohmann::json& j) {
     c.alpha = j.at("alpha_seconds").get<double>();
     c.compressed_alpha = j.value("compressed_alpha_seconds", c.alpha);
     c.efficiency = j.at("bandwidth_efficiency").get<double>();
+    c.half_alpha = j.value("half_alpha_seconds", c.alpha);
+    c.half_efficiency = j.value("half_bandwidth_efficiency", c.efficiency);
     c.compute_per_element = j.at("compute_seconds_per_element").get<double>();
     c.workers = j.at("workers").get<int>();
     c.cores = j.value("cores", 0);
@@ -34,7 +38,8 @@ Calibration Calibration::from_json(const nlohmann::json& j) {
   } catch (const nlohmann::json::exception& e) {
     throw Error(std::string("calibration: ") + e.what());
   }
-  ONEBIT_CHECK(c.alpha >= 0 && c.efficiency > 0 && c.efficiency <= 1.5 && c.compute_per_element >= 0,
+  ONEBIT_CHECK(c.alpha >= 0 && c.efficiency > 0 && c.efficiency <= 1.5 && c.compute_per_element >= 0 &&
+                   c.half_alpha >= 0 && c.half_efficiency > 0 && c.half_efficiency <= 1.5,
                "calibration: implausible constants (alpha " << c.alpha << ", efficiency " << c.efficiency
                                                              << ", compute " << c.compute_per_element << ")");
   return c;
@@ -83,6 +88,13 @@ double ring_allreduce_seconds(const Input& in, double n, double bytes_per_elemen
   return 2.0 * (P - 1) * alpha_of(in, in.cal.alpha) + ring_allreduce_bytes(n, P, bytes_per_element) * seconds_per_byte(in);
 }
 
+double half_allreduce_seconds(const Input& in, double n) {
+  const int P = in.workers;
+  if (P == 1) return 0;
+  return 2.0 * (P - 1) * alpha_of(in, in.cal.half_alpha) +
+         ring_allreduce_bytes(n, P, 2) / (in.bandwidth * in.cal.half_efficiency);
+}
+
 namespace {
 // How many ranks take turns on each core.
 double core_sharing(int workers, int cores) { return cores > 0 ? std::max(1.0, static_cast<double>(workers) / cores) : 1.0; }
@@ -115,15 +127,19 @@ double compressed_allreduce_seconds(const Input& in, double n) {
 Calibration fit(const std::vector<Sample>& samples, int P, double nominal_bandwidth, int cores) {
   ONEBIT_CHECK(samples.size() >= 2, "calibration: need at least two sizes, got " << samples.size());
   ONEBIT_CHECK(P >= 2, "calibration: needs at least 2 workers");
-  // fp32: t = 2(P-1) alpha + bytes * b  -> least squares for (alpha, b).
-  double sx = 0, sy = 0, sxx = 0, sxy = 0;
-  const double k = static_cast<double>(samples.size());
-  for (const auto& s : samples) {
-    const double x = ring_allreduce_bytes(s.elements, P, 4);
-    sx += x, sy += s.fp32_seconds, sxx += x * x, sxy += x * s.fp32_seconds;
-  }
-  const double b = (k * sxy - sx * sy) / (k * sxx - sx * sx);
-  const double a = (sy - b * sx) / k;
+  // fp32: t = 2(P-1) alpha + bytes * b  -> least squares for (alpha, b); the same for the 16-bit
+  // exchange, with 2-byte elements, where it was measured.
+  auto linear_fit = [&](double bytes_per_element, double Sample::*seconds) {
+    double sx = 0, sy = 0, sxx = 0, sxy = 0;
+    const double k = static_cast<double>(samples.size());
+    for (const auto& s : samples) {
+      const double x = ring_allreduce_bytes(s.elements, P, bytes_per_element), y = s.*seconds;
+      sx += x, sy += y, sxx += x * x, sxy += x * y;
+    }
+    const double slope = (k * sxy - sx * sy) / (k * sxx - sx * sx);
+    return std::pair{(sy - slope * sx) / k, slope};
+  };
+  const auto [a, b] = linear_fit(4, &Sample::fp32_seconds);
   Calibration c;
   c.calibrated = true;
   c.workers = P;
@@ -131,6 +147,13 @@ Calibration fit(const std::vector<Sample>& samples, int P, double nominal_bandwi
   c.nominal_bandwidth = nominal_bandwidth;
   c.alpha = std::max(0.0, a / (2.0 * (P - 1)));
   c.efficiency = nominal_bandwidth > 0 && b > 0 ? 1.0 / (b * nominal_bandwidth) : 1.0;
+  c.half_alpha = c.alpha, c.half_efficiency = c.efficiency;
+  if (std::all_of(samples.begin(), samples.end(), [](const Sample& s) { return s.half_seconds > 0; })) {
+    const auto [ha, hb] = linear_fit(2, &Sample::half_seconds);
+    c.half_alpha = std::max(0.0, ha / (2.0 * (P - 1)));
+    // Relative to the fp32 ring's efficiency when the link's nominal rate is unknown.
+    c.half_efficiency = hb > 0 ? (nominal_bandwidth > 0 ? 1.0 / (hb * nominal_bandwidth) : b / hb) : c.efficiency;
+  }
   // compressed: the pipeline model is not linear in the compute per element gamma (the overlap
   // takes maxima), so gamma and the collectives' alpha minimize the squared relative error by
   // golden-section search, gamma's nested in alpha's.

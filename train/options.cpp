@@ -133,8 +133,8 @@ nlohmann::json options_json(const TrainOptions& o) {
 
 AutoFreezeOptions auto_freeze_options(const TrainOptions& o) {
   AutoFreezeOptions a;
-  const double bits = parse_wire_precision(o.warmup_exchange) == WirePrecision::kFp32 ? 32 : 16;
-  a.max_steps = std::max<int64_t>(1, std::lround(kAutoFreezeCeilingFraction * 32 / bits * o.steps));
+  const double bytes = parse_wire_precision(o.warmup_exchange) == WirePrecision::kFp32 ? 4 : 2;
+  a.max_steps = std::max<int64_t>(1, std::lround(auto_freeze_ceiling_fraction(bytes) * o.steps));
   a.min_steps = std::min<int64_t>(kAutoFreezeFloor, a.max_steps);
   return a;
 }

@@ -8,11 +8,8 @@
 namespace onebit::train {
 
 // --freeze-step auto (the default) ends the 1-bit optimizers' warmup when the second moment has
-// stabilised (onebit::AutoFreezeOptions), at the latest once the warmup has sent this fraction of
-// the bytes of --steps fp32 exchanges: 20% of the steps with an fp32 warmup exchange, 40% with a
-// 16-bit one. The whole-run volume against the fp32 baseline is then at least
-// 1/(0.2 + (1-w)/32) = 4.4x (w, the warmup's share of the steps: 0.2 or 0.4).
-inline constexpr double kAutoFreezeCeilingFraction = 0.2;
+// stabilised (onebit::AutoFreezeOptions), at the latest at onebit::kAutoFreezeCeilingFraction's
+// byte budget.
 // ... and at the earliest after this many steps (or the ceiling, if that comes first).
 inline constexpr int kAutoFreezeFloor = 10;
 // The paper's fixed fraction (its BERT recipe froze after 1000 of ~7000 steps), for comparison.

@@ -37,3 +37,6 @@ namespace detail {
       ::onebit::detail::fail(__FILE__, __LINE__, onebit_check_s_.str()); \
     }                                                        \
   } while (0)
+
+// ONEBIT_FAIL("message " << value): throws as a failed ONEBIT_CHECK does.
+#define ONEBIT_FAIL(msg) ONEBIT_CHECK(false, msg)

@@ -17,6 +17,16 @@ namespace onebit {
 // freeze_step = kAutoFreeze: the warmup ends when the second moment has stabilised.
 inline constexpr int64_t kAutoFreeze = 0;
 
+// The warmup budget `onebit train` gives kAutoFreeze: at the latest once the warmup has sent the
+// bytes of this fraction of the run's steps in fp32 exchanges: 20% of the steps with an fp32 warmup
+// exchange, 40% with a 16-bit one. The whole-run volume against fp32 LAMB is then at least
+// 1/(0.2 + (1-w)/32) = 4.4x (w, the warmup's share of the steps: 0.2 or 0.4).
+inline constexpr double kAutoFreezeCeilingFraction = 0.2;
+// The warmup's share of the steps under that budget, for an exchange of `bytes_per_element`.
+inline constexpr double auto_freeze_ceiling_fraction(double bytes_per_element) {
+  return kAutoFreezeCeilingFraction * 4 / bytes_per_element;
+}
+
 // How kAutoFreeze decides. Every `window` steps it measures each layer's RMS of v / (1 - beta2^t)
 // (v with its zero start divided out: an estimate of E[g^2]) and freezes at the first window end,
 // at or after min_steps, where those moved by at most `tolerance` since the window before (relative
