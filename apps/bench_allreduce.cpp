@@ -104,13 +104,14 @@ Measured measure_and_calibrate(Communicator& comm, const AllreduceOptions& o) {
   const Measured m = measure(comm, o);
   if (o.calibration.empty()) return m;
   ONEBIT_CHECK(comm.size() >= 2, "bench allreduce --calibration: needs at least 2 workers");
-  std::vector<plan::Sample> samples{
-      {static_cast<double>(o.elements), m.seconds_fp32, m.seconds_compressed, m.seconds_bf16}};
+  std::vector<plan::Sample> samples{{static_cast<double>(o.elements), m.seconds_fp32, m.seconds_compressed,
+                                     m.seconds_bf16, m.in_collectives_bf16[0]}};
   for (size_t divisor : {10, 100}) {
     AllreduceOptions smaller = o;
     smaller.elements = std::max<size_t>(o.elements / divisor, 64 * static_cast<size_t>(comm.size()));
     const Measured s = measure(comm, smaller);
-    samples.push_back({static_cast<double>(smaller.elements), s.seconds_fp32, s.seconds_compressed, s.seconds_bf16});
+    samples.push_back({static_cast<double>(smaller.elements), s.seconds_fp32, s.seconds_compressed, s.seconds_bf16,
+                       s.in_collectives_bf16[0]});
   }
   const double nominal = o.rate.empty() ? 0.0 : lan::make_shape(o.rate, o.delay).rate_bits_per_s / 8.0;
   // Every rank of this benchmark runs on this machine (mpirun's local ranks, or onebit lan's namespaces).

@@ -16,6 +16,7 @@ nlohmann::json Calibration::to_json() const {
           {"alpha_seconds", alpha},     {"compressed_alpha_seconds", compressed_alpha},
           {"bandwidth_efficiency", efficiency},
           {"half_alpha_seconds", half_alpha}, {"half_bandwidth_efficiency", half_efficiency},
+          {"half_compute_seconds_per_element", half_compute_per_element},
           {"compute_seconds_per_element", compute_per_element},
           {"workers", workers},         {"cores", cores},
           {"nominal_bandwidth_bytes_per_s", nominal_bandwidth}};
@@ -31,6 +32,7 @@ Calibration Calibration::from_json(const nlohmann::json& j) {
     c.efficiency = j.at("bandwidth_efficiency").get<double>();
     c.half_alpha = j.value("half_alpha_seconds", c.alpha);
     c.half_efficiency = j.value("half_bandwidth_efficiency", c.efficiency);
+    c.half_compute_per_element = j.value("half_compute_seconds_per_element", 0.0);
     c.compute_per_element = j.at("compute_seconds_per_element").get<double>();
     c.workers = j.at("workers").get<int>();
     c.cores = j.value("cores", 0);
@@ -39,7 +41,8 @@ Calibration Calibration::from_json(const nlohmann::json& j) {
     throw Error(std::string("calibration: ") + e.what());
   }
   ONEBIT_CHECK(c.alpha >= 0 && c.efficiency > 0 && c.efficiency <= 1.5 && c.compute_per_element >= 0 &&
-                   c.half_alpha >= 0 && c.half_efficiency > 0 && c.half_efficiency <= 1.5,
+                   c.half_alpha >= 0 && c.half_efficiency > 0 && c.half_efficiency <= 1.5 &&
+                   c.half_compute_per_element >= 0,
                "calibration: implausible constants (alpha " << c.alpha << ", efficiency " << c.efficiency
                                                              << ", compute " << c.compute_per_element << ")");
   return c;
@@ -88,16 +91,20 @@ double ring_allreduce_seconds(const Input& in, double n, double bytes_per_elemen
   return 2.0 * (P - 1) * alpha_of(in, in.cal.alpha) + ring_allreduce_bytes(n, P, bytes_per_element) * seconds_per_byte(in);
 }
 
+namespace {
+// How many ranks take turns on each core.
+double core_sharing(int workers, int cores) { return cores > 0 ? std::max(1.0, static_cast<double>(workers) / cores) : 1.0; }
+}  // namespace
+
 double half_allreduce_seconds(const Input& in, double n) {
   const int P = in.workers;
   if (P == 1) return 0;
   return 2.0 * (P - 1) * alpha_of(in, in.cal.half_alpha) +
-         ring_allreduce_bytes(n, P, 2) / (in.bandwidth * in.cal.half_efficiency);
+         ring_allreduce_bytes(n, P, 2) / (in.bandwidth * in.cal.half_efficiency) +
+         n * in.cal.half_compute_per_element * core_sharing(P, in.shared_cores);
 }
 
 namespace {
-// How many ranks take turns on each core.
-double core_sharing(int workers, int cores) { return cores > 0 ? std::max(1.0, static_cast<double>(workers) / cores) : 1.0; }
 // a and b overlapped in `stages` equal steps: the slower one, plus the faster one's first step.
 double overlapped(double a, double b, int stages) { return std::max(a, b) + std::min(a, b) / stages; }
 }  // namespace
@@ -129,17 +136,17 @@ Calibration fit(const std::vector<Sample>& samples, int P, double nominal_bandwi
   ONEBIT_CHECK(P >= 2, "calibration: needs at least 2 workers");
   // fp32: t = 2(P-1) alpha + bytes * b  -> least squares for (alpha, b); the same for the 16-bit
   // exchange, with 2-byte elements, where it was measured.
-  auto linear_fit = [&](double bytes_per_element, double Sample::*seconds) {
+  auto linear_fit = [&](double bytes_per_element, const auto& seconds) {
     double sx = 0, sy = 0, sxx = 0, sxy = 0;
     const double k = static_cast<double>(samples.size());
     for (const auto& s : samples) {
-      const double x = ring_allreduce_bytes(s.elements, P, bytes_per_element), y = s.*seconds;
+      const double x = ring_allreduce_bytes(s.elements, P, bytes_per_element), y = seconds(s);
       sx += x, sy += y, sxx += x * x, sxy += x * y;
     }
     const double slope = (k * sxy - sx * sy) / (k * sxx - sx * sx);
     return std::pair{(sy - slope * sx) / k, slope};
   };
-  const auto [a, b] = linear_fit(4, &Sample::fp32_seconds);
+  const auto [a, b] = linear_fit(4, [](const Sample& s) { return s.fp32_seconds; });
   Calibration c;
   c.calibrated = true;
   c.workers = P;
@@ -149,7 +156,16 @@ Calibration fit(const std::vector<Sample>& samples, int P, double nominal_bandwi
   c.efficiency = nominal_bandwidth > 0 && b > 0 ? 1.0 / (b * nominal_bandwidth) : 1.0;
   c.half_alpha = c.alpha, c.half_efficiency = c.efficiency;
   if (std::all_of(samples.begin(), samples.end(), [](const Sample& s) { return s.half_seconds > 0; })) {
-    const auto [ha, hb] = linear_fit(2, &Sample::half_seconds);
+    // One link rate cannot tell bytes from elements (both grow with n): the time inside the
+    // collectives is the transfer's, the rest is compute. Where that split was not measured, all
+    // of it counts as the transfer.
+    std::vector<double> compute;
+    for (const auto& s : samples)
+      compute.push_back(s.half_in_collectives > 0 ? std::max(0.0, s.half_seconds - s.half_in_collectives) : 0.0);
+    double sx = 0, sxy = 0;  // compute = gamma * n, least squares through zero
+    for (size_t i = 0; i < samples.size(); ++i) sx += samples[i].elements * samples[i].elements, sxy += samples[i].elements * compute[i];
+    c.half_compute_per_element = sx > 0 ? sxy / sx / core_sharing(P, cores) : 0.0;
+    const auto [ha, hb] = linear_fit(2, [](const Sample& s) { return s.half_in_collectives > 0 ? s.half_in_collectives : s.half_seconds; });
     c.half_alpha = std::max(0.0, ha / (2.0 * (P - 1)));
     // Relative to the fp32 ring's efficiency when the link's nominal rate is unknown.
     c.half_efficiency = hb > 0 ? (nominal_bandwidth > 0 ? 1.0 / (hb * nominal_bandwidth) : b / hb) : c.efficiency;

@@ -22,9 +22,10 @@ struct Calibration {
   double compressed_alpha = 50e-6;
   double efficiency = 1.0;      // achieved bandwidth / nominal link rate
   // ... of the 16-bit exchange (HalfAllreduce: an all-to-all, then an all-gather), fit on its own:
-  // engines run those collectives at other speeds than their allreduce. Older calibrations, and
-  // the defaults, take the fp32 ring's constants.
-  double half_alpha = 50e-6, half_efficiency = 1.0;
+  // engines run those collectives at other speeds than their allreduce, and its rounding and sum
+  // are compute per element (for a rank with a core of its own, as compute_per_element). Older
+  // calibrations, and the defaults, take the fp32 ring's constants and no compute.
+  double half_alpha = 50e-6, half_efficiency = 1.0, half_compute_per_element = 0;
   // Seconds per element of compressed-allreduce compute (compress, server, decode) for a rank with
   // a core of its own (measured with more ranks than cores, it is divided by that sharing).
   double compute_per_element = 0;
@@ -44,6 +45,9 @@ struct Sample {
   double fp32_seconds = 0;
   double compressed_seconds = 0;
   double half_seconds = 0;  // bf16 HalfAllreduce; 0: not measured (the half constants are the fp32 ones)
+  // ... of which inside its collectives (the rank that spent the least there: the transfer alone);
+  // the rest is its rounding and sum. 0: not measured, all of it counts as the transfer.
+  double half_in_collectives = 0;
 };
 // Least-squares fit of alpha, bandwidth efficiency and compute per element to samples taken at
 // one world size on a link of nominal_bandwidth bytes/s (0 if unknown: efficiency is then the
@@ -86,7 +90,8 @@ struct Plan {
 // bytes), then the server stage, the all-gather (the other half) and the decode; its compute is
 // split between the passes by the bytes each moves.
 double ring_allreduce_seconds(const Input& in, double elements, double bytes_per_element);
-// The 16-bit exchange (bf16 or fp16): the same bytes as a 2-byte ring, at the half constants.
+// The 16-bit exchange (bf16 or fp16): the same bytes as a 2-byte ring at the half constants, plus
+// its rounding and sum.
 double half_allreduce_seconds(const Input& in, double elements);
 double compressed_allreduce_seconds(const Input& in, double elements);
 

@@ -101,27 +101,34 @@ TEST(Plan, FitRecoversKnownConstants) {
     truth.cal.compute_per_element = 3e-9;
     truth.cal.half_alpha = 5e-4;
     truth.cal.half_efficiency = 0.6;
+    truth.cal.half_compute_per_element = 4e-9;
     std::vector<Sample> samples;
-    for (double n : {2.5e5, 2.5e6, 2.5e7})
-      samples.push_back({n, ring_allreduce_seconds(truth, n, 4), compressed_allreduce_seconds(truth, n),
-                         half_allreduce_seconds(truth, n)});
+    for (double n : {2.5e5, 2.5e6, 2.5e7}) {
+      const double half = half_allreduce_seconds(truth, n);
+      const double half_compute = n * 4e-9 * (cores ? 2.0 : 1.0);  // 4 ranks on 2 cores take turns
+      samples.push_back({n, ring_allreduce_seconds(truth, n, 4), compressed_allreduce_seconds(truth, n), half,
+                         half - half_compute});
+    }
     const Calibration c = fit(samples, 4, 1.25e8, cores);
     EXPECT_NEAR(c.alpha, 2e-4, 1e-9);
     EXPECT_NEAR(c.efficiency, 0.9, 1e-9);
     EXPECT_NEAR(c.half_alpha, 5e-4, 1e-9);
     EXPECT_NEAR(c.half_efficiency, 0.6, 1e-9);
+    EXPECT_NEAR(c.half_compute_per_element, 4e-9, 1e-15);
     // Without 16-bit samples, the 16-bit exchange takes the fp32 ring's constants.
-    for (auto& s : samples) s.half_seconds = 0;
+    for (auto& s : samples) s.half_seconds = s.half_in_collectives = 0;
     const Calibration fp32_only = fit(samples, 4, 1.25e8, cores);
     EXPECT_DOUBLE_EQ(fp32_only.half_alpha, fp32_only.alpha);
     EXPECT_DOUBLE_EQ(fp32_only.half_efficiency, fp32_only.efficiency);
+    EXPECT_EQ(fp32_only.half_compute_per_element, 0.0);
     EXPECT_NEAR(c.compressed_alpha, 2e-4, 1e-6) << cores << " cores";
     EXPECT_NEAR(c.compute_per_element, 3e-9, 3e-12) << cores << " cores";
   }
 }
 
 TEST(Plan, CalibrationFileRoundTrips) {
-  const Calibration c = fit({{1e5, 0.01, 0.002, 0.008}, {1e6, 0.05, 0.006, 0.03}, {1e7, 0.45, 0.04, 0.3}}, 4, 1.25e8, 2);
+  const Calibration c =
+      fit({{1e5, 0.01, 0.002, 0.008, 0.007}, {1e6, 0.05, 0.006, 0.03, 0.025}, {1e7, 0.45, 0.04, 0.3, 0.25}}, 4, 1.25e8, 2);
   const std::string path = ::testing::TempDir() + "/cal.json";
   save_calibration(path, c);
   const Calibration back = load_calibration(path);
