@@ -19,6 +19,9 @@ double exchange_bytes_per_element(const std::string& precision) {
 RunProfile load_run(const std::string& dir) {
   const fs::path summary = fs::path(dir) / "summary.json", metrics = fs::path(dir) / "metrics.jsonl";
   ONEBIT_CHECK(fs::is_directory(dir), "plan --from-run: " << dir << " is not a directory");
+  ONEBIT_CHECK(!fs::exists(fs::path(dir) / "compare.json"),
+               "plan --from-run: " << dir << " holds a comparison: give one of its runs, "
+                                   << (fs::path(dir) / "onebit-lamb").string() << " or " << (fs::path(dir) / "lamb").string());
   ONEBIT_CHECK(fs::exists(metrics), "plan --from-run: " << dir << " has no metrics.jsonl (a run directory of "
                                                         << "`onebit train`, or one of `onebit compare`'s)");
   ONEBIT_CHECK(fs::exists(summary), "plan --from-run: " << dir << " has no summary.json: the run did not finish");

@@ -118,6 +118,8 @@ TEST(PlanFromRun, BadRunsAreNamed) {
   expect_error(r.dir.string(), "has no training steps");
   std::ofstream(r.dir / "metrics.jsonl") << "{not json\n";
   expect_error(r.dir.string(), "line 1 is not a step record");
+  std::ofstream(r.dir / "compare.json") << "{}";
+  expect_error(r.dir.string(), "holds a comparison: give one of its runs");
 }
 
 }  // namespace

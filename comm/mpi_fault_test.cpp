@@ -36,6 +36,10 @@ int main(int argc, char** argv) {
     // One write, so the ranks' lines do not interleave.
     const std::string line = "rank " + std::to_string(comm->rank()) + ": " + e.what() + "\n";
     [[maybe_unused]] auto n = ::write(2, line.data(), line.size());
+    // mpirun ends the whole job when the first rank exits non-zero; the survivors' timeouts start
+    // when each entered the collective, so on a crowded machine they fire up to a second or so
+    // apart. Waiting here lets every survivor say what it saw before that.
+    std::this_thread::sleep_for(std::chrono::seconds(3));
     return 1;
   }
   std::cerr << "rank " << comm->rank() << ": all collectives completed, the lost rank was not lost" << std::endl;

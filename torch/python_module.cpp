@@ -14,6 +14,7 @@
 #include "c10d_compat.hpp"
 #include "onebit/error.hpp"
 #include "onebit/local_comm.hpp"
+#include "onebit/nccl_comm.hpp"
 #include "onebit/torch_c10d.hpp"
 #include "onebit/torch_optimizers.hpp"
 #include "onebit/torch_watchdog.hpp"

@@ -64,7 +64,6 @@ std::vector<std::string> to_args(const TrainOptions& o) {
 #include "onebit/error.hpp"
 #include "onebit/half_allreduce.hpp"
 #include "train/model.hpp"
-#include "train/trainer.hpp"
 
 namespace onebit::train {
 

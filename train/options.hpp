@@ -5,6 +5,10 @@
 #include <string>
 #include <vector>
 
+#include <nlohmann/json.hpp>
+
+#include "onebit/freeze_schedule.hpp"
+
 namespace onebit::train {
 
 // --freeze-step auto (the default) ends the 1-bit optimizers' warmup when the second moment has
@@ -73,5 +77,18 @@ struct CompareOptions {
 
 // The arguments that make a worker parse back exactly `o` (every field spelled out).
 std::vector<std::string> to_args(const TrainOptions& o);
+
+// Every "0 / -1: default" field filled in from the preset and the steps (the settings a run records).
+TrainOptions resolve_options(const TrainOptions& o);
+// Throws onebit::Error naming the first bad setting.
+void validate_options(const TrainOptions& o);
+nlohmann::json options_json(const TrainOptions& o);
+// The bounds of --freeze-step auto for this run: kAutoFreezeFloor up to the byte budget
+// kAutoFreezeCeilingFraction of --steps in the warmup exchange's precision.
+AutoFreezeOptions auto_freeze_options(const TrainOptions& o);
+
+// Learning rate at `step` (1-based): linear warmup to `peak` over `warmup` steps, then linear decay
+// from `peak` at step warmup+1 to peak/(steps-warmup) at the last step (which still learns).
+double lr_at(int64_t step, double peak, int64_t warmup, int64_t steps);
 
 }  // namespace onebit::train

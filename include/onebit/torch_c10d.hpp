@@ -8,7 +8,7 @@
 
 #include "onebit/communicator.hpp"
 #ifdef ONEBIT_HAVE_CUDA
-#include "onebit/nccl_comm.hpp"  // StreamCommunicator
+#include "onebit/stream_communicator.hpp"
 #endif
 
 namespace c10d {

@@ -134,10 +134,11 @@ namespace {
 // The momentum over piece p (Momentum -> MomentumPiece): sk = chunk scale / k, exact as §4 step 5
 // asks, since (s * sign) / k = sign * (s / k) in IEEE arithmetic.
 MomentumPiece momentum_piece(const Partition& part, const Momentum& m, const Piece& p) {
-  if (m.values) return {m.values, nullptr, 0.0f, nullptr, 0};
+  if (m.values) return {.values = m.values, .bits = nullptr, .sk = 0.0f, .mask = nullptr, .mask_base = 0};
   const float k = m.k ? m.k[p.layer] : 1.0f;
   const float* mask = m.masks ? m.masks[p.layer] : nullptr;
-  return {nullptr, m.bits, m.chunk_scales[p.chunk] / k, mask, part.layer_start(p.layer)};
+  return {.values = nullptr, .bits = m.bits, .sk = m.chunk_scales[p.chunk] / k, .mask = mask,
+          .mask_base = part.layer_start(p.layer)};
 }
 
 template <class BlockAt>
@@ -212,7 +213,17 @@ void decode(const Partition& part, ThreadPool& pool, const uint8_t* bits,
 
 namespace {
 LambArgs lamb_args(const float* g, float* m, float* v, float* w, const MomentParams& p) {
-  return {g, m, v, w, p.beta1, 1.0f - p.beta1, p.beta2, 1.0f - p.beta2, p.eps, p.weight_decay, 0};
+  return {.g = g,
+          .m = m,
+          .v = v,
+          .w = w,
+          .beta1 = p.beta1,
+          .one_minus_beta1 = 1.0f - p.beta1,
+          .beta2 = p.beta2,
+          .one_minus_beta2 = 1.0f - p.beta2,
+          .eps = p.eps,
+          .weight_decay = p.weight_decay,
+          .coef = 0};
 }
 }  // namespace
 

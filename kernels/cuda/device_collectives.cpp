@@ -6,6 +6,7 @@
 #include <thread>
 
 #include "cuda_check.hpp"
+#include "onebit/stream_communicator.hpp"
 
 namespace onebit::cuda {
 
