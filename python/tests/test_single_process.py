@@ -111,15 +111,32 @@ def test_lr_schedulers_drive_the_learning_rate():
 
 
 def test_parameter_groups_have_their_own_settings():
-    model = sc.mlp()
-    opt = onebit.OnebitLamb([{"params": model[0].parameters(), "lr": 0.1},
-                             {"params": model[2].parameters(), "weight_decay": 0.1}], lr=0.01, freeze_step=2)
-    assert len(opt._engines) == 2
-    for _ in range(4):
-        opt.zero_grad()
-        model(torch.randn(16, 8)).pow(2).mean().backward()
-        opt.step()
-    assert not opt.in_warmup  # add_param_group: test_torch_conventions.py
+    # Each group is its own optimizer with its own lr and weight decay: the grouped optimizer gives
+    # the same bits as one optimizer per group with those settings, and not those of shared ones.
+    def train(make_optimizers):
+        model = sc.mlp()
+        opts = make_optimizers(model)
+        g = torch.Generator().manual_seed(3)
+        for _ in range(4):  # two warmup steps, two compression steps
+            for opt in opts:
+                opt.zero_grad()
+            model(torch.randn(16, 8, generator=g)).pow(2).mean().backward()
+            for opt in opts:
+                opt.step()
+        return [sc.cat(model[0].parameters()), sc.cat(model[2].parameters())], opts
+
+    grouped, (opt,) = train(lambda m: [onebit.OnebitLamb(
+        [{"params": m[0].parameters(), "lr": 0.1}, {"params": m[2].parameters(), "weight_decay": 0.1}],
+        lr=0.01, weight_decay=0.0, freeze_step=2)])
+    assert len(opt._engines) == 2 and not opt.in_warmup  # add_param_group: test_torch_conventions.py
+
+    def separate(lr0, wd1):
+        return train(lambda m: [onebit.OnebitLamb(m[0].parameters(), lr=lr0, weight_decay=0.0, freeze_step=2),
+                                onebit.OnebitLamb(m[2].parameters(), lr=0.01, weight_decay=wd1, freeze_step=2)])[0]
+
+    assert all(torch.equal(mine, theirs) for mine, theirs in zip(grouped, separate(0.1, 0.1)))
+    assert not torch.equal(grouped[0], separate(0.01, 0.1)[0])  # the first group's lr took effect
+    assert not torch.equal(grouped[1], separate(0.1, 0.0)[1])  # the second group's weight decay took effect
 
 
 def test_closure_loss_is_returned():
