@@ -47,7 +47,7 @@ void add_shared(CLI::App* c, TrainOptions& o) {
        "(from 10 steps up to 20% of --steps' bytes: 20% of the steps with an fp32 warmup exchange, 40% with a 16-bit one)")
       ->default_str("auto");
   c->add_option("--refresh-interval", o.refresh_interval,
-                "1-bit LAMB: a full-precision refresh step this many steps after the freeze, then after doubling "
+                "1-bit LAMB: an uncompressed refresh step (in the warmup exchange's precision) this many steps after the freeze, then after doubling "
                 "intervals (0: off, the paper's algorithm; -1: 16 with --freeze-step auto, else off)")
       ->capture_default_str();
   c->add_option("--track-scales", o.track_scales,

@@ -46,9 +46,10 @@ struct OnebitLambOptions : LambOptions {
   float factor_threshold = 0.1f;   // the factor moves at most this fraction per step
   // Past the paper (docs/algorithm.md §10). kWithAutoFreeze: on with freeze_step = kAutoFreeze, off
   // with a given freeze step, so a given step with default options is spec §4 exactly.
-  // A full-precision refresh refresh_interval steps after the freeze, then after intervals that
+  // An uncompressed refresh refresh_interval steps after the freeze, then after intervals that
   // double (R, 3R, 7R, ... steps after it; 0: none): every rank's error-compensated momentum is
-  // averaged in fp32, so the momentum is exact, the errors restart at zero, and k and the trust
+  // averaged in the warmup exchange's precision (fp32 unless warmup_exchange says otherwise), so
+  // the momentum is exact up to that rounding, the errors restart at zero, and k and the trust
   // ratios are measured afresh; between refreshes the trust ratio is held (no variance factor).
   // kWithAutoFreeze means kAutoRefreshInterval.
   int64_t refresh_interval = kWithAutoFreeze;
@@ -98,7 +99,7 @@ class Optimizer {
   // True while the next step exchanges uncompressed gradients.
   virtual bool in_warmup() const { return true; }
   // What the next step exchanges: "fp32" (an optimizer that never compresses), "warmup",
-  // "compression" or "refresh" (1-bit LAMB's full-precision refresh, see refresh_interval).
+  // "compression" or "refresh" (1-bit LAMB's uncompressed refresh, see refresh_interval).
   virtual const char* next_stage() const { return "fp32"; }
   // The last warmup step: given, or decided by freeze_step = auto (kAutoFreeze while undecided);
   // -1 for an optimizer that never compresses.
