@@ -94,6 +94,8 @@ double ring_allreduce_seconds(const Input& in, double n, double bytes_per_elemen
 namespace {
 // How many ranks take turns on each core.
 double core_sharing(int workers, int cores) { return cores > 0 ? std::max(1.0, static_cast<double>(workers) / cores) : 1.0; }
+// a and b overlapped in `stages` equal steps: the slower one, plus the faster one's first step.
+double overlapped(double a, double b, int stages) { return std::max(a, b) + std::min(a, b) / stages; }
 }  // namespace
 
 double half_allreduce_seconds(const Input& in, double n) {
@@ -103,11 +105,6 @@ double half_allreduce_seconds(const Input& in, double n) {
          ring_allreduce_bytes(n, P, 2) / (in.bandwidth * in.cal.half_efficiency) +
          n * in.cal.half_compute_per_element * core_sharing(P, in.shared_cores);
 }
-
-namespace {
-// a and b overlapped in `stages` equal steps: the slower one, plus the faster one's first step.
-double overlapped(double a, double b, int stages) { return std::max(a, b) + std::min(a, b) / stages; }
-}  // namespace
 
 double compressed_allreduce_seconds(const Input& in, double n) {
   const int P = in.workers;

@@ -6,15 +6,10 @@
 
 #include "onebit/error.hpp"
 #include "onebit/freeze_schedule.hpp"
+#include "onebit/half_allreduce.hpp"
 
 namespace onebit::plan {
 namespace fs = std::filesystem;
-
-double exchange_bytes_per_element(const std::string& precision) {
-  if (precision == "fp32") return 4;
-  if (precision == "bf16" || precision == "fp16") return 2;
-  ONEBIT_FAIL("plan: unknown exchange precision '" << precision << "' (fp32, bf16 or fp16)");
-}
 
 RunProfile load_run(const std::string& dir) {
   const fs::path summary = fs::path(dir) / "summary.json", metrics = fs::path(dir) / "metrics.jsonl";
@@ -41,7 +36,7 @@ RunProfile load_run(const std::string& dir) {
   }
   ONEBIT_CHECK(r.optimizer == "lamb" || r.optimizer == "onebit-lamb",
                "plan --from-run: the run trained with " << r.optimizer << "; the planner replays lamb and onebit-lamb runs");
-  exchange_bytes_per_element(r.warmup_exchange);  // a precision this planner knows
+  parse_wire_precision(r.warmup_exchange);  // a precision this planner knows
   std::ifstream in(metrics);
   std::string line;
   int64_t expect = 1;
@@ -100,7 +95,7 @@ RunPrediction predict_run(const RunProfile& run, Input link, double warmup_fract
   std::vector<std::string> stages = run.stages;
   // A LAMB run becomes 1-bit LAMB as `onebit train` runs it by default: a bf16 warmup exchange.
   const std::string warmup_exchange = onebit_run ? run.warmup_exchange : "bf16";
-  const double half = exchange_bytes_per_element(warmup_exchange);
+  const double half = wire_bytes(parse_wire_precision(warmup_exchange));
   if (onebit_run) {
     ONEBIT_CHECK(warmup_fraction < 0, "plan --from-run: " << run.dir << " is a 1-bit LAMB run, whose own stages are "
                                                           << "replayed; --freeze-fraction is for a LAMB run");

@@ -45,7 +45,4 @@ struct RunPrediction {
 };
 RunPrediction predict_run(const RunProfile& run, Input link, double warmup_fraction);
 
-// The precision's bytes per element on the wire: fp32 4, bf16 and fp16 2.
-double exchange_bytes_per_element(const std::string& precision);
-
 }  // namespace onebit::plan

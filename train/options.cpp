@@ -132,7 +132,7 @@ nlohmann::json options_json(const TrainOptions& o) {
 
 AutoFreezeOptions auto_freeze_options(const TrainOptions& o) {
   AutoFreezeOptions a;
-  const double bytes = parse_wire_precision(o.warmup_exchange) == WirePrecision::kFp32 ? 4 : 2;
+  const int bytes = wire_bytes(parse_wire_precision(o.warmup_exchange));
   a.max_steps = std::max<int64_t>(1, std::lround(auto_freeze_ceiling_fraction(bytes) * o.steps));
   a.min_steps = std::min<int64_t>(kAutoFreezeFloor, a.max_steps);
   return a;

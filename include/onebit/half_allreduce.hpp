@@ -22,6 +22,8 @@ enum class WirePrecision { kFp32, kBf16, kFp16 };
 const char* to_string(WirePrecision p);
 // Throws onebit::Error naming the valid names.
 WirePrecision parse_wire_precision(const std::string& name);
+// Bytes one value takes on the wire: 4 for fp32, 2 for bf16 and fp16.
+inline constexpr int wire_bytes(WirePrecision p) { return p == WirePrecision::kFp32 ? 4 : 2; }
 
 // The pinned conversions: round to nearest, ties to even, in integer arithmetic (independent of
 // the FPU's rounding mode). A NaN stays a (quiet) NaN, and a value past the format's range becomes
