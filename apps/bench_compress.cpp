@@ -56,7 +56,7 @@ int run_compress(const CompressOptions& o) {
   int cur = 0;
   float prev_scale = 0.0f;
   auto compress_decode = [&] {
-    const double sum_sq = kernels::compress(part, pool, x.data(), state[cur].data(), prev_scale,
+    const double sum_sq = kernels::compress(part, pool, x.data(), state[cur].data(), {&prev_scale, 1},
                                             state[1 - cur].data(), bits.data());
     const float scale = kernels::scale_from_sum(sum_sq, n);
     kernels::decode(part, pool, bits.data(), &scale, x.data());

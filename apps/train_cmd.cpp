@@ -55,6 +55,11 @@ void add_shared(CLI::App* c, TrainOptions& o) {
                 "-1: on with --freeze-step auto)")
       ->check(CLI::Range(-1, 1))
       ->capture_default_str();
+  c->add_option("--scale-group", o.scale_group,
+                "1-bit optimizers: elements per compression scale, a multiple of 64 (0: the paper's one scale per worker and "
+                "per server chunk; -1: 2048 for onebit-lamb with --freeze-step auto, else 0), each group costing 4 bytes more "
+                "per exchange")
+      ->capture_default_str();
   c->add_option("--warmup-exchange", o.warmup_exchange,
                 "the warmup's gradient exchange (every step of lamb's): fp32, or bf16/fp16 at half the bytes, "
                 "which lets --freeze-step auto warm up twice as many steps for the same bytes")

@@ -18,6 +18,7 @@ struct Case {
   int world;
   size_t n;
   bool layers;  // odd layer bounds: pieces that share a byte of sign bits inside one block
+  size_t group = 0;  // scale group
 };
 
 class Pipeline : public ::testing::TestWithParam<Case> {};
@@ -37,7 +38,7 @@ TEST_P(Pipeline, SameBitsAsThePlainHalves) {
   SCOPED_TRACE("seed " + std::to_string(seed));
   run_local(P, [&](Communicator& comm) {
     ThreadPool pool(2);
-    CompressedAllreduce piped(comm, pool, n, bounds), plain(comm, pool, n, bounds);
+    CompressedAllreduce piped(comm, pool, n, bounds, c.group), plain(comm, pool, n, bounds, c.group);
     for (int t = 0; t < 3; ++t) {
       Vec x = testing::random_vec(n, seed + 1000 * t + comm.rank());
       Vec y = x;
@@ -58,13 +59,15 @@ TEST_P(Pipeline, SameBitsAsThePlainHalves) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Sizes, Pipeline,
-                         ::testing::Values(Case{2, 7000001, false}, Case{3, 5000011, true}, Case{1, 3300007, false}),
+                         ::testing::Values(Case{2, 7000001, false}, Case{3, 5000011, true}, Case{1, 3300007, false},
+                                           Case{3, 5000011, true, 2048}, Case{2, 3300007, false, 320}),
                          [](const auto& info) {
                            std::string name = "P";  // built by appends: GCC 12 warns on "P" + string
                            name += std::to_string(info.param.world);
                            name += "_n";
                            name += std::to_string(info.param.n);
                            if (info.param.layers) name += "_layers";
+                           if (info.param.group) name += "_group" + std::to_string(info.param.group);
                            return name;
                          });
 

@@ -8,7 +8,7 @@ OnebitAdam::OnebitAdam(const FlatLayout& layout, Communicator& comm, OnebitAdamO
     : Optimizer(layout, comm, options.threads, options.warmup_exchange),
       opt_((validate(options, "onebit-adam"), options)),
       freeze_(opt_.freeze_step, opt_.auto_freeze, layout),
-      allreduce_(comm, pool_, layout.total(), layout.boundaries()) {
+      allreduce_(comm, pool_, layout.total(), layout.boundaries(), static_cast<size_t>(opt_.scale_group)) {
   agree_across_ranks(comm, layout, settings_of(opt_), name());
   m_.assign(layout.total(), 0.0f);
   v_.assign(layout.total(), 0.0f);
@@ -45,7 +45,7 @@ bool OnebitAdam::step(std::span<float> w, std::span<float> g) {
 }
 
 kernels::Momentum OnebitAdam::momentum() const {
-  return m_in_signs_ ? kernels::Momentum{.bits = allreduce_.bits(), .chunk_scales = allreduce_.chunk_scales()}
+  return m_in_signs_ ? kernels::Momentum{.bits = allreduce_.bits(), .scales = allreduce_.scales()}
                      : kernels::Momentum{.values = m_.data()};
 }
 

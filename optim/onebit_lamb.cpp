@@ -17,6 +17,7 @@ OnebitLambOptions settled(OnebitLambOptions o) {
   const bool automatic = o.freeze_step == kAutoFreeze;
   if (o.refresh_interval == kWithAutoFreeze) o.refresh_interval = automatic ? kAutoRefreshInterval : 0;
   if (o.track_scales == kWithAutoFreeze) o.track_scales = automatic ? 1 : 0;
+  if (o.scale_group == kWithAutoFreeze) o.scale_group = automatic ? kAutoScaleGroup : 0;
   return o;
 }
 }  // namespace
@@ -25,7 +26,7 @@ OnebitLamb::OnebitLamb(const FlatLayout& layout, Communicator& comm, OnebitLambO
     : Optimizer(layout, comm, options.threads, options.warmup_exchange),
       opt_(settled(options)),
       freeze_(opt_.freeze_step, opt_.auto_freeze, layout),
-      allreduce_(comm, pool_, layout.total(), layout.boundaries()) {
+      allreduce_(comm, pool_, layout.total(), layout.boundaries(), static_cast<size_t>(opt_.scale_group)) {
   agree_across_ranks(comm, layout, settings_of(opt_), name());
   const size_t N = layout.total(), L = layout.num_layers();
   m_.assign(N, 0.0f);
@@ -91,12 +92,12 @@ void OnebitLamb::init_momentum_scale() {
   for (size_t l = 0; l < s.size(); ++l) k_[l] = s[l] > 0 ? static_cast<float>(mean / s[l]) : 1.0f;
 }
 
-kernels::Momentum OnebitLamb::signs(const uint8_t* bits, const float* chunk_scales) const {
-  return {.bits = bits, .chunk_scales = chunk_scales, .k = k_.data(), .masks = mask_ptrs_.data()};
+kernels::Momentum OnebitLamb::signs(const uint8_t* bits, const float* scales) const {
+  return {.bits = bits, .scales = scales, .k = k_.data(), .masks = mask_ptrs_.data()};
 }
 
 kernels::Momentum OnebitLamb::momentum() const {
-  return m_in_signs_ ? signs(allreduce_.bits(), allreduce_.chunk_scales()) : kernels::Momentum{.values = m_.data()};
+  return m_in_signs_ ? signs(allreduce_.bits(), allreduce_.scales()) : kernels::Momentum{.values = m_.data()};
 }
 
 bool OnebitLamb::refresh_due() const {
@@ -201,7 +202,7 @@ bool OnebitLamb::compression_step(std::span<float> w, std::span<float> g) {
   if (!allreduce_.compress_momentum(m_prev, g, opt_.beta1, k_.data())) return false;
   allreduce_.exchange();
   // Step 5 is where the momentum now lives: the exchange's signs, read by the passes below.
-  const kernels::Momentum m = signs(allreduce_.bits(), allreduce_.chunk_scales());
+  const kernels::Momentum m = signs(allreduce_.bits(), allreduce_.scales());
   const kernels::Momentum prev = m_prev;  // its buffers are the previous exchange's now
   // Steps 6-7 and the reductions of step 8, one pass.
   const kernels::OnebitLambSums sums{w_sq_.data(), u_sq_.data(), u0_sq_.data(), max_ratio_.data()};

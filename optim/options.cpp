@@ -32,6 +32,11 @@ void validate_freeze(int64_t freeze_step, const AutoFreezeOptions& a, const std:
                who << ": the automatic freeze's tolerance must be in (0, 1), got " << a.tolerance);
 }
 
+void check_scale_group(int64_t g, const std::string& who) {
+  ONEBIT_CHECK(g >= 0 && g % 64 == 0, who << ": scale_group must be 0 (the paper's scales) or a positive multiple of 64 "
+                                              "elements, got " << g);
+}
+
 }  // namespace
 
 void validate(const LambOptions& o, const std::string& who) {
@@ -55,11 +60,15 @@ void validate(const OnebitLambOptions& o, const std::string& who) {
   ONEBIT_CHECK(o.track_scales == 0 || o.track_scales == 1 || o.track_scales == kWithAutoFreeze,
                who << ": track_scales must be 0, 1 or kWithAutoFreeze (" << kWithAutoFreeze << "), got "
                    << o.track_scales);
+  ONEBIT_CHECK(o.scale_group == kWithAutoFreeze || o.scale_group >= 0, who << ": scale_group must be >= 0 or kWithAutoFreeze ("
+                                                                          << kWithAutoFreeze << "), got " << o.scale_group);
+  check_scale_group(o.scale_group == kWithAutoFreeze ? 0 : o.scale_group, who);
 }
 
 void validate(const OnebitAdamOptions& o, const std::string& who) {
   check_common(o.lr, o.beta1, o.beta2, o.eps, o.weight_decay, o.threads, who);
   validate_freeze(o.freeze_step, o.auto_freeze, who);
+  check_scale_group(o.scale_group, who);
 }
 
 namespace {
@@ -83,7 +92,8 @@ Settings settings_of(const OnebitLambOptions& o) {
                      {"factor_max", o.factor_max}, {"factor_min", o.factor_min},
                      {"factor_threshold", o.factor_threshold},
                      {"refresh_interval", static_cast<double>(o.refresh_interval)},
-                     {"track_scales", static_cast<double>(o.track_scales)}});
+                     {"track_scales", static_cast<double>(o.track_scales)},
+                     {"scale_group", static_cast<double>(o.scale_group)}});
   add_auto_freeze(s, o.auto_freeze);
   return s;
 }
@@ -91,7 +101,8 @@ Settings settings_of(const OnebitLambOptions& o) {
 Settings settings_of(const OnebitAdamOptions& o) {
   Settings s{{"beta1", o.beta1}, {"beta2", o.beta2}, {"eps", o.eps}, {"weight_decay", o.weight_decay},
              {"freeze_step", static_cast<double>(o.freeze_step)},
-             {"warmup_exchange", static_cast<double>(o.warmup_exchange)}};
+             {"warmup_exchange", static_cast<double>(o.warmup_exchange)},
+             {"scale_group", static_cast<double>(o.scale_group)}};
   add_auto_freeze(s, o.auto_freeze);
   return s;
 }

@@ -21,7 +21,9 @@ inline float sgn(float x) { return x >= 0.0f ? 1.0f : -1.0f; }
 
 class SimulatedAllreduce {
  public:
-  SimulatedAllreduce(int world, size_t n) : P(world), n(n) {
+  // group: 0 for spec §2's scales; otherwise a scale per group of that many elements of each chunk
+  // (docs/algorithm.md §12), for worker and server alike.
+  SimulatedAllreduce(int world, size_t n, size_t group = 0) : P(world), n(n), group(group) {
     const size_t unit = 64 * static_cast<size_t>(P);
     chunk = (n + unit - 1) / unit * unit / static_cast<size_t>(P);
     worker_err.assign(static_cast<size_t>(P), Vec(n, 0.0f));
@@ -31,14 +33,15 @@ class SimulatedAllreduce {
   // x[p]: rank p's input. Returns the result every rank gets.
   Vec run(const std::vector<Vec>& x) {
     std::vector<Vec> q(static_cast<size_t>(P), Vec(n));
-    std::vector<float> s(static_cast<size_t>(P));
     for (int p = 0; p < P; ++p) {
       Vec c(n);
       for (size_t i = 0; i < n; ++i) c[i] = x[p][i] + worker_err[p][i];
-      s[p] = sim_scale(c.data(), n);
-      for (size_t i = 0; i < n; ++i) {
-        q[p][i] = s[p] * sgn(c[i]);
-        worker_err[p][i] = c[i] - q[p][i];
+      for (auto [b, e] : scale_ranges(0, group ? n : 0)) {
+        const float s = sim_scale(c.data() + b, e - b);
+        for (size_t i = b; i < e; ++i) {
+          q[p][i] = s * sgn(c[i]);
+          worker_err[p][i] = c[i] - q[p][i];
+        }
       }
     }
     Vec out(n);
@@ -50,17 +53,29 @@ class SimulatedAllreduce {
         for (int p = 0; p < P; ++p) sum += q[p][i];
         y[i - begin] = sum / static_cast<float>(P) + server_err[j][i - begin];
       }
-      const float sj = sim_scale(y.data(), y.size());
-      for (size_t i = begin; i < end; ++i) {
-        out[i] = sj * sgn(y[i - begin]);
-        server_err[j][i - begin] = y[i - begin] - out[i];
+      for (auto [b, e] : scale_ranges(j * chunk, end)) {
+        const float sj = sim_scale(y.data() + (b - begin), e - b);
+        for (size_t i = b; i < e; ++i) {
+          out[i] = sj * sgn(y[i - begin]);
+          server_err[j][i - begin] = y[i - begin] - out[i];
+        }
       }
     }
     return out;
   }
 
+  // The ranges of real elements that share one scale: from `from` (a chunk start) to `to`, by groups
+  // of `group` restarting at every chunk start; without groups, [from, to) whole (worker: all of n).
+  std::vector<std::pair<size_t, size_t>> scale_ranges(size_t from, size_t to) const {
+    if (!group) return {{std::min(from, n), std::max(std::min(from, n), to ? to : n)}};
+    std::vector<std::pair<size_t, size_t>> r;
+    for (size_t c = from; c < to; c += chunk)
+      for (size_t b = c; b < std::min(to, c + chunk); b += group) r.push_back({b, std::min({b + group, c + chunk, to})});
+    return r;
+  }
+
   int P;
-  size_t n, chunk;
+  size_t n, group, chunk;
   std::vector<Vec> worker_err, server_err;
 };
 

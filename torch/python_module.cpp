@@ -92,6 +92,7 @@ onebit::OnebitLambOptions onebit_lamb_options(const py::dict& d) {
   r.get("factor_threshold", o.factor_threshold);
   r.get("refresh_interval", o.refresh_interval);
   r.get("track_scales", o.track_scales);
+  r.get("scale_group", o.scale_group);
   r.finish();
   return o;
 }
@@ -101,6 +102,7 @@ onebit::OnebitAdamOptions onebit_adam_options(const py::dict& d) {
   OptionReader r(d, "onebit-adam");
   read_lamb_like(r, o);
   read_freeze(r, o);
+  r.get("scale_group", o.scale_group);
   r.finish();
   return o;
 }

@@ -32,6 +32,7 @@ std::vector<std::string> to_args(const TrainOptions& o) {
   add("--freeze-step", o.freeze_step == 0 ? "auto" : std::to_string(o.freeze_step));
   add("--refresh-interval", std::to_string(o.refresh_interval));
   add("--track-scales", std::to_string(o.track_scales));
+  add("--scale-group", std::to_string(o.scale_group));
   if (!o.warmup_exchange.empty()) add("--warmup-exchange", o.warmup_exchange);
   add("--warmup-steps", std::to_string(o.warmup_steps));
   add("--lr", exact(o.lr));
@@ -103,6 +104,9 @@ void validate_options(const TrainOptions& o) {
                                           "--freeze-step auto), not " << o.refresh_interval);
   ONEBIT_CHECK(o.track_scales >= -1 && o.track_scales <= 1,
                "onebit train: --track-scales must be 1, 0 or -1 (on with --freeze-step auto), not " << o.track_scales);
+  ONEBIT_CHECK(o.scale_group == -1 || (o.scale_group >= 0 && o.scale_group % 64 == 0),
+               "onebit train: --scale-group must be 0 (the paper's scales), a positive multiple of 64, or -1 (2048 with "
+               "--freeze-step auto), not " << o.scale_group);
   ONEBIT_CHECK(one_of(o.warmup_exchange, {"fp32", "bf16", "fp16"}),
                "onebit train: --warmup-exchange must be fp32, bf16 or fp16, not '" << o.warmup_exchange << "'");
   ONEBIT_CHECK(o.warmup_steps >= 0 && o.warmup_steps <= o.steps,
@@ -122,7 +126,7 @@ void validate_options(const TrainOptions& o) {
 
 nlohmann::json options_json(const TrainOptions& o) {
   return {{"model", o.model}, {"data", o.data}, {"vocab", o.vocab}, {"seq", o.seq}, {"heldout", o.heldout},
-          {"optimizer", o.optimizer}, {"batch", o.batch}, {"micro_batch", o.micro_batch}, {"steps", o.steps}, {"freeze_step", o.freeze_step}, {"refresh_interval", o.refresh_interval}, {"track_scales", o.track_scales},
+          {"optimizer", o.optimizer}, {"batch", o.batch}, {"micro_batch", o.micro_batch}, {"steps", o.steps}, {"freeze_step", o.freeze_step}, {"refresh_interval", o.refresh_interval}, {"track_scales", o.track_scales}, {"scale_group", o.scale_group},
           {"warmup_exchange", o.warmup_exchange}, {"warmup_steps", o.warmup_steps}, {"lr", o.lr}, {"clip", o.clip}, {"weight_decay", o.weight_decay},
           {"beta2", o.beta2}, {"dropout", o.dropout}, {"seed", o.seed}, {"workers", o.workers},
           {"backend", o.backend}, {"device", o.device}, {"threads", o.threads}, {"timeout", o.timeout},

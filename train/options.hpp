@@ -36,7 +36,8 @@ struct TrainOptions {
   int steps = 120;                   // optimizer steps (with batch: about a minute of the tiny model on 2 cores)
   int freeze_step = 0;               // last warmup step of the 1-bit optimizers; 0: auto (see kAutoFreezeCeilingFraction)
   int refresh_interval = -1;         // 1-bit LAMB's uncompressed refreshes (0: off; -1: 16 with --freeze-step auto, else off)
-  int track_scales = -1;             // 1-bit LAMB's k follows the layers' gradient RMS (1/0; -1: on with --freeze-step auto)
+  int track_scales = -1;
+  int scale_group = -1;              // 1-bit optimizers: elements per compression scale (0: the paper's; -1: onebit-lamb 2048 with --freeze-step auto, else 0)             // 1-bit LAMB's k follows the layers' gradient RMS (1/0; -1: on with --freeze-step auto)
   // The warmup's gradient exchange (LAMB's at every step): fp32 | bf16 | fp16; empty: bf16 for the
   // 1-bit optimizers (the convergence study: no loss change in LAMB, half the warmup's bytes), fp32
   // for lamb (the baseline as users run it).

@@ -35,7 +35,7 @@ double since(Clock::time_point t) { return std::chrono::duration<double>(Clock::
 
 // Settings that change the trajectory: a resume must match them all.
 constexpr const char* kMathSettings[] = {"model", "data", "vocab", "seq", "heldout", "optimizer", "batch", "steps",
-                                         "freeze_step", "refresh_interval", "track_scales", "warmup_steps", "lr", "clip", "weight_decay", "beta2",
+                                         "freeze_step", "refresh_interval", "track_scales", "scale_group", "warmup_steps", "lr", "clip", "weight_decay", "beta2",
                                          "dropout", "seed", "backend", "device"};
 
 // Running totals of a run, carried across resumes in the checkpoint.

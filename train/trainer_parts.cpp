@@ -78,7 +78,7 @@ std::unique_ptr<TorchOptimizer> make_optimizer(const TrainOptions& o, const std:
     l.lr = static_cast<float>(o.lr), l.beta2 = static_cast<float>(o.beta2);
     l.weight_decay = static_cast<float>(o.weight_decay), l.threads = threads, l.freeze_step = o.freeze_step;
     l.auto_freeze = auto_freeze_options(o);
-    l.refresh_interval = o.refresh_interval, l.track_scales = o.track_scales;
+    l.refresh_interval = o.refresh_interval, l.track_scales = o.track_scales, l.scale_group = o.scale_group;
     l.warmup_exchange = parse_wire_precision(o.warmup_exchange);
     return std::make_unique<TorchOnebitLamb>(params, l, std::move(comm));
   }
@@ -88,6 +88,7 @@ std::unique_ptr<TorchOptimizer> make_optimizer(const TrainOptions& o, const std:
   a.lr = static_cast<float>(o.lr), a.beta2 = static_cast<float>(o.beta2);
   a.weight_decay = static_cast<float>(o.weight_decay), a.threads = threads, a.freeze_step = o.freeze_step;
   a.auto_freeze = auto_freeze_options(o);
+  a.scale_group = o.scale_group == -1 ? 0 : o.scale_group;  // the automatic default is 1-bit LAMB's
   a.warmup_exchange = parse_wire_precision(o.warmup_exchange);
   return std::make_unique<TorchOnebitAdam>(params, a, std::move(comm));
 }

@@ -76,7 +76,12 @@ METHODS = [
     dict(name="fp32-warmup", bert=["--optimizer", "onebit-lamb", "--warmup-exchange", "fp32"],
          causal=["--optimizer", "onebit-lamb"]),
     # The new default: the same with a bf16 warmup exchange (docs/algorithm.md §11), whose byte budget
-    # buys the automatic freeze twice the steps (its ceiling: 40% of the steps instead of 20%).
+    # buys the automatic freeze twice the steps (its ceiling: 40% of the steps instead of 20%), and a
+    # compression scale per group of 2048 values (§12).
+    # The new default with one compression scale per worker and per chunk (the paper's): what the scale
+    # groups of docs/algorithm.md §12 add.
+    dict(name="one-scale", bert=["--optimizer", "onebit-lamb", "--scale-group", "0"],
+         causal=["--optimizer", "onebit-lamb", "--opt", "warmup_exchange=bf16", "--opt", "scale_group=0"]),
     dict(name="default", bert=["--optimizer", "onebit-lamb"],
          causal=["--optimizer", "onebit-lamb", "--opt", "warmup_exchange=bf16"]),
     dict(name="onebit-adam", bert=["--optimizer", "onebit-adam", "--warmup-exchange", "fp32"],

@@ -22,25 +22,31 @@ Isa best_isa();
 Isa active_isa();
 void set_active_isa(Isa isa);  // for tests and benchmarks; throws onebit::Error if unsupported
 
-// A run of elements inside one block, one layer and one allreduce chunk.
+// A run of elements inside one block, one layer, one allreduce chunk and one scale group.
 struct Piece {
   size_t begin = 0, end = 0;
   uint32_t layer = 0, chunk = 0;
+  uint32_t group = 0;  // index of the compression scale that covers the piece (docs/algorithm.md §12)
 };
 
 // How the kernels cut [0, n): fixed blocks of kBlock elements (threads take whole blocks, so a byte
 // of sign bits never straddles two threads and the sum order does not depend on the thread count),
-// split further at every layer start and every chunk start into pieces.
+// split further at every layer start, every chunk start and every scale group start into pieces.
+//
+// Scale groups: with group_len = 0 a chunk has one scale, so group == chunk (spec §2). Otherwise each
+// chunk is cut into groups of group_len elements from its start (the last one shorter), numbered
+// chunk * groups_per_chunk() + the group's place in the chunk.
 class Partition {
  public:
   static constexpr size_t kBlock = size_t{1} << 15;
 
   Partition() = default;
   // layer_bounds: offsets of each layer then n (FlatLayout::boundaries()); empty means one layer.
-  // chunk_len: length of an allreduce chunk (0 means one chunk).
-  Partition(size_t n, std::span<const size_t> layer_bounds = {}, size_t chunk_len = 0);
+  // chunk_len: length of an allreduce chunk (0 means one chunk). group_len: see above.
+  Partition(size_t n, std::span<const size_t> layer_bounds = {}, size_t chunk_len = 0, size_t group_len = 0);
 
   size_t size() const { return n_; }
+  size_t groups_per_chunk() const { return groups_per_chunk_; }
   size_t num_layers() const { return layer_start_.size(); }
   size_t num_blocks() const { return block_first_.empty() ? 0 : block_first_.size() - 1; }
   const std::vector<Piece>& pieces() const { return pieces_; }
@@ -50,35 +56,42 @@ class Partition {
   size_t layer_start(size_t layer) const { return layer_start_[layer]; }
 
  private:
-  size_t n_ = 0;
+  size_t n_ = 0, groups_per_chunk_ = 1;
   std::vector<Piece> pieces_;
   std::vector<size_t> block_first_;  // index of each block's first piece, then pieces_.size()
   std::vector<size_t> layer_start_;
 };
 
 // --- compression (spec §1, §2) ---------------------------------------------------------------
-// Error state is kept as the compensated value c of the previous call and its scale s: the error
+// Error state is kept as the compensated value c of the previous call and its scales: the error
 // e = c - s*sign(c) is derived when needed, never stored. That saves a whole pass over the buffer.
+//
+// Scales: a span of one scale covers the whole buffer (the worker's one scale of spec §2); a longer
+// span holds one scale per scale group of the partition, indexed by Piece::group.
+//
+// The compressions below return the sum of squares of their output over the whole buffer, and when
+// piece_sums is given (part.pieces().size() entries) also each piece's: sum_groups turns those into
+// one sum per scale group, in the same pinned order.
 
-// Worker compression in one pass: c = x + e(prev, prev_scale); next <- c; bits <- sign(c).
-// Returns sum of c^2. `next` may equal `prev`. Bits of elements >= n are left untouched.
+// Worker compression in one pass: c = x + e(prev, prev_scales); next <- c; bits <- sign(c).
+// `next` may equal `prev`. Bits of elements >= n are left untouched.
 double compress(const Partition& part, ThreadPool& pool, const float* x, const float* prev,
-                float prev_scale, float* next, uint8_t* bits);
+                std::span<const float> prev_scales, float* next, uint8_t* bits, double* piece_sums = nullptr);
 
 // The momentum as a kernel reads it: a plain fp32 buffer (`values`), or, in the compression stage
-// of 1-bit LAMB and 1-bit Adam, the sign bits and chunk scales of the last compressed allreduce,
-// which are that momentum exactly (§4 step 5):
-//   m[i] = (chunk_scales[chunk of i] * sign(bit i)) / k[layer]   (* masks[layer][i - layer start])
+// of 1-bit LAMB and 1-bit Adam, the sign bits and scales of the last compressed allreduce, which are
+// that momentum exactly (§4 step 5):
+//   m[i] = (scales[group of i] * sign(bit i)) / k[layer]   (* masks[layer][i - layer start])
 // Reading its 1/8 byte instead of 4 bytes, and never writing it back, is what brings the 1-bit
 // LAMB compression step from 64.5 to 48.9 bytes per parameter.
 struct Momentum {
   const float* values = nullptr;  // when set, m is this buffer and the fields below are unused
   const uint8_t* bits = nullptr;
-  const float* chunk_scales = nullptr;
+  const float* scales = nullptr;        // one per scale group (with one group per chunk: per chunk)
   const float* k = nullptr;             // null: k = 1 (1-bit Adam)
   const float* const* masks = nullptr;  // null, or per layer: null or that layer's 0/1 mask
 };
-// A kernel reading a Momentum with bits must be given the allreduce's Partition (cut at its chunks).
+// A kernel reading a Momentum with bits must be given the allreduce's Partition (cut at its groups).
 
 // out[i] = m[i], written out (for checkpoints, and wherever a plain buffer is wanted).
 void decode_momentum(const Partition& part, ThreadPool& pool, const Momentum& m, float* out);
@@ -86,32 +99,35 @@ void decode_momentum(const Partition& part, ThreadPool& pool, const Momentum& m,
 // Worker compression with x = (beta1*m + (1-beta1)*g) * k[layer] computed on the fly (1-bit LAMB
 // §4 step 3; k == nullptr means k = 1, as in 1-bit Adam §5).
 double compress_momentum(const Partition& part, ThreadPool& pool, const Momentum& m, const float* g,
-                         float beta1, const float* k, const float* prev, float prev_scale,
-                         float* next, uint8_t* bits);
+                         float beta1, const float* k, const float* prev, std::span<const float> prev_scales,
+                         float* next, uint8_t* bits, double* piece_sums = nullptr);
 
-// Server stage over one chunk (§2 step 3): y = (sum over p of +-s_p) / P + e(f, f_scale);
-// f <- y (in place); out_bits <- sign(y). worker_bits holds P chunks of stride bytes each.
-// Returns sum of y^2.
-double server_average(const Partition& part, ThreadPool& pool, const uint8_t* worker_bits,
-                      size_t stride, std::span<const float> worker_scales, float* f,
-                      float f_scale, uint8_t* out_bits);
+// Server stage over one chunk (§2 step 3): y = (sum over p of +-s_p) / P + e(f, f_scales);
+// f <- y (in place); out_bits <- sign(y). worker_bits holds `world` chunks of stride bytes each;
+// worker_scales holds, per scale group of the partition (one when it has none), the world's scales
+// for that group. Returns sum of y^2 (and each piece's, as compress does).
+double server_average(const Partition& part, ThreadPool& pool, const uint8_t* worker_bits, size_t stride,
+                      std::span<const float> worker_scales, int world, float* f, std::span<const float> f_scales,
+                      uint8_t* out_bits, double* piece_sums = nullptr);
 
-// out[i] = chunk_scales[chunk of i] * sign(bit i)   (§2 step 5).
-void decode(const Partition& part, ThreadPool& pool, const uint8_t* bits,
-            const float* chunk_scales, float* out);
+// out[i] = scales[group of i] * sign(bit i)   (§2 step 5).
+void decode(const Partition& part, ThreadPool& pool, const uint8_t* bits, const float* scales, float* out);
 
 // --- stages of a pipelined compressed allreduce ---------------------------------------------
 // compress over a subset of the partition's blocks, so that a caller can overlap it with
 // communication. Across its stages a call must cover every block exactly once, in any order.
-// piece_sums (part.pieces().size() entries) receives the sum of each piece compressed; sum_pieces
-// adds them in the pinned order once every block is done: the same bits as one whole compress().
+// piece_sums receives the sum of each piece compressed; sum_pieces adds them in the pinned order
+// once every block is done: the same bits as one whole compress().
 void compress_blocks(const Partition& part, ThreadPool& pool, std::span<const uint32_t> blocks,
-                     const float* x, const float* prev, float prev_scale, float* next,
+                     const float* x, const float* prev, std::span<const float> prev_scales, float* next,
                      uint8_t* bits, double* piece_sums);
 double sum_pieces(std::span<const double> piece_sums);
+// out[g] = the sum of the piece sums of scale group g, added in piece order (out is zeroed first).
+void sum_groups(const Partition& part, std::span<const double> piece_sums, std::span<double> out);
 
-// The error the compressed state stands for: out[i] = c[i] - s*sign(c[i]).
-void materialize_error(std::span<const float> c, float s, std::span<float> out);
+// The error the compressed state stands for: out[i] = c[i] - s*sign(c[i]), s the scale of i's group.
+void materialize_error(const Partition& part, std::span<const float> c, std::span<const float> scales,
+                       std::span<float> out);
 
 // scale(x) of §1 from a sum of squares: sqrt(sum_sq / n) rounded to fp32 (0 when n == 0).
 float scale_from_sum(double sum_sq, size_t n);

@@ -36,6 +36,7 @@ struct LambOptions {
 // An option of OnebitLambOptions that is on with freeze_step = kAutoFreeze and off otherwise.
 inline constexpr int kWithAutoFreeze = -1;
 inline constexpr int64_t kAutoRefreshInterval = 16;
+inline constexpr int64_t kAutoScaleGroup = 2048;
 
 struct OnebitLambOptions : LambOptions {
   int64_t freeze_step = kAutoFreeze;  // >= 1: steps 1..freeze_step are LAMB warmup (spec §4); or kAutoFreeze
@@ -56,6 +57,11 @@ struct OnebitLambOptions : LambOptions {
   // 1: k follows each layer's gradient RMS every compression step (one fp32 all-reduce of a value
   // per layer); 0: k is set once, at the first compression step (spec §4 step 1).
   int track_scales = kWithAutoFreeze;
+  // Elements per compression scale (docs/algorithm.md §12): 0 is spec §2 (one scale per worker, one
+  // per server chunk); a positive multiple of 64 gives every group of that many elements of each
+  // chunk its own worker and server scale, for 4 bytes per group more on the wire.
+  // kWithAutoFreeze means kAutoScaleGroup.
+  int64_t scale_group = kWithAutoFreeze;
 };
 
 struct OnebitAdamOptions {
@@ -68,6 +74,7 @@ struct OnebitAdamOptions {
   AutoFreezeOptions auto_freeze{};  // used only with freeze_step = kAutoFreeze
   int threads = 1;             // CPU threads for the kernels on this rank
   WirePrecision warmup_exchange = WirePrecision::kFp32;  // the warmup's gradient exchange
+  int64_t scale_group = 0;     // elements per compression scale, as OnebitLambOptions::scale_group (0: spec §2)
 };
 
 // Everything an optimizer needs to continue bit for bit, this rank's error buffers included.
@@ -188,7 +195,7 @@ class OnebitLamb : public Optimizer {
   bool refresh_step(std::span<float> w, std::span<float> g);
   bool track_scales(std::span<const float> g);
   void init_momentum_scale();
-  kernels::Momentum signs(const uint8_t* bits, const float* chunk_scales) const;
+  kernels::Momentum signs(const uint8_t* bits, const float* scales) const;
   kernels::Momentum momentum() const;  // the synchronized momentum, wherever it lives now
 
   OnebitLambOptions opt_;

@@ -86,7 +86,7 @@ void set_active_isa(Isa isa) {
   active().store(isa);
 }
 
-Partition::Partition(size_t n, std::span<const size_t> layer_bounds, size_t chunk_len) : n_(n) {
+Partition::Partition(size_t n, std::span<const size_t> layer_bounds, size_t chunk_len, size_t group_len) : n_(n) {
   std::vector<size_t> cuts;  // every boundary inside (0, n)
   if (layer_bounds.empty()) {
     layer_start_ = {0};
@@ -97,8 +97,13 @@ Partition::Partition(size_t n, std::span<const size_t> layer_bounds, size_t chun
     cuts.insert(cuts.end(), layer_bounds.begin(), layer_bounds.end());
   }
   for (size_t b = kBlock; b < n; b += kBlock) cuts.push_back(b);
-  if (chunk_len > 0)
-    for (size_t c = chunk_len; c < n; c += chunk_len) cuts.push_back(c);
+  const size_t chunk = chunk_len ? chunk_len : std::max<size_t>(n, 1);
+  for (size_t c = 0; c < n; c += chunk) {
+    cuts.push_back(c);
+    if (group_len > 0)
+      for (size_t g = c + group_len; g < std::min(n, c + chunk); g += group_len) cuts.push_back(g);
+  }
+  if (group_len > 0) groups_per_chunk_ = (chunk + group_len - 1) / group_len;
   cuts.push_back(0);
   cuts.push_back(n);
   std::sort(cuts.begin(), cuts.end());
@@ -106,11 +111,11 @@ Partition::Partition(size_t n, std::span<const size_t> layer_bounds, size_t chun
 
   size_t layer = 0;
   for (size_t i = 0; i + 1 < cuts.size(); ++i) {
-    const size_t b = cuts[i], e = cuts[i + 1];
+    const size_t b = cuts[i], e = cuts[i + 1], c = b / chunk;
     while (layer + 1 < layer_start_.size() && layer_start_[layer + 1] <= b) ++layer;
     if (b / kBlock >= block_first_.size()) block_first_.push_back(pieces_.size());
-    pieces_.push_back({b, e, static_cast<uint32_t>(layer),
-                       static_cast<uint32_t>(chunk_len ? b / chunk_len : 0)});
+    const size_t group = c * groups_per_chunk_ + (group_len ? (b - c * chunk) / group_len : 0);
+    pieces_.push_back({b, e, static_cast<uint32_t>(layer), static_cast<uint32_t>(c), static_cast<uint32_t>(group)});
   }
   block_first_.push_back(pieces_.size());
 }
@@ -119,9 +124,18 @@ float scale_from_sum(double sum_sq, size_t n) {
   return n == 0 ? 0.0f : static_cast<float>(std::sqrt(sum_sq / static_cast<double>(n)));
 }
 
-void materialize_error(std::span<const float> c, float s, std::span<float> out) {
-  ONEBIT_CHECK(out.size() == c.size(), "materialize_error: sizes differ");
-  for (size_t i = 0; i < c.size(); ++i) out[i] = c[i] - (c[i] >= 0.0f ? s : -s);
+namespace {
+// A span of one scale covers every piece; a longer one has a scale per scale group.
+float scale_of(std::span<const float> scales, const Piece& p) { return scales[scales.size() == 1 ? 0 : p.group]; }
+}  // namespace
+
+void materialize_error(const Partition& part, std::span<const float> c, std::span<const float> scales,
+                       std::span<float> out) {
+  ONEBIT_CHECK(out.size() == c.size() && c.size() == part.size(), "materialize_error: sizes differ");
+  for (const Piece& p : part.pieces()) {
+    const float s = scale_of(scales, p);
+    for (size_t i = p.begin; i < p.end; ++i) out[i] = c[i] - (c[i] >= 0.0f ? s : -s);
+  }
 }
 
 double sum_pieces(std::span<const double> piece_sums) {
@@ -130,55 +144,70 @@ double sum_pieces(std::span<const double> piece_sums) {
   return total;
 }
 
+void sum_groups(const Partition& part, std::span<const double> piece_sums, std::span<double> out) {
+  std::fill(out.begin(), out.end(), 0.0);
+  for (size_t i = 0; i < piece_sums.size(); ++i) out[part.pieces()[i].group] += piece_sums[i];
+}
+
 namespace {
-// The momentum over piece p (Momentum -> MomentumPiece): sk = chunk scale / k, exact as §4 step 5
+// The momentum over piece p (Momentum -> MomentumPiece): sk = group scale / k, exact as §4 step 5
 // asks, since (s * sign) / k = sign * (s / k) in IEEE arithmetic.
 MomentumPiece momentum_piece(const Partition& part, const Momentum& m, const Piece& p) {
   if (m.values) return {.values = m.values, .bits = nullptr, .sk = 0.0f, .mask = nullptr, .mask_base = 0};
   const float k = m.k ? m.k[p.layer] : 1.0f;
   const float* mask = m.masks ? m.masks[p.layer] : nullptr;
-  return {.values = nullptr, .bits = m.bits, .sk = m.chunk_scales[p.chunk] / k, .mask = mask,
+  return {.values = nullptr, .bits = m.bits, .sk = m.scales[p.group] / k, .mask = mask,
           .mask_base = part.layer_start(p.layer)};
 }
 
 template <class BlockAt>
-void compress_into(const Partition& part, ThreadPool& pool, CompressArgs a, const Momentum* m, const float* k,
-                   size_t count, BlockAt block_at, double* sums) {
+void compress_into(const Partition& part, ThreadPool& pool, CompressArgs a, std::span<const float> prev_scales,
+                   const Momentum* m, const float* k, size_t count, BlockAt block_at, double* sums) {
   a.stream = part.size() * sizeof(float) > kStreamBytes;
   for_blocks(part, pool, count, block_at, [&](size_t idx, const Piece& p) {
     CompressArgs pa = a;
+    pa.prev_scale = scale_of(prev_scales, p);
     if (k) pa.k = k[p.layer];
     if (m) pa.m = momentum_piece(part, *m, p);
     sums[idx] = K().compress(p.begin, p.end, pa);
   });
 }
 
-double compress_with(const Partition& part, ThreadPool& pool, const CompressArgs& a, const Momentum* m,
-                     const float* k) {
-  std::vector<double> sums(part.pieces().size());
-  compress_into(part, pool, a, m, k, part.num_blocks(), [](size_t b) { return b; }, sums.data());
-  return sum_pieces(sums);
+double compress_with(const Partition& part, ThreadPool& pool, const CompressArgs& a,
+                     std::span<const float> prev_scales, const Momentum* m, const float* k, double* piece_sums) {
+  std::vector<double> own;
+  if (!piece_sums) {
+    own.resize(part.pieces().size());
+    piece_sums = own.data();
+  }
+  compress_into(part, pool, a, prev_scales, m, k, part.num_blocks(), [](size_t b) { return b; }, piece_sums);
+  return sum_pieces({piece_sums, part.pieces().size()});
+}
+
+CompressArgs plain_input(const float* x, const float* prev, float* next, uint8_t* bits) {
+  return {.x = x, .m = {}, .g = nullptr, .beta1 = 1, .one_minus_beta1 = 0, .k = 1, .prev = prev, .prev_scale = 0,
+          .next = next, .bits = bits, .stream = false};
 }
 }  // namespace
 
 void compress_blocks(const Partition& part, ThreadPool& pool, std::span<const uint32_t> blocks,
-                     const float* x, const float* prev, float prev_scale, float* next,
+                     const float* x, const float* prev, std::span<const float> prev_scales, float* next,
                      uint8_t* bits, double* piece_sums) {
-  compress_into(part, pool, {x, {}, nullptr, 1, 0, 1, prev, prev_scale, next, bits, false}, nullptr, nullptr,
-                blocks.size(), [&](size_t i) { return blocks[i]; }, piece_sums);
+  compress_into(part, pool, plain_input(x, prev, next, bits), prev_scales, nullptr, nullptr, blocks.size(),
+                [&](size_t i) { return blocks[i]; }, piece_sums);
 }
 
 double compress(const Partition& part, ThreadPool& pool, const float* x, const float* prev,
-                float prev_scale, float* next, uint8_t* bits) {
-  return compress_with(part, pool, {x, {}, nullptr, 1, 0, 1, prev, prev_scale, next, bits, false}, nullptr,
-                       nullptr);
+                std::span<const float> prev_scales, float* next, uint8_t* bits, double* piece_sums) {
+  return compress_with(part, pool, plain_input(x, prev, next, bits), prev_scales, nullptr, nullptr, piece_sums);
 }
 
 double compress_momentum(const Partition& part, ThreadPool& pool, const Momentum& m, const float* g,
-                         float beta1, const float* k, const float* prev, float prev_scale,
-                         float* next, uint8_t* bits) {
-  return compress_with(part, pool,
-                       {nullptr, {}, g, beta1, 1.0f - beta1, 1.0f, prev, prev_scale, next, bits, false}, &m, k);
+                         float beta1, const float* k, const float* prev, std::span<const float> prev_scales,
+                         float* next, uint8_t* bits, double* piece_sums) {
+  CompressArgs a = plain_input(nullptr, prev, next, bits);
+  a.g = g, a.beta1 = beta1, a.one_minus_beta1 = 1.0f - beta1;
+  return compress_with(part, pool, a, prev_scales, &m, k, piece_sums);
 }
 
 void decode_momentum(const Partition& part, ThreadPool& pool, const Momentum& m, float* out) {
@@ -194,21 +223,29 @@ void decode_momentum(const Partition& part, ThreadPool& pool, const Momentum& m,
   });
 }
 
-double server_average(const Partition& part, ThreadPool& pool, const uint8_t* worker_bits,
-                      size_t stride, std::span<const float> worker_scales, float* f,
-                      float f_scale, uint8_t* out_bits) {
-  const ServerArgs a{worker_bits, stride,  worker_scales.data(), static_cast<int>(worker_scales.size()),
-                     f,           f_scale, out_bits};
-  std::vector<double> sums(part.pieces().size());
-  for_pieces(part, pool,
-             [&](size_t idx, const Piece& p) { sums[idx] = K().server(p.begin, p.end, a); });
-  return sum_pieces(sums);
+double server_average(const Partition& part, ThreadPool& pool, const uint8_t* worker_bits, size_t stride,
+                      std::span<const float> worker_scales, int world, float* f, std::span<const float> f_scales,
+                      uint8_t* out_bits, double* piece_sums) {
+  const ServerArgs a{.worker_bits = worker_bits, .stride = stride, .scales = worker_scales.data(), .world = world,
+                     .f = f, .f_scale = 0, .out_bits = out_bits};
+  const bool per_group = worker_scales.size() > static_cast<size_t>(world);
+  std::vector<double> own;
+  if (!piece_sums) {
+    own.resize(part.pieces().size());
+    piece_sums = own.data();
+  }
+  for_pieces(part, pool, [&](size_t idx, const Piece& p) {
+    ServerArgs pa = a;
+    if (per_group) pa.scales += static_cast<size_t>(p.group) * static_cast<size_t>(world);
+    pa.f_scale = scale_of(f_scales, p);
+    piece_sums[idx] = K().server(p.begin, p.end, pa);
+  });
+  return sum_pieces({piece_sums, part.pieces().size()});
 }
 
-void decode(const Partition& part, ThreadPool& pool, const uint8_t* bits,
-            const float* chunk_scales, float* out) {
+void decode(const Partition& part, ThreadPool& pool, const uint8_t* bits, const float* scales, float* out) {
   const bool stream = part.size() * sizeof(float) > kStreamBytes;
-  for_pieces(part, pool, [&](size_t, const Piece& p) { K().decode(p.begin, p.end, {bits, chunk_scales[p.chunk], out, stream}); });
+  for_pieces(part, pool, [&](size_t, const Piece& p) { K().decode(p.begin, p.end, {bits, scales[p.group], out, stream}); });
 }
 
 namespace {

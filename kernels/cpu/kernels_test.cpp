@@ -37,6 +37,9 @@ std::string seed_note(uint64_t seed) {
   return "random seed " + std::to_string(seed) + " (rerun with ONEBIT_TEST_SEED=" +
          std::to_string(seed) + ")";
 }
+// One scale for a whole buffer, as the kernels take it; and the world of a list of worker scales.
+std::vector<float> single(float s) { return {s}; }
+int world(const std::vector<float>& worker_scales) { return static_cast<int>(worker_scales.size()); }
 
 // One buffer layout: n elements cut into layers and allreduce chunks, as the optimizers use them.
 struct Case {
@@ -243,7 +246,7 @@ MomentumInput momentum_input(const Run& r, bool signs, size_t which, const std::
   const uint8_t* bits = r.d.worker_bits[which].data();
   std::vector<float> plain = r.d.m;  // the sentinel tail stays
   ref::decode_momentum(r.c.n, r.c.bounds, r.c.chunk, bits, scales.data(), r.d.k.data(), masks, plain.data());
-  return {{.bits = bits, .chunk_scales = scales.data(), .k = r.d.k.data(), .masks = masks}, std::move(plain)};
+  return {{.bits = bits, .scales = scales.data(), .k = r.d.k.data(), .masks = masks}, std::move(plain)};
 }
 
 // kSteps compressions in a row with the state carried: steps 0-1 alternate buffers, 2-3 in place.
@@ -267,10 +270,10 @@ Out run_compress(const Run& r) {
     double sum;
     if (r.pool) {
       sum = kMomentum ? compress_momentum(r.part, *r.pool, m.m, d.g[t].data(), d.p.beta1, k,
-                                          buf[cur].data(), scale, c, bits.data())
-                      : compress(r.part, *r.pool, d.x[t].data(), buf[cur].data(), scale, c, bits.data());
+                                          buf[cur].data(), single(scale), c, bits.data())
+                      : compress(r.part, *r.pool, d.x[t].data(), buf[cur].data(), single(scale), c, bits.data());
       out.scales.push_back(scale = scale_from_sum(sum, n));
-      materialize_error(std::span(buf[nxt]).first(n), scale, std::span(err).first(n));
+      materialize_error(r.part, std::span(buf[nxt]).first(n), single(scale), std::span(err).first(n));
     } else {
       sum = kMomentum ? ref::compress_momentum(n, r.c.bounds, m.plain.data(), d.g[t].data(), d.p.beta1, k,
                                                e.data(), c, bits.data())
@@ -298,10 +301,10 @@ Out run_server(const Run& r) {
     std::vector<float> err = d.m;
     double sum;
     if (r.pool) {
-      sum = server_average(r.part, *r.pool, wb.data(), d.stride, d.worker_scales[t], y.data(), scale,
-                           bits.data());
+      sum = server_average(r.part, *r.pool, wb.data(), d.stride, d.worker_scales[t], world(d.worker_scales[t]), y.data(),
+                           single(scale), bits.data());
       out.scales.push_back(scale = scale_from_sum(sum, n));
-      materialize_error(std::span(y).first(n), scale, std::span(err).first(n));
+      materialize_error(r.part, std::span(y).first(n), single(scale), std::span(err).first(n));
     } else {
       sum = ref::server_average(n, wb.data(), d.stride, d.worker_scales[t], fe.data(), y.data(), bits.data());
       ref::update_error(n, y.data(), scale = r.scales.at(t), fe.data());
@@ -379,8 +382,8 @@ Out run_frozen_update(const Run& r) {
 // Sign bits with masks, then without masks and k = 1 (1-bit Adam's), then a plain buffer.
 Out run_decode_momentum(const Run& r) {
   Out out;
-  MomentumInput adam{{.bits = r.d.worker_bits[3].data(), .chunk_scales = r.d.chunk_scales.data()}, r.d.m};
-  ref::decode_momentum(r.c.n, r.c.bounds, r.c.chunk, adam.m.bits, adam.m.chunk_scales, nullptr, nullptr,
+  MomentumInput adam{{.bits = r.d.worker_bits[3].data(), .scales = r.d.chunk_scales.data()}, r.d.m};
+  ref::decode_momentum(r.c.n, r.c.bounds, r.c.chunk, adam.m.bits, adam.m.scales, nullptr, nullptr,
                        adam.plain.data());
   const MomentumInput inputs[] = {momentum_input(r, true, 2, r.d.chunk_scales, r.d.masks.data()), adam,
                                   momentum_input(r, false, 0, {}, nullptr)};
@@ -513,13 +516,13 @@ TEST_P(Kernels, CompressLargeBufferMatchesReference) {
   std::vector<uint8_t> want_bits(n / 8 + 1, 0), bits1(want_bits), bits3(want_bits);
   const double want = ref::compress(n, x.data(), err.data(), want_c.data(), want_bits.data());
   ThreadPool one(1), three(3);
-  const double got1 = compress(part, one, x.data(), prev.data(), prev_scale, next.data(), bits1.data());
+  const double got1 = compress(part, one, x.data(), prev.data(), single(prev_scale), next.data(), bits1.data());
   EXPECT_EQ(std::memcmp(next.data(), want_c.data(), n * sizeof(float)), 0) << "separate output";
   EXPECT_EQ(bits1, want_bits);
   // The reference sums 8.4M terms in one sequence: its own rounding error reaches ~n*eps = 1e-9.
   EXPECT_NEAR(got1, want, 1e-9 * want);
   // In place: next == prev, the path without streaming stores.
-  const double got3 = compress(part, three, x.data(), prev.data(), prev_scale, prev.data(), bits3.data());
+  const double got3 = compress(part, three, x.data(), prev.data(), single(prev_scale), prev.data(), bits3.data());
   EXPECT_EQ(std::memcmp(prev.data(), want_c.data(), n * sizeof(float)), 0) << "in place";
   EXPECT_EQ(bits3, want_bits);
   EXPECT_EQ(got3, got1);
@@ -540,13 +543,13 @@ TEST_P(Kernels, NegativeZeroHasSignPlusOne) {
     return true;
   };
   // With prev = -0 and scale 0 the error is -0 - 0 = -0, so c = -0 + -0 = -0 exactly.
-  compress(part, pool, zeros.data(), zeros.data(), 0.0f, next.data(), bits.data());
+  compress(part, pool, zeros.data(), zeros.data(), single(0.0f), next.data(), bits.data());
   for (size_t i = 0; i < n; ++i) ASSERT_TRUE(next[i] == 0.0f && std::signbit(next[i])) << i;
   EXPECT_TRUE(all_ones());
-  materialize_error(next, 0.5f, err);
+  materialize_error(part, next, single(0.5f), err);
   for (size_t i = 0; i < n; ++i) ASSERT_EQ(err[i], -0.5f) << "error of -0 at scale 0.5, element " << i;
   std::fill(bits.begin(), bits.end(), 0);
-  compress_momentum(part, pool, {.values = zeros.data()}, zeros.data(), 0.9f, k.data(), zeros.data(), 0.0f,
+  compress_momentum(part, pool, {.values = zeros.data()}, zeros.data(), 0.9f, k.data(), zeros.data(), single(0.0f),
                     next.data(), bits.data());
   for (size_t i = 0; i < n; ++i) ASSERT_TRUE(next[i] == 0.0f && std::signbit(next[i])) << i;
   EXPECT_TRUE(all_ones());
@@ -556,7 +559,7 @@ TEST_P(Kernels, NegativeZeroHasSignPlusOne) {
   std::vector<float> f(n, -0.0f);
   const std::vector<float> scales{0.5f, 0.5f};
   std::fill(bits.begin(), bits.end(), 0);
-  EXPECT_EQ(server_average(part, pool, workers.data(), 13, scales, f.data(), 0.0f, bits.data()), 0.0);
+  EXPECT_EQ(server_average(part, pool, workers.data(), 13, scales, 2, f.data(), single(0.0f), bits.data()), 0.0);
   for (size_t i = 0; i < n; ++i) ASSERT_EQ(f[i], 0.0f) << i;
   EXPECT_TRUE(all_ones());
 }
@@ -582,9 +585,9 @@ TEST_P(Kernels, NanInputMakesSumNan) {
     const size_t layer = pos < 5 ? 0 : pos < 70001 ? 1 : 2;
     std::vector<float> x = base;
     x[pos] = nan;
-    EXPECT_TRUE(std::isnan(compress(part, pool, x.data(), zeros.data(), 0.0f, next.data(), bits.data())));
+    EXPECT_TRUE(std::isnan(compress(part, pool, x.data(), zeros.data(), single(0.0f), next.data(), bits.data())));
     EXPECT_TRUE(std::isnan(compress_momentum(part, pool, {.values = base.data()}, x.data(), 0.9f, k, zeros.data(),
-                                             0.0f, next.data(), bits.data())));
+                                             single(0.0f), next.data(), bits.data())));
     double sq[3], w_sq[3], u_sq[3];
     layer_sq_norms(part, pool, x.data(), sq);
     EXPECT_TRUE(std::isnan(sq[layer]));
@@ -593,8 +596,8 @@ TEST_P(Kernels, NanInputMakesSumNan) {
   }
   const std::vector<float> scales{1.0f, nan};
   std::vector<uint8_t> workers(2 * (n / 8 + 1), 0x5a);
-  EXPECT_TRUE(std::isnan(server_average(part, pool, workers.data(), n / 8 + 1, scales, zeros.data(),
-                                        0.0f, bits.data())));
+  EXPECT_TRUE(std::isnan(server_average(part, pool, workers.data(), n / 8 + 1, scales, 2, zeros.data(),
+                                        single(0.0f), bits.data())));
 }
 
 // Every ISA gives the generic code's bits, sums included: the design pins the reduction order.

@@ -114,7 +114,7 @@ std::vector<float> CudaCompressedAllreduce::worker_error() const {
   float s[2];
   worker_scale_.mem().download(s, sizeof s);
   std::vector<float> e(n_);
-  kernels::materialize_error(c, s[worker_cur_], e);
+  kernels::materialize_error(part_.host(), c, {&s[worker_cur_], 1}, e);
   return e;
 }
 
@@ -124,7 +124,7 @@ std::vector<float> CudaCompressedAllreduce::server_error() const {
   float s = 0;
   server_scale_.mem().download(&s, sizeof s);
   std::vector<float> e(c.size());
-  kernels::materialize_error(c, s, e);
+  kernels::materialize_error(server_part_.host(), c, {&s, 1}, e);
   return e;
 }
 

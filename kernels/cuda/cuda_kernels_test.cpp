@@ -39,7 +39,7 @@ TEST_F(CudaKernels, CompressMatchesCpu) {
     const std::vector<float> scale = {0.3f};
     std::vector<float> next(n);
     std::vector<uint8_t> bits(bit_bytes(n), 0xA5);  // bits past n must stay as they are
-    const double sum = kernels::compress(part, pool_, x.data(), prev.data(), scale[0], next.data(), bits.data());
+    const double sum = kernels::compress(part, pool_, x.data(), prev.data(), scale, next.data(), bits.data());
 
     auto dx = dev(x), dprev = dev(prev), dscale = dev(scale);
     DeviceArray<float> dnext(n), dout(1);
@@ -73,7 +73,7 @@ TEST_F(CudaKernels, CompressMomentumMatchesCpu) {
       std::vector<float> next(n);
       std::vector<uint8_t> bits(bit_bytes(n), 0x5A);
       const double sum = kernels::compress_momentum(part, pool_, {.values = m.data()}, g.data(), 0.9f,
-                                                    with_k ? k.data() : nullptr, prev.data(), scale[0],
+                                                    with_k ? k.data() : nullptr, prev.data(), scale,
                                                     next.data(), bits.data());
       auto dm = dev(m), dg = dev(g), dprev = dev(prev), dk = dev(k), dscale = dev(scale);
       DeviceArray<float> dnext(n);
@@ -102,7 +102,8 @@ TEST_F(CudaKernels, ServerAverageMatchesCpu) {
       const std::vector<float> fs = {0.21f};
       std::vector<float> f = f0;
       std::vector<uint8_t> out(bit_bytes(n), 0x3C);
-      const double sum = kernels::server_average(part, pool_, wbits.data(), stride, scales, f.data(), fs[0], out.data());
+      const double sum = kernels::server_average(part, pool_, wbits.data(), stride, scales, static_cast<int>(scales.size()),
+                                                 f.data(), fs, out.data());
 
       auto dw = dev(wbits);
       auto dscales = dev(scales), df = dev(f0), dfs = dev(fs);
@@ -207,7 +208,7 @@ TEST_F(CudaKernels, OnebitLambNormsMatchCpu) {
     std::vector<float> max_ratio(L);
     // The CPU pass reads m from the signs and writes none; the GPU pass writes it out.
     const kernels::Momentum signs{
-        .bits = bits.data(), .chunk_scales = scales.data(), .k = k.data(), .masks = mask_ptrs.data()};
+        .bits = bits.data(), .scales = scales.data(), .k = k.data(), .masks = mask_ptrs.data()};
     std::vector<float> d(n);
     kernels::frozen_denominator(pool_, v, p_.eps, d);
     kernels::onebit_lamb_norms(part, pool_, signs, {.values = m.data()}, p_, d.data(), v_fresh.data(), w.data(),

@@ -19,6 +19,7 @@ void validate_on_device(const O& o, const char* who) {
   if constexpr (requires { o.refresh_interval; })
     ONEBIT_CHECK(o.refresh_interval <= 0 && o.track_scales <= 0,
                  who << " on CUDA: refresh_interval and track_scales are not implemented on the GPU yet");
+  ONEBIT_CHECK(o.scale_group <= 0, who << " on CUDA: scale_group is not implemented on the GPU yet; use 0");
 }
 }  // namespace
 

@@ -327,6 +327,17 @@ def _exchange(warmup_exchange):
     return warmup_exchange
 
 
+def _scale_group(scale_group, auto=-1):
+    """Elements per compression scale: None means `auto` (-1: decided by the C++ options)."""
+    if scale_group is None:
+        return auto
+    if isinstance(scale_group, bool) or not isinstance(scale_group, numbers.Integral) or scale_group < 0 \
+            or scale_group % 64:
+        raise ValueError("onebit: scale_group must be 0 (the paper's scales) or a positive multiple of 64, got %r"
+                         % (scale_group,))
+    return int(scale_group)
+
+
 def _auto_freeze(auto_freeze):
     """The automatic freeze's bounds and test as flat core options (C++ AutoFreezeOptions)."""
     known = ("min_steps", "max_steps", "window", "tolerance")
@@ -359,44 +370,48 @@ class OnebitLamb(_OnebitOptimizer):
     moment has stabilised, between auto_freeze's min_steps (10) and max_steps (1000); see
     docs/algorithm.md, "Choosing the freeze step". auto_freeze: {min_steps, max_steps, window,
     tolerance}. refresh_interval and track_scales (None: on with freeze_step "auto", off with a
-    given step): past the paper, docs/algorithm.md §10. warmup_exchange: "fp32", or "bf16"/"fp16"
+    given step): past the paper, docs/algorithm.md §10. scale_group: elements per compression scale,
+    a multiple of 64 (0: the paper's one scale per worker and per chunk; None: 2048 with freeze_step
+    "auto", else 0), §12. warmup_exchange: "fp32", or "bf16"/"fp16"
     for half the warmup's bytes (§11). momentum_masks: {parameter: 0/1 tensor of its shape} (see
     set_momentum_mask)."""
 
     _kind = "onebit-lamb"
     _options = ("freeze_step", "eps", "weight_decay", "max_coeff", "min_coeff", "coeff_beta", "factor_max",
-                "factor_min", "factor_threshold", "refresh_interval", "track_scales", "warmup_exchange")
+                "factor_min", "factor_threshold", "refresh_interval", "track_scales", "scale_group",
+                "warmup_exchange")
     _fixed = ("freeze_step", "auto_freeze", "betas", "eps", "weight_decay", "max_coeff", "min_coeff",
               "coeff_beta", "factor_max", "factor_min", "factor_threshold", "refresh_interval", "track_scales",
-              "warmup_exchange")
+              "scale_group", "warmup_exchange")
 
     def __init__(self, params, lr=1e-3, freeze_step="auto", betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
                  max_coeff=10.0, min_coeff=0.01, coeff_beta=0.9, factor_max=4.0, factor_min=0.5,
                  factor_threshold=0.1, process_group=None, *, auto_freeze=None, refresh_interval=None,
-                 track_scales=None, warmup_exchange="fp32", momentum_masks=None, threads=1, timeout=60.0,
-                 watch=False):
+                 track_scales=None, scale_group=None, warmup_exchange="fp32", momentum_masks=None, threads=1,
+                 timeout=60.0, watch=False):
         defaults = dict(lr=lr, freeze_step=_freeze_step(freeze_step), auto_freeze=_auto_freeze(auto_freeze),
                         betas=_check_betas(betas), eps=eps, weight_decay=weight_decay, max_coeff=max_coeff,
                         min_coeff=min_coeff, coeff_beta=coeff_beta, factor_max=factor_max, factor_min=factor_min,
                         factor_threshold=factor_threshold,
                         refresh_interval=-1 if refresh_interval is None else int(refresh_interval),
                         track_scales=-1 if track_scales is None else int(bool(track_scales)),
-                        warmup_exchange=_exchange(warmup_exchange))
+                        scale_group=_scale_group(scale_group), warmup_exchange=_exchange(warmup_exchange))
         super().__init__(params, defaults, process_group, momentum_masks, threads, timeout, watch)
 
 
 class OnebitAdam(_OnebitOptimizer):
     """1-bit Adam: Adam warmup (no bias correction), then frozen variance and compressed momentum.
-    freeze_step, auto_freeze and warmup_exchange as for OnebitLamb."""
+    freeze_step, auto_freeze, scale_group and warmup_exchange as for OnebitLamb, except that
+    scale_group defaults to 0 (the paper's scales): groups were studied for 1-bit LAMB only."""
 
     _kind = "onebit-adam"
-    _options = ("freeze_step", "eps", "weight_decay", "warmup_exchange")
-    _fixed = ("freeze_step", "auto_freeze", "betas", "eps", "weight_decay", "warmup_exchange")
+    _options = ("freeze_step", "eps", "weight_decay", "scale_group", "warmup_exchange")
+    _fixed = ("freeze_step", "auto_freeze", "betas", "eps", "weight_decay", "scale_group", "warmup_exchange")
 
     def __init__(self, params, lr=1e-3, freeze_step="auto", betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
-                 process_group=None, *, auto_freeze=None, warmup_exchange="fp32", threads=1, timeout=60.0,
-                 watch=False):
+                 process_group=None, *, auto_freeze=None, scale_group=0, warmup_exchange="fp32", threads=1,
+                 timeout=60.0, watch=False):
         defaults = dict(lr=lr, freeze_step=_freeze_step(freeze_step), auto_freeze=_auto_freeze(auto_freeze),
                         betas=_check_betas(betas), eps=eps, weight_decay=weight_decay,
-                        warmup_exchange=_exchange(warmup_exchange))
+                        scale_group=_scale_group(scale_group, auto=0), warmup_exchange=_exchange(warmup_exchange))
         super().__init__(params, defaults, process_group, None, threads, timeout, watch)
