@@ -5,7 +5,7 @@
 namespace onebit {
 
 OnebitAdam::OnebitAdam(const FlatLayout& layout, Communicator& comm, OnebitAdamOptions options)
-    : Optimizer(layout, comm, options.threads, options.warmup_exchange),
+    : CpuOptimizer(layout, comm, options.threads, options.warmup_exchange),
       opt_((validate(options, "onebit-adam"), options)),
       freeze_(opt_.freeze_step, opt_.auto_freeze, layout),
       allreduce_(comm, pool_, layout.total(), layout.boundaries(), static_cast<size_t>(opt_.scale_group)) {

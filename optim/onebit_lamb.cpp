@@ -23,7 +23,7 @@ OnebitLambOptions settled(OnebitLambOptions o) {
 }  // namespace
 
 OnebitLamb::OnebitLamb(const FlatLayout& layout, Communicator& comm, OnebitLambOptions options)
-    : Optimizer(layout, comm, options.threads, options.warmup_exchange),
+    : CpuOptimizer(layout, comm, options.threads, options.warmup_exchange),
       opt_(settled(options)),
       freeze_(opt_.freeze_step, opt_.auto_freeze, layout),
       allreduce_(comm, pool_, layout.total(), layout.boundaries(), static_cast<size_t>(opt_.scale_group)) {

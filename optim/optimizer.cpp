@@ -9,9 +9,8 @@
 
 namespace onebit {
 
-Optimizer::Optimizer(const FlatLayout& layout, Communicator& comm, int threads, WirePrecision warmup_exchange)
-    : layout_(layout),
-      comm_(comm),
+CpuOptimizer::CpuOptimizer(const FlatLayout& layout, Communicator& comm, int threads, WirePrecision warmup_exchange)
+    : Optimizer(layout, comm),
       pool_(threads),
       part_(layout.total(), layout.boundaries()),
       w_sq_(layout.num_layers()),
@@ -26,14 +25,14 @@ void Optimizer::check_sizes(std::span<float> params, std::span<float> grads) con
                       << grads.size() << " gradients, the layout has " << layout_.total());
 }
 
-void Optimizer::average_gradients(std::span<float> grads) {
+void CpuOptimizer::average_gradients(std::span<float> grads) {
   if (comm_.size() == 1) return;
   if (half_) return half_->average(grads);
   comm_.allreduce_sum(grads);
   kernels::divide(pool_, grads, static_cast<float>(comm_.size()));
 }
 
-bool Optimizer::lamb_ratios(const float* g, const float* m, const float* v, const float* w,
+bool CpuOptimizer::lamb_ratios(const float* g, const float* m, const float* v, const float* w,
                             const kernels::MomentParams& p, float min_coeff, float max_coeff,
                             std::vector<double>& ratio) {
   kernels::lamb_norms(part_, pool_, g, m, v, w, p, w_sq_.data(), u_sq_.data());
@@ -49,7 +48,7 @@ bool Optimizer::lamb_ratios(const float* g, const float* m, const float* v, cons
   return true;
 }
 
-void Optimizer::freeze_denominator(AlignedVector<float>& d, std::span<const float> v, float eps) {
+void CpuOptimizer::freeze_denominator(AlignedVector<float>& d, std::span<const float> v, float eps) {
   if (!d.empty()) return;
   d.resize(v.size());
   kernels::frozen_denominator(pool_, v, eps, d);
@@ -125,7 +124,7 @@ std::string load_state(Optimizer& opt, const OptimizerState& s, OnResize on_resi
 // --- Lamb ------------------------------------------------------------------------------------
 
 Lamb::Lamb(const FlatLayout& layout, Communicator& comm, LambOptions options)
-    : Optimizer(layout, comm, options.threads, options.warmup_exchange), opt_(options) {
+    : CpuOptimizer(layout, comm, options.threads, options.warmup_exchange), opt_(options) {
   validate(opt_, "lamb");
   agree_across_ranks(comm, layout, settings_of(opt_), "lamb");
   m_.assign(layout.total(), 0.0f);

@@ -69,10 +69,10 @@ METHODS = [
          causal=["--optimizer", "onebit-lamb", "--freeze-step", "{paper_freeze}"]),
     # The automatic freeze alone, with the paper's compression stage.
     dict(name="auto", bert=["--optimizer", "onebit-lamb", "--freeze-step", "auto", "--refresh-interval", "0",
-                            "--track-scales", "0", "--warmup-exchange", "fp32"],
+                            "--track-scales", "0", "--scale-group", "0", "--warmup-exchange", "fp32"],
          causal=["--optimizer", "onebit-lamb", "--freeze-step", "auto", "--opt", "refresh_interval=0",
-                 "--opt", "track_scales=0"]),
-    # Automatic freeze, refresh steps and tracked scales, with an fp32 warmup exchange.
+                 "--opt", "track_scales=0", "--opt", "scale_group=0"]),
+    # The new default below with an fp32 warmup exchange.
     dict(name="fp32-warmup", bert=["--optimizer", "onebit-lamb", "--warmup-exchange", "fp32"],
          causal=["--optimizer", "onebit-lamb"]),
     # The new default: the same with a bf16 warmup exchange (docs/algorithm.md §11), whose byte budget
@@ -280,7 +280,10 @@ def run_one(job):
     timeout = ARGS.timeout or regime.get("timeout", RUN_TIMEOUT)
     t0, reason = time.monotonic(), None
     with open(log, "w") as f:
-        p = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, cwd=ROOT, start_new_session=True)
+        # The causal LM imports onebit: this build's module, not one installed earlier with pip.
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+            [os.path.join(os.path.dirname(ARGS.onebit), "python")] + [p for p in [os.environ.get("PYTHONPATH")] if p]))
+        p = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, cwd=ROOT, start_new_session=True, env=env)
         with _lock:
             _live.add(p)
         try:

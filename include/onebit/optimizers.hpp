@@ -90,10 +90,11 @@ enum class OnResize {
   kResetErrors,  // continue with the error buffers at zero: no longer bit for bit, but sound
 };
 
+// What every optimizer is, on any device: the interface callers use (the trainer, the torch bridge,
+// checkpoints), the layout and communicator it was built for, and its step counts.
 class Optimizer {
  public:
-  Optimizer(const FlatLayout& layout, Communicator& comm, int threads,
-            WirePrecision warmup_exchange = WirePrecision::kFp32);
+  Optimizer(const FlatLayout& layout, Communicator& comm) : layout_(layout), comm_(comm) {}
   virtual ~Optimizer() = default;
 
   // One step. params: the flat parameter buffer; grads: this rank's local gradient, which may be
@@ -123,27 +124,38 @@ class Optimizer {
 
  protected:
   void check_sizes(std::span<float> params, std::span<float> grads) const;
+  void save_common(OptimizerState& s) const;
+  void load_common(const OptimizerState& s);
+
+  FlatLayout layout_;
+  Communicator& comm_;
+  int64_t step_ = 0, skipped_ = 0;
+};
+
+// The CPU optimizers' shared machinery: a thread pool for the kernels, the partition of the flat
+// buffer, the warmup exchange and LAMB's trust ratios.
+class CpuOptimizer : public Optimizer {
+ public:
+  CpuOptimizer(const FlatLayout& layout, Communicator& comm, int threads,
+               WirePrecision warmup_exchange = WirePrecision::kFp32);
+
+ protected:
   // Allreduce-average of the gradients (the warmup exchange), in the warmup_exchange precision.
   void average_gradients(std::span<float> grads);
   // Fills the per-layer LAMB trust ratios; false if the gradient was not finite.
   bool lamb_ratios(const float* g, const float* m, const float* v, const float* w,
                    const kernels::MomentParams& p, float min_coeff, float max_coeff,
                    std::vector<double>& ratio);
-  void save_common(OptimizerState& s) const;
   // The compression stage's d = sqrt(v) + eps, filled on its first call: v is frozen from then on.
   void freeze_denominator(AlignedVector<float>& d, std::span<const float> v, float eps);
-  void load_common(const OptimizerState& s);
 
-  FlatLayout layout_;
-  Communicator& comm_;
   mutable ThreadPool pool_;  // mutable: const readers (state()) run kernels too
   kernels::Partition part_;
-  int64_t step_ = 0, skipped_ = 0;
   std::vector<double> w_sq_, u_sq_;  // per-layer scratch
   std::unique_ptr<HalfAllreduce> half_;  // a 16-bit warmup exchange; null for fp32
 };
 
-class Lamb : public Optimizer {
+class Lamb : public CpuOptimizer {
  public:
   Lamb(const FlatLayout& layout, Communicator& comm, LambOptions options = {});
   bool step(std::span<float> params, std::span<float> grads) override;
@@ -161,7 +173,7 @@ class Lamb : public Optimizer {
   std::vector<double> ratio_;
 };
 
-class OnebitLamb : public Optimizer {
+class OnebitLamb : public CpuOptimizer {
  public:
   OnebitLamb(const FlatLayout& layout, Communicator& comm, OnebitLambOptions options);
   bool step(std::span<float> params, std::span<float> grads) override;
@@ -217,7 +229,7 @@ class OnebitLamb : public Optimizer {
   int64_t refreshes_ = 0;
 };
 
-class OnebitAdam : public Optimizer {
+class OnebitAdam : public CpuOptimizer {
  public:
   OnebitAdam(const FlatLayout& layout, Communicator& comm, OnebitAdamOptions options);
   bool step(std::span<float> params, std::span<float> grads) override;

@@ -10,10 +10,10 @@
 namespace onebit::cuda {
 
 CudaOptimizer::CudaOptimizer(const FlatLayout& layout, Communicator& comm, Stream stream)
-    : Optimizer(layout, comm, 1),
+    : Optimizer(layout, comm),
       stream_(stream),
       coll_(std::make_unique<DeviceCollectives>(comm, stream)),
-      dpart_(part_),
+      dpart_(kernels::Partition(layout.total(), layout.boundaries())),
       w_sq_(layout.num_layers()),
       u_sq_(layout.num_layers()),
       coef_(layout.num_layers()),
