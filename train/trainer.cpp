@@ -14,11 +14,10 @@
 #include <set>
 #include <sstream>
 
-#include "bench_common.hpp"  // human_bytes
 #include "onebit/error.hpp"
 #include "onebit/torch_c10d.hpp"
+#include "proc/proc.hpp"
 #include "train/checkpoint.hpp"
-#include "train/launcher.hpp"
 #include "train/metrics.hpp"
 #include "train/random.hpp"
 #include "train/trainer_parts.hpp"
@@ -27,7 +26,7 @@ namespace fs = std::filesystem;
 
 namespace onebit::train {
 
-using bench::human_bytes;
+using proc::human_bytes;
 namespace {
 
 using Clock = std::chrono::steady_clock;
@@ -291,14 +290,22 @@ void train(const TrainOptions& in) {
   // Learn the tokenizer once here, so the workers start from the cache instead of all at once.
   prepare_corpus(CorpusOptions{o.data, o.vocab, o.heldout, o.cache_dir, true});
   fs::create_directories(o.out);
-  LaunchOptions l;
+  proc::RankLaunch l;
   l.args = {"train"};
   const auto args = to_args(in);
   l.args.insert(l.args.end(), args.begin(), args.end());
   l.workers = o.workers;
-  l.backend = o.backend;
+  l.mpi = o.backend == "mpi";  // one mpirun starts and wires the ranks; they join through OMPI_COMM_WORLD_*
   l.pid_file = (fs::path(o.out) / "workers.pid").string();
-  launch_workers(l);
+  // No limit on the whole run: every collective of the workers has its own (--timeout), and a
+  // worker that dies or a signal ends the launch at once.
+  l.supervision.timeout = proc::kNoTimeLimit;
+  l.supervision.grace = std::chrono::seconds(5);
+  l.what = "train";
+  const proc::Outcome out = proc::launch_ranks(l);
+  ONEBIT_CHECK(!out.interrupted_by, "onebit train: " << proc::Interrupted(out.interrupted_by).what()
+                                                     << "; stopped the workers");
+  ONEBIT_CHECK(out.ok(), "onebit train: " << out.failure << "; stopped the other workers");
 }
 
 }  // namespace onebit::train
