@@ -1,27 +1,22 @@
 // `onebit bench allreduce`: the 1-bit compressed allreduce against the backend's own fp32 allreduce
 // of the same buffer (and the warmup's bf16 exchange), on P ranks: bytes each rank sends and the time of each.
-#include <sys/wait.h>
-#include <unistd.h>
-
 #include <CLI/CLI.hpp>
 #include <algorithm>
-#include <cerrno>
 #include <cstdlib>
-#include <cstring>
 #include <iostream>
 
 #include "bench_common.hpp"
-#include "plan_model.hpp"
-#include "lan/lan.hpp"
+#include "lan_cmd.hpp"
 #include "onebit/compressed_allreduce.hpp"
 #include "onebit/error.hpp"
 #include "onebit/half_allreduce.hpp"
 #include "onebit/kernels.hpp"
 #include "onebit/local_comm.hpp"
 #include "onebit/mpi_comm.hpp"
+#include "plan_model.hpp"
+#include "proc/proc.hpp"
 #ifdef ONEBIT_HAVE_TORCH
-#include "train/distributed.hpp"
-#include "train/launcher.hpp"
+#include "train/distributed.hpp"  // how a gloo rank joins: as `onebit train` workers do
 #endif
 
 namespace onebit::bench {
@@ -184,34 +179,6 @@ void print_text(std::ostream& os, const AllreduceOptions& o, const nlohmann::jso
      << " cores\n";
 }
 
-// Starts this same command as P processes under mpirun and returns their exit code.
-int relaunch_under_mpirun(int workers, const std::vector<std::string>& args) {
-  const std::string self = lan::self_path();
-  std::vector<std::string> cmd = {"mpirun", "--allow-run-as-root", "--oversubscribe", "--bind-to", "none",
-                                  "-np", std::to_string(workers), self};
-  cmd.insert(cmd.end(), args.begin(), args.end());
-  std::vector<char*> argv;
-  for (auto& a : cmd) argv.push_back(a.data());
-  argv.push_back(nullptr);
-
-  std::cout.flush();
-  std::cerr.flush();
-  const pid_t pid = fork();
-  if (pid < 0) throw Error(std::string("bench allreduce: fork failed: ") + std::strerror(errno));
-  if (pid == 0) {
-    execvp(argv[0], argv.data());
-    std::fprintf(stderr, "onebit: bench allreduce: cannot run mpirun: %s\n", std::strerror(errno));
-    _exit(127);
-  }
-  int status = 0;
-  while (waitpid(pid, &status, 0) < 0) {
-    if (errno != EINTR) throw Error(std::string("bench allreduce: waiting for mpirun failed: ") + std::strerror(errno));
-  }
-  if (WIFEXITED(status)) return WEXITSTATUS(status);
-  if (WIFSIGNALED(status)) return 128 + WTERMSIG(status);
-  return 1;
-}
-
 }  // namespace
 
 CLI::App* add_allreduce_command(CLI::App& bench, AllreduceOptions& o) {
@@ -233,7 +200,8 @@ CLI::App* add_allreduce_command(CLI::App& bench, AllreduceOptions& o) {
       ->capture_default_str();
   c->add_option("--calibration", o.calibration,
                 "also time elements/10 and elements/100, fit the constants of `onebit plan` and write them to this file");
-  c->add_option("--timeout", o.timeout_s, "with --rate: seconds before the whole run is killed")
+  c->add_option("--timeout", o.timeout_s,
+                "seconds before the whole run of the worker processes is killed (with --rate, the network's set-up too)")
       ->check(number_in(1, 1e7), "SECONDS")
       ->capture_default_str();
   c->footer(example("onebit bench allreduce --rate 1gbit --workers 2 --elements 1000000 --json"));
@@ -259,24 +227,39 @@ std::chrono::milliseconds whole_run_timeout(const AllreduceOptions& o) {
   return std::chrono::milliseconds(static_cast<int64_t>(o.timeout_s * 1000));
 }
 
+// Starts this same command line as the ranks on this machine (under mpirun, or over loopback for
+// gloo) and returns their exit status, having said why when they did not all succeed.
+int launch_local_ranks(const AllreduceOptions& o, const std::vector<std::string>& args) {
+  proc::RankLaunch l;
+  l.args = args;
+  l.workers = o.workers;
+  l.mpi = o.backend == "mpi";
+  l.supervision.timeout = whole_run_timeout(o);
+  l.supervision.grace = std::chrono::seconds(5);
+  l.what = "bench allreduce";
+  const proc::Outcome out = proc::launch_ranks(l);
+  if (out.interrupted_by)
+    std::cerr << "onebit: bench allreduce: " << proc::Interrupted(out.interrupted_by).what() << "; stopped the ranks\n";
+  else if (out.timed_out)
+    std::cerr << "onebit: bench allreduce: still running after --timeout " << o.timeout_s << " s; stopped the ranks\n";
+  else if (!out.ok())
+    std::cerr << "onebit: bench allreduce: " << out.failure << "; stopped the others\n";
+  return out.exit_code;
+}
+
 // Gloo through c10d: the ranks join exactly as `onebit train` workers do (RANK, WORLD_SIZE,
-// MASTER_ADDR, MASTER_PORT), started by train's local launcher, or one per namespace with --rate.
+// MASTER_ADDR, MASTER_PORT), started as local ranks (proc/), or one per namespace with --rate.
 int run_gloo(const AllreduceOptions& o, const std::vector<std::string>& args) {
 #ifdef ONEBIT_HAVE_TORCH
   const auto job = train::detect_job();
   if (!job) {
     if (!o.rate.empty()) {
-      std::vector<std::string> command{lan::self_path()};
+      std::vector<std::string> command{proc::self_path()};
       command.insert(command.end(), args.begin(), args.end());
       return lan::run_in_network(o.workers, lan::make_shape(o.rate, o.delay), command, whole_run_timeout(o),
                                  "bench allreduce --rate", 29500, /*prefix_stdout=*/false);
     }
-    train::LaunchOptions launch;
-    launch.args = args;
-    launch.workers = o.workers;
-    launch.backend = "gloo";
-    train::launch_workers(launch);
-    return 0;
+    return launch_local_ranks(o, args);
   }
   const std::shared_ptr<Communicator> comm = train::join_job(*job, "gloo", "cpu", whole_run_timeout(o));
   return measure_and_report(*comm, o);
@@ -314,7 +297,7 @@ int run_allreduce(const AllreduceOptions& given, const std::vector<std::string>&
     throw Error("bench allreduce --backend mpi: this onebit was built without MPI (install OpenMPI and "
                 "configure with -DONEBIT_WITH_MPI=ON)");
   if (std::getenv("OMPI_COMM_WORLD_SIZE") == nullptr) {
-    if (o.rate.empty()) return relaunch_under_mpirun(o.workers, args);
+    if (o.rate.empty()) return launch_local_ranks(o, args);
     // The ranks run this same command line: they see OMPI_COMM_WORLD_SIZE and measure, and rank 0
     // reports the network from the --rate/--delay it was given.
     return lan::run_mpi_in_network(o.workers, lan::make_shape(o.rate, o.delay), args, whole_run_timeout(o),

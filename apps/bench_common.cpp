@@ -123,16 +123,6 @@ std::string fixed(double v, int decimals) {
   return buf;
 }
 
-std::string human_bytes(double bytes) {
-  const char* units[] = {"B", "KB", "MB", "GB", "TB"};
-  int u = 0;
-  while (bytes >= 1000.0 && u < 4) {
-    bytes /= 1000.0;
-    ++u;
-  }
-  return fixed(bytes, u == 0 ? 0 : 2) + " " + units[u];
-}
-
 void print_table(std::ostream& os, const std::vector<std::vector<std::string>>& rows) {
   std::vector<size_t> width;
   for (const auto& row : rows) {

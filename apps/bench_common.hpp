@@ -13,6 +13,7 @@
 #include <nlohmann/json.hpp>
 
 #include "onebit/aligned.hpp"
+#include "proc/proc.hpp"  // human_bytes
 
 namespace CLI {
 class App;
@@ -55,7 +56,7 @@ std::string example(const std::string& command_line);
 // --- output ------------------------------------------------------------------------------------
 
 std::string fixed(double v, int decimals);
-std::string human_bytes(double bytes);
+using proc::human_bytes;
 
 // Rows of cells, the first row a header; columns padded to the widest cell.
 void print_table(std::ostream& os, const std::vector<std::vector<std::string>>& rows);
@@ -87,7 +88,7 @@ struct AllreduceOptions {
   // With --rate: one rank per namespace of a shaped network (onebit lan), TCP over its links.
   std::string rate;            // empty: no shaped network
   std::string delay = "0ms";
-  double timeout_s = 3600;     // whole run under --rate, network set-up included
+  double timeout_s = 3600;     // whole run of the rank processes (under --rate, network set-up included)
   // Also measure at elements/10 and /100, fit the planner's constants, write them here.
   std::string calibration;
 };

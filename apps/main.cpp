@@ -8,7 +8,7 @@
 #include <vector>
 
 #include "bench_common.hpp"
-#include "lan/lan.hpp"
+#include "lan_cmd.hpp"
 #include "plan.hpp"
 #include "onebit/error.hpp"
 #ifdef ONEBIT_HAVE_TORCH

@@ -1,5 +1,5 @@
-// `onebit train` and `onebit compare` on the command line (built into onebit_train, which needs
-// libtorch; apps/main.cpp adds them only when ONEBIT_HAVE_TORCH is defined).
+// `onebit train` and `onebit compare` on the command line (compiled into the tool only when
+// onebit_train, which needs libtorch, is built; apps/main.cpp adds them when ONEBIT_HAVE_TORCH is defined).
 #pragma once
 #include "train/options.hpp"
 

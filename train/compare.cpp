@@ -14,8 +14,8 @@
 #include <thread>
 
 #include "lan/lan.hpp"
-#include "bench_common.hpp"  // human_bytes
 #include "onebit/error.hpp"
+#include "proc/proc.hpp"
 #include "train/corpus.hpp"
 #include "train/distributed.hpp"
 #include "train/metrics.hpp"
@@ -26,7 +26,7 @@ namespace fs = std::filesystem;
 
 namespace onebit::train {
 
-using bench::human_bytes;
+using proc::human_bytes;
 namespace {
 
 nlohmann::json read_json(const fs::path& p) {
@@ -74,7 +74,7 @@ void print_table(const nlohmann::json& c) {
 // `onebit train` worker per namespace of a freshly built shaped network, torn down afterwards.
 void run_training(const TrainOptions& o, const CompareOptions& in) {
   if (in.rate.empty()) return train(o);
-  std::vector<std::string> command{lan::self_path(), "train"};
+  std::vector<std::string> command{proc::self_path(), "train"};
   const auto args = to_args(o);
   command.insert(command.end(), args.begin(), args.end());
   const int status = lan::run_in_network(o.workers, lan::make_shape(in.rate, in.delay), command,
@@ -170,7 +170,7 @@ int compare(const CompareOptions& in) {
   if (python.empty()) python = ::access("/usr/bin/python3", X_OK) == 0 ? "/usr/bin/python3" : "python3";
   std::string failure;
   try {
-    lan::run_tool({python, script.string(), in.out}, python, std::chrono::seconds(120));
+    proc::run_tool({python, script.string(), in.out}, python, std::chrono::seconds(120));
   } catch (const Error& e) {
     failure = e.what();
   }

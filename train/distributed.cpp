@@ -194,19 +194,4 @@ std::shared_ptr<Communicator> join_job(const JobInfo& job, const std::string& ba
   return {};
 }
 
-int free_loopback_port() {
-  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-  ONEBIT_CHECK(fd >= 0, "onebit train: cannot open a socket to find a free port");
-  sockaddr_in a{};
-  a.sin_family = AF_INET;
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  a.sin_port = 0;
-  socklen_t len = sizeof a;
-  const bool ok = ::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0 &&
-                  ::getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len) == 0;
-  ::close(fd);
-  ONEBIT_CHECK(ok, "onebit train: cannot find a free port on 127.0.0.1");
-  return ntohs(a.sin_port);
-}
-
 }  // namespace onebit::train

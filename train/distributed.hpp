@@ -31,7 +31,4 @@ std::shared_ptr<Communicator> join_job(const JobInfo& job, const std::string& ba
 // in libtorch, no MPI), so a launch fails before starting any worker.
 void check_engine_available(const std::string& backend, const std::string& device);
 
-// A free TCP port on 127.0.0.1 for a local rendezvous.
-int free_loopback_port();
-
 }  // namespace onebit::train

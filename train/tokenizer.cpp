@@ -8,8 +8,8 @@
 #include <string>
 #include <vector>
 
-#include "lan/lan.hpp"  // self_path
 #include "onebit/error.hpp"
+#include "proc/proc.hpp"
 #include "train/corpus.hpp"
 #include "train/spm_shim.h"
 
@@ -32,7 +32,7 @@ std::vector<std::string> candidates() {
   std::vector<std::string> c;
   if (const char* e = std::getenv("ONEBIT_SPM_LIBRARY"); e && *e) c.emplace_back(e);
   try {
-    c.push_back((std::filesystem::path(lan::self_path()).parent_path() / "libonebit_spm.so").string());
+    c.push_back((std::filesystem::path(proc::self_path()).parent_path() / "libonebit_spm.so").string());
   } catch (const std::exception&) {
   }
 #ifdef ONEBIT_SPM_BUILD_PATH

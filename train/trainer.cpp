@@ -14,11 +14,10 @@
 #include <set>
 #include <sstream>
 
-#include "bench_common.hpp"  // human_bytes
 #include "onebit/error.hpp"
 #include "onebit/torch_c10d.hpp"
+#include "proc/proc.hpp"
 #include "train/checkpoint.hpp"
-#include "train/launcher.hpp"
 #include "train/metrics.hpp"
 #include "train/random.hpp"
 #include "train/trainer_parts.hpp"
@@ -27,7 +26,7 @@ namespace fs = std::filesystem;
 
 namespace onebit::train {
 
-using bench::human_bytes;
+using proc::human_bytes;
 namespace {
 
 using Clock = std::chrono::steady_clock;
@@ -111,175 +110,259 @@ void carry_metrics(const std::string& ckpt_dir, const std::string& out) {
     fs::copy_file(from, to, fs::copy_options::overwrite_existing);
 }
 
+// The model, optimizer and data of one rank.
+struct Rank {
+  std::shared_ptr<Communicator> comm;
+  int rank = 0, world = 1, threads = 1;
+  PreparedCorpus corpus;
+  BertConfig cfg;
+  torch::Device device = torch::Device(torch::kCPU);
+  BertForMlm model{nullptr};
+  std::vector<at::Tensor> params;
+  std::vector<std::string> names;
+  std::unique_ptr<TorchOptimizer> opt;
+  int masked = 0;
+  std::optional<DeadParameters> dead;
+  std::optional<MlmData> data;
+  int local_batch = 1;
+  std::set<int64_t> nonfinite_at;
+};
+
+// Builds `r` in place (the optimizer holds on to its parameters, the data to the corpus). The same
+// order on every rank: the seed before the model gives them all the same initial weights.
+void set_up(Rank& r, const TrainOptions& o, const std::optional<JobInfo>& job) {
+  r.comm = job ? join_job(*job, o.backend, o.device, std::chrono::milliseconds(static_cast<int64_t>(o.timeout * 1000)))
+               : std::shared_ptr<Communicator>(make_single_rank_communicator());
+  r.rank = r.comm->rank(), r.world = r.comm->size();
+  ONEBIT_CHECK(o.batch % r.world == 0, "onebit train on rank " << r.rank << ": --batch " << o.batch
+                                                               << " is not a multiple of the " << r.world << " workers");
+  r.threads = threads_per_rank(o.threads, r.world);
+  torch::set_num_threads(r.threads);
+  flush_denormals_in_torch_threads();
+
+  r.corpus = share_corpus(o, *r.comm);
+  const Tokenizer tokenizer = Tokenizer::from_serialized(r.corpus.tokenizer_model);
+  r.cfg = bert_preset(o.model);
+  r.cfg.vocab = tokenizer.vocab_size(), r.cfg.seq = o.seq, r.cfg.dropout = o.dropout;
+  r.device = o.device == "cuda" ? torch::Device(torch::kCUDA, static_cast<c10::DeviceIndex>(
+                                                                  job ? job->local_rank % std::max<int64_t>(1, torch::cuda::device_count()) : 0))
+                                : torch::Device(torch::kCPU);
+  torch::manual_seed(o.seed);  // the same initial weights on every rank
+  r.model = BertForMlm(r.cfg);
+  r.model->to(r.device);
+  for (auto& p : r.model->named_parameters()) r.names.push_back(p.key()), r.params.push_back(p.value());
+  r.opt = make_optimizer(o, r.params, r.comm, r.threads);
+  r.masked = set_momentum_masks(*r.opt, r.names, o.seq);
+  r.dead.emplace(*r.opt, r.names, o.seq);  // before any resume: the initial values
+  check_ranks_identical(*r.opt, *r.comm, "at start");
+  r.data.emplace(r.corpus, o.seq, r.cfg.vocab, o.seed);
+  r.local_batch = o.batch / r.world;
+  r.nonfinite_at = injected_nonfinite_steps(r.rank);
+}
+
+// Where this process takes the run up, and what the steps carry from one to the next.
+struct Session {
+  int64_t start = 0;   // the step of the checkpoint resumed from; 0: a fresh run
+  Totals totals;       // the whole run's, resumes included
+  std::string ckpt;    // the checkpoint resumed from; empty: none
+  uint64_t base_sent = 0, base_received = 0;  // the totals' bytes before this process
+  double session_train_start = 0;             // the totals' train seconds before this process
+  double loss_avg = std::nan(""), heldout = std::nan("");
+};
+
+// --resume: the checkpoint's weights, optimizer state, step and totals, after checking that it
+// belongs to this run.
+Session resume(const TrainOptions& o, Rank& r) {
+  Session s;
+  if (o.resume.empty()) return s;
+  s.ckpt = find_checkpoint(o.resume);
+  const auto meta = read_checkpoint_meta(s.ckpt);
+  check_resume_matches(meta, o, r.world, r.corpus.key);
+  const std::string warning = load_checkpoint(s.ckpt, *r.opt, r.rank, meta.at("world_size").get<int>(),
+                                              o.reset_errors_on_resize ? OnResize::kResetErrors : OnResize::kError);
+  if (r.rank == 0 && !warning.empty()) std::cerr << "onebit train --resume: warning: " << warning << std::endl;
+  s.start = meta.at("step");
+  s.totals = Totals::from_json(meta.at("totals"));
+  check_ranks_identical(*r.opt, *r.comm, "after loading the checkpoint");
+  return s;
+}
+
+// config.json: the settings, the model and the corpus of this run.
+nlohmann::json run_info(const TrainOptions& o, const Rank& r) {
+  return {{"options", options_json(o)},
+          {"world_size", r.world},
+          {"backend", r.comm->backend()},
+          {"threads_per_rank", r.threads},
+          {"parameters", r.opt->flat().layout().total()},
+          {"masked_tensors", r.masked},
+          {"pinned_dead_elements", r.dead->elements()},
+          {"model", {{"hidden", r.cfg.hidden}, {"layers", r.cfg.layers}, {"heads", r.cfg.heads},
+                     {"intermediate", r.cfg.intermediate}, {"vocab", r.cfg.vocab}}},
+          {"corpus", {{"key", r.corpus.key}, {"train_documents", r.corpus.train_documents},
+                      {"heldout_documents", r.corpus.heldout_documents},
+                      {"train_sequences", r.data->train_sequences()},
+                      {"heldout_sequences", r.data->heldout_sequences()}}}};
+}
+
+struct Logs {
+  std::optional<MetricsLog> metrics, layers;  // rank 0 only
+};
+
+// rank 0: the run's directory with its tokenizer and settings, and its logs (a resumed run's
+// history carried over, then continued after the checkpoint's step).
+void open_logs(Logs& logs, const TrainOptions& o, const Rank& r, const Session& s, const nlohmann::json& info) {
+  fs::create_directories(o.out);
+  std::ofstream(fs::path(o.out) / "tokenizer.model", std::ios::binary) << r.corpus.tokenizer_model;
+  std::ofstream(fs::path(o.out) / "config.json") << info.dump(2) << "\n";
+  if (!s.ckpt.empty()) carry_metrics(s.ckpt, o.out);
+  logs.metrics.emplace((fs::path(o.out) / "metrics.jsonl").string(), s.start);
+  if (o.log_layers) {
+    logs.layers.emplace((fs::path(o.out) / "layers.jsonl").string(), s.start);
+    if (s.start == 0) logs.layers->write({{"step", 0}, {"layers", r.names}});
+  }
+}
+
+// What one step did.
+struct Step {
+  int64_t step = 0;
+  double lr = 0, grad_norm = 0, loss_avg = 0, wall = 0, comm_s = 0;
+  const char* stage = "";
+  bool applied = true;
+  CommStats before, after;
+};
+
+// One optimizer step on this rank's part of the batch, and the loss averaged over the ranks.
+Step train_step(const TrainOptions& o, Rank& r, int64_t step) {
+  Step st;
+  st.step = step;
+  const auto t0 = Clock::now();
+  st.before = r.comm->stats();
+  st.lr = lr_at(step, o.lr, o.warmup_steps, o.steps);
+  r.opt->param_groups().front().options().set_lr(st.lr);
+  st.stage = r.opt->core().next_stage();
+  Batch b = r.data->train_batch(step, o.batch, r.rank, r.world);
+  if (o.dropout > 0) torch::manual_seed(mix(o.seed, static_cast<uint64_t>(step), static_cast<uint64_t>(r.rank)));
+  const double local_loss = forward_backward(r.model, b, o.micro_batch, r.device);
+  if (r.nonfinite_at.count(step)) {
+    std::cerr << "onebit train: rank " << r.rank << " injects a NaN into its gradient at step " << step
+              << " (ONEBIT_TRAIN_INJECT_NONFINITE)" << std::endl;
+    r.params.front().mutable_grad().view({-1})[0].fill_(std::nanf(""));
+  }
+  // With the 1-bit optimizers only the local gradient exists before the exchange, so every
+  // optimizer clips this rank's own gradient (the same rule for all, for a fair comparison).
+  st.grad_norm = o.clip > 0 ? torch::nn::utils::clip_grad_norm_(r.params, o.clip)
+                            : torch::nn::utils::clip_grad_norm_(r.params, INFINITY);
+  r.opt->step();
+  r.dead->restore(*r.opt);
+  st.applied = r.opt->last_step_applied();
+  r.opt->zero_grad();
+  float l = static_cast<float>(local_loss);
+  r.comm->allreduce_sum(std::span<float>(&l, 1));
+  st.loss_avg = l / static_cast<float>(r.world);
+  st.after = r.comm->stats();
+  st.wall = since(t0), st.comm_s = st.after.seconds - st.before.seconds;
+  return st;
+}
+
+// rank 0: the step's line of metrics.jsonl (and layers.jsonl), the progress bar or, at an
+// evaluation without one, a line on stderr.
+void log_step(const TrainOptions& o, const Rank& r, Logs& logs, Progress& progress, const Step& st,
+              const Session& s, bool eval_now, double sps) {
+  const int64_t step = st.step;
+  nlohmann::json rec{{"step", step}, {"samples", step * o.batch}, {"loss", s.loss_avg}, {"lr", st.lr},
+                     {"stage", st.stage}, {"bytes_sent", st.after.bytes_sent - st.before.bytes_sent},
+                     {"total_bytes_sent", s.totals.bytes_sent}, {"compute_seconds", st.wall - st.comm_s},
+                     {"comm_seconds", st.comm_s}, {"grad_norm", st.grad_norm}};
+  if (!st.applied) rec["skipped"] = true;
+  if (eval_now) rec["heldout_loss"] = s.heldout;
+  logs.metrics->write(rec);
+  if (logs.layers) logs.layers->write(layer_record(step, st.stage, r.opt->core()));
+  progress.update(step, s.loss_avg, s.heldout, st.lr, st.stage, sps);
+  if (eval_now && !progress.active())
+    std::cerr << "step " << step << "/" << o.steps << "  samples " << step * o.batch << "  loss " << s.loss_avg
+              << "  held-out " << s.heldout << "  " << st.stage << "  sent "
+              << human_bytes(static_cast<double>(s.totals.bytes_sent)) << "  " << static_cast<int>(sps)
+              << " samples/s" << std::endl;
+}
+
+// Steps start+1 .. o.steps: train, count, evaluate every --eval-every, log, checkpoint.
+void run_steps(const TrainOptions& o, Rank& r, Session& s, Logs& logs) {
+  r.comm->reset_stats();  // count training traffic only: set-up (corpus, checks) is not the algorithm's
+  s.base_sent = s.totals.bytes_sent, s.base_received = s.totals.bytes_received;
+  Progress progress(r.rank == 0 && o.progress, o.steps, s.start);
+  s.session_train_start = s.totals.train_seconds;
+  const int eval_batch = std::max(r.local_batch, 32);
+  if (s.start == 0) {
+    // The untrained model's held-out loss: every curve starts from the same point.
+    s.heldout = evaluate(r.model, *r.data, *r.comm, o.eval_samples, eval_batch, r.device);
+    if (r.rank == 0)
+      logs.metrics->write({{"step", 0}, {"samples", 0}, {"heldout_loss", s.heldout}, {"total_bytes_sent", 0}});
+  }
+  for (int64_t step = s.start + 1; step <= o.steps; ++step) {
+    const Step st = train_step(o, r, step);
+    s.loss_avg = st.loss_avg;
+    s.totals.comm_seconds += st.comm_s, s.totals.compute_seconds += st.wall - st.comm_s;
+    s.totals.train_seconds += st.wall;
+    s.totals.skipped += st.applied ? 0 : 1;
+
+    const bool eval_now = step % o.eval_every == 0 || step == o.steps;
+    if (eval_now) s.heldout = evaluate(r.model, *r.data, *r.comm, o.eval_samples, eval_batch, r.device);
+    s.totals.bytes_sent = s.base_sent + r.comm->stats().bytes_sent;
+    s.totals.bytes_received = s.base_received + r.comm->stats().bytes_received;
+    const double sps =
+        static_cast<double>((step - s.start) * o.batch) / (s.totals.train_seconds - s.session_train_start);
+    if (r.rank == 0) log_step(o, r, logs, progress, st, s, eval_now, sps);
+    if ((o.save_every > 0 && step % o.save_every == 0) || step == o.steps) {
+      nlohmann::json meta{{"step", step}, {"samples", step * o.batch}, {"totals", s.totals.to_json()},
+                          {"options", options_json(o)}, {"world_size", r.world}, {"corpus_key", r.corpus.key}};
+      save_checkpoint(o.out, step, *r.opt, meta, *r.comm);
+    }
+  }
+  progress.finish();
+}
+
+// rank 0: summary.json and the closing line on stdout.
+void write_summary(const TrainOptions& o, const Rank& r, const Session& s, nlohmann::json summary,
+                   Clock::time_point t_start) {
+  const double session = s.totals.train_seconds - s.session_train_start;
+  summary["steps"] = o.steps;
+  summary["samples"] = static_cast<int64_t>(o.steps) * o.batch;
+  summary["final_train_loss"] = s.loss_avg;
+  summary["final_heldout_loss"] = s.heldout;
+  const int64_t freeze = r.opt->core().freeze_step();  // -1: LAMB; 0: auto, still undecided
+  summary["freeze_step"] = freeze < 0 ? nlohmann::json(nullptr) : nlohmann::json(freeze);
+  summary["heldout_sequences_evaluated"] = std::min<int64_t>(o.eval_samples, r.data->heldout_sequences());
+  summary["totals"] = s.totals.to_json();
+  summary["bytes_sent"] = s.totals.bytes_sent;  // per rank, training only (whole run, resumes included)
+  summary["samples_per_second"] = session > 0 ? static_cast<double>((o.steps - s.start) * o.batch) / session : 0.0;
+  summary["wall_seconds"] = since(t_start);  // this process: set-up, training, evaluation, checkpoints
+  summary["ranks_identical"] = true;
+  summary["resumed_from_step"] = s.start;
+  std::ofstream(fs::path(o.out) / "summary.json") << summary.dump(2) << "\n";
+  std::cout << "onebit train: " << o.optimizer << ", " << o.steps << " steps x " << o.batch << " sequences on "
+            << r.world << " worker(s): held-out loss " << s.heldout << ", sent "
+            << human_bytes(static_cast<double>(s.totals.bytes_sent)) << " per worker, "
+            << human_seconds(since(t_start)) << " -> " << o.out << std::endl;
+}
+
 }  // namespace
 
 void train_rank(const TrainOptions& in, const std::optional<JobInfo>& job) {
   const auto t_start = Clock::now();
   const TrainOptions o = resolve_options(in);
   validate_options(o);
-  std::shared_ptr<Communicator> comm =
-      job ? join_job(*job, o.backend, o.device, std::chrono::milliseconds(static_cast<int64_t>(o.timeout * 1000)))
-          : std::shared_ptr<Communicator>(make_single_rank_communicator());
-  const int rank = comm->rank(), world = comm->size();
-  ONEBIT_CHECK(o.batch % world == 0, "onebit train on rank " << rank << ": --batch " << o.batch
-                                                             << " is not a multiple of the " << world << " workers");
-  const int threads = threads_per_rank(o.threads, world);
-  torch::set_num_threads(threads);
-  flush_denormals_in_torch_threads();
-
-  const PreparedCorpus corpus = share_corpus(o, *comm);
-  const Tokenizer tokenizer = Tokenizer::from_serialized(corpus.tokenizer_model);
-  BertConfig cfg = bert_preset(o.model);
-  cfg.vocab = tokenizer.vocab_size(), cfg.seq = o.seq, cfg.dropout = o.dropout;
-  const torch::Device device = o.device == "cuda" ? torch::Device(torch::kCUDA, static_cast<c10::DeviceIndex>(
-                                                                                     job ? job->local_rank % std::max<int64_t>(1, torch::cuda::device_count()) : 0))
-                                                  : torch::Device(torch::kCPU);
-  torch::manual_seed(o.seed);  // the same initial weights on every rank
-  BertForMlm model(cfg);
-  model->to(device);
-  std::vector<at::Tensor> params;
-  std::vector<std::string> names;
-  for (auto& p : model->named_parameters()) names.push_back(p.key()), params.push_back(p.value());
-  auto opt = make_optimizer(o, params, comm, threads);
-  const int masked = set_momentum_masks(*opt, names, o.seq);
-  const DeadParameters dead(*opt, names, o.seq);  // before any resume: the initial values
-  check_ranks_identical(*opt, *comm, "at start");
-  MlmData data(corpus, o.seq, cfg.vocab, o.seed);
-  const int local_batch = o.batch / world;
-  const std::set<int64_t> nonfinite_at = injected_nonfinite_steps(rank);
-
-  int64_t start = 0;
-  Totals totals;
-  std::string ckpt;
-  if (!o.resume.empty()) {
-    ckpt = find_checkpoint(o.resume);
-    const auto meta = read_checkpoint_meta(ckpt);
-    check_resume_matches(meta, o, world, corpus.key);
-    const std::string warning = load_checkpoint(ckpt, *opt, rank, meta.at("world_size").get<int>(),
-                                                o.reset_errors_on_resize ? OnResize::kResetErrors : OnResize::kError);
-    if (rank == 0 && !warning.empty()) std::cerr << "onebit train --resume: warning: " << warning << std::endl;
-    start = meta.at("step");
-    totals = Totals::from_json(meta.at("totals"));
-    check_ranks_identical(*opt, *comm, "after loading the checkpoint");
-  }
-
-  std::optional<MetricsLog> log, layer_log;
-  const nlohmann::json run_info{{"options", options_json(o)},
-                                {"world_size", world},
-                                {"backend", comm->backend()},
-                                {"threads_per_rank", threads},
-                                {"parameters", opt->flat().layout().total()},
-                                {"masked_tensors", masked},
-                                {"pinned_dead_elements", dead.elements()},
-                                {"model", {{"hidden", cfg.hidden}, {"layers", cfg.layers}, {"heads", cfg.heads},
-                                           {"intermediate", cfg.intermediate}, {"vocab", cfg.vocab}}},
-                                {"corpus", {{"key", corpus.key}, {"train_documents", corpus.train_documents},
-                                            {"heldout_documents", corpus.heldout_documents},
-                                            {"train_sequences", data.train_sequences()},
-                                            {"heldout_sequences", data.heldout_sequences()}}}};
-  if (rank == 0) {
-    fs::create_directories(o.out);
-    std::ofstream(fs::path(o.out) / "tokenizer.model", std::ios::binary) << corpus.tokenizer_model;
-    std::ofstream(fs::path(o.out) / "config.json") << run_info.dump(2) << "\n";
-    if (!ckpt.empty()) carry_metrics(ckpt, o.out);
-    log.emplace((fs::path(o.out) / "metrics.jsonl").string(), start);
-    if (o.log_layers) {
-      layer_log.emplace((fs::path(o.out) / "layers.jsonl").string(), start);
-      if (start == 0) layer_log->write({{"step", 0}, {"layers", names}});
-    }
-  }
-
-  comm->reset_stats();  // count training traffic only: set-up (corpus, checks) is not the algorithm's
-  const uint64_t base_sent = totals.bytes_sent, base_received = totals.bytes_received;
-  Progress progress(rank == 0 && o.progress, o.steps, start);
-  double loss_avg = std::nan(""), heldout = std::nan("");
-  const double session_train_start = totals.train_seconds;
-  if (start == 0) {
-    // The untrained model's held-out loss: every curve starts from the same point.
-    heldout = evaluate(model, data, *comm, o.eval_samples, std::max(local_batch, 32), device);
-    if (rank == 0) log->write({{"step", 0}, {"samples", 0}, {"heldout_loss", heldout}, {"total_bytes_sent", 0}});
-  }
-  for (int64_t step = start + 1; step <= o.steps; ++step) {
-    const auto t0 = Clock::now();
-    const CommStats before = comm->stats();
-    const double lr = lr_at(step, o.lr, o.warmup_steps, o.steps);
-    opt->param_groups().front().options().set_lr(lr);
-    const char* stage = opt->core().next_stage();
-    Batch b = data.train_batch(step, o.batch, rank, world);
-    if (o.dropout > 0) torch::manual_seed(mix(o.seed, static_cast<uint64_t>(step), static_cast<uint64_t>(rank)));
-    const double local_loss = forward_backward(model, b, o.micro_batch, device);
-    if (nonfinite_at.count(step)) {
-      std::cerr << "onebit train: rank " << rank << " injects a NaN into its gradient at step " << step
-                << " (ONEBIT_TRAIN_INJECT_NONFINITE)" << std::endl;
-      params.front().mutable_grad().view({-1})[0].fill_(std::nanf(""));
-    }
-    // With the 1-bit optimizers only the local gradient exists before the exchange, so every
-    // optimizer clips this rank's own gradient (the same rule for all, for a fair comparison).
-    const double grad_norm = o.clip > 0 ? torch::nn::utils::clip_grad_norm_(params, o.clip)
-                                        : torch::nn::utils::clip_grad_norm_(params, INFINITY);
-    opt->step();
-    dead.restore(*opt);
-    const bool applied = opt->last_step_applied();
-    opt->zero_grad();
-    float l = static_cast<float>(local_loss);
-    comm->allreduce_sum(std::span<float>(&l, 1));
-    loss_avg = l / static_cast<float>(world);
-    const CommStats after = comm->stats();
-    const double wall = since(t0), comm_s = after.seconds - before.seconds;
-    totals.comm_seconds += comm_s, totals.compute_seconds += wall - comm_s, totals.train_seconds += wall;
-    totals.skipped += applied ? 0 : 1;
-
-    const bool eval_now = step % o.eval_every == 0 || step == o.steps;
-    if (eval_now) heldout = evaluate(model, data, *comm, o.eval_samples, std::max(local_batch, 32), device);
-    totals.bytes_sent = base_sent + comm->stats().bytes_sent;
-    totals.bytes_received = base_received + comm->stats().bytes_received;
-    const double sps = static_cast<double>((step - start) * o.batch) / (totals.train_seconds - session_train_start);
-    if (rank == 0) {
-      nlohmann::json rec{{"step", step}, {"samples", step * o.batch}, {"loss", loss_avg}, {"lr", lr},
-                         {"stage", stage}, {"bytes_sent", after.bytes_sent - before.bytes_sent},
-                         {"total_bytes_sent", totals.bytes_sent}, {"compute_seconds", wall - comm_s},
-                         {"comm_seconds", comm_s}, {"grad_norm", grad_norm}};
-      if (!applied) rec["skipped"] = true;
-      if (eval_now) rec["heldout_loss"] = heldout;
-      log->write(rec);
-      if (layer_log) layer_log->write(layer_record(step, stage, opt->core()));
-      progress.update(step, loss_avg, heldout, lr, stage, sps);
-      if (eval_now && !progress.active())
-        std::cerr << "step " << step << "/" << o.steps << "  samples " << step * o.batch << "  loss " << loss_avg
-                  << "  held-out " << heldout << "  " << stage << "  sent " << human_bytes(static_cast<double>(totals.bytes_sent))
-                  << "  " << static_cast<int>(sps) << " samples/s" << std::endl;
-    }
-    if ((o.save_every > 0 && step % o.save_every == 0) || step == o.steps) {
-      nlohmann::json meta{{"step", step}, {"samples", step * o.batch}, {"totals", totals.to_json()},
-                          {"options", options_json(o)}, {"world_size", world}, {"corpus_key", corpus.key}};
-      save_checkpoint(o.out, step, *opt, meta, *comm);
-    }
-  }
-  progress.finish();
-  if (start >= o.steps) heldout = evaluate(model, data, *comm, o.eval_samples, std::max(local_batch, 32), device);
-  check_ranks_identical(*opt, *comm, "at the end");
-  const double session = totals.train_seconds - session_train_start;
-  if (rank == 0) {
-    nlohmann::json summary = run_info;
-    summary["steps"] = o.steps;
-    summary["samples"] = static_cast<int64_t>(o.steps) * o.batch;
-    summary["final_train_loss"] = loss_avg;
-    summary["final_heldout_loss"] = heldout;
-    const int64_t freeze = opt->core().freeze_step();  // -1: LAMB; 0: auto, still undecided
-    summary["freeze_step"] = freeze < 0 ? nlohmann::json(nullptr) : nlohmann::json(freeze);
-    summary["heldout_sequences_evaluated"] = std::min<int64_t>(o.eval_samples, data.heldout_sequences());
-    summary["totals"] = totals.to_json();
-    summary["bytes_sent"] = totals.bytes_sent;  // per rank, training only (whole run, resumes included)
-    summary["samples_per_second"] = session > 0 ? static_cast<double>((o.steps - start) * o.batch) / session : 0.0;
-    summary["wall_seconds"] = since(t_start);  // this process: set-up, training, evaluation, checkpoints
-    summary["ranks_identical"] = true;
-    summary["resumed_from_step"] = start;
-    std::ofstream(fs::path(o.out) / "summary.json") << summary.dump(2) << "\n";
-    std::cout << "onebit train: " << o.optimizer << ", " << o.steps << " steps x " << o.batch << " sequences on "
-              << world << " worker(s): held-out loss " << heldout << ", sent " << human_bytes(static_cast<double>(totals.bytes_sent))
-              << " per worker, " << human_seconds(since(t_start)) << " -> " << o.out << std::endl;
-  }
-  comm->barrier();  // rank 0 hosts the rendezvous store: leave together
+  Rank r;
+  set_up(r, o, job);
+  Session s = resume(o, r);
+  Logs logs;
+  const nlohmann::json info = run_info(o, r);
+  if (r.rank == 0) open_logs(logs, o, r, s, info);
+  run_steps(o, r, s, logs);
+  if (s.start >= o.steps)
+    s.heldout = evaluate(r.model, *r.data, *r.comm, o.eval_samples, std::max(r.local_batch, 32), r.device);
+  check_ranks_identical(*r.opt, *r.comm, "at the end");
+  if (r.rank == 0) write_summary(o, r, s, info, t_start);
+  r.comm->barrier();  // rank 0 hosts the rendezvous store: leave together
 }
 
 void train(const TrainOptions& in) {
@@ -291,14 +374,22 @@ void train(const TrainOptions& in) {
   // Learn the tokenizer once here, so the workers start from the cache instead of all at once.
   prepare_corpus(CorpusOptions{o.data, o.vocab, o.heldout, o.cache_dir, true});
   fs::create_directories(o.out);
-  LaunchOptions l;
+  proc::RankLaunch l;
   l.args = {"train"};
   const auto args = to_args(in);
   l.args.insert(l.args.end(), args.begin(), args.end());
   l.workers = o.workers;
-  l.backend = o.backend;
+  l.mpi = o.backend == "mpi";  // one mpirun starts and wires the ranks; they join through OMPI_COMM_WORLD_*
   l.pid_file = (fs::path(o.out) / "workers.pid").string();
-  launch_workers(l);
+  // No limit on the whole run: every collective of the workers has its own (--timeout), and a
+  // worker that dies or a signal ends the launch at once.
+  l.supervision.timeout = proc::kNoTimeLimit;
+  l.supervision.grace = std::chrono::seconds(5);
+  l.what = "train";
+  const proc::Outcome out = proc::launch_ranks(l);
+  ONEBIT_CHECK(!out.interrupted_by, "onebit train: " << proc::Interrupted(out.interrupted_by).what()
+                                                     << "; stopped the workers");
+  ONEBIT_CHECK(out.ok(), "onebit train: " << out.failure << "; stopped the other workers");
 }
 
 }  // namespace onebit::train

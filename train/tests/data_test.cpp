@@ -1,8 +1,8 @@
 // The trainer's data and settings without processes: masking statistics, the held-out split, the
-// tokenizer round trip, sharding, the learning-rate schedule, the command line, the model's loss.
+// tokenizer round trip, sharding, the learning-rate schedule, the settings, the model's loss (the
+// command line that carries the settings to the workers: apps/train_cmd_test.cpp).
 #include <gtest/gtest.h>
 
-#include <CLI/CLI.hpp>
 #include <cmath>
 #include <set>
 
@@ -13,7 +13,6 @@
 #include "train/options.hpp"
 #include "train/trainer.hpp"
 #include "train/trainer_parts.hpp"
-#include "train_cmd.hpp"
 #include "test_corpus.hpp"
 
 namespace onebit::train {
@@ -165,7 +164,7 @@ TEST(Schedule, LinearWarmupThenLinearDecay) {
   EXPECT_DOUBLE_EQ(lr_at(10, 2.0, 0, 10), 0.2);
 }
 
-TEST(Options, DefaultsAreResolvedAndArgumentsRoundTrip) {
+TEST(Options, DefaultsAreResolved) {
   TrainOptions o;
   o.steps = 1000;
   const TrainOptions r = resolve_options(o);
@@ -187,39 +186,6 @@ TEST(Options, DefaultsAreResolvedAndArgumentsRoundTrip) {
   EXPECT_EQ(r.seq, 64);
   EXPECT_EQ(r.vocab, 1024);
   EXPECT_EQ(r.eval_every, 50);
-
-  TrainOptions in = r;
-  in.data = {"a dir", "b.txt"};
-  in.lr = 0.1 + 0.2;  // not exactly representable in short decimal
-  in.seed = 18446744073709551615ull;
-  in.resume = "runs/x";
-  in.progress = false;
-  in.micro_batch = 3;
-  in.log_layers = true;
-  in.warmup_exchange = "fp16";
-  CLI::App app;
-  TrainOptions parsed;
-  add_train_command(app, parsed);
-  std::vector<std::string> args{"train"};
-  for (const auto& a : to_args(in)) args.push_back(a);
-  std::vector<std::string> reversed(args.rbegin(), args.rend());
-  app.parse(reversed);
-  EXPECT_EQ(options_json(parsed), options_json(in));
-  EXPECT_EQ(parsed.progress, false);
-  in.freeze_step = 7;  // a given step round-trips too (0 went through as "auto")
-  CLI::App app2;
-  TrainOptions parsed2;
-  add_train_command(app2, parsed2);
-  args = {"train"};
-  for (const auto& a : to_args(in)) args.push_back(a);
-  app2.parse(std::vector<std::string>(args.rbegin(), args.rend()));
-  EXPECT_EQ(options_json(parsed2), options_json(in));
-  for (const char* bad : {"0", "-3", "often", "12x"}) {
-    CLI::App app3;
-    TrainOptions p3;
-    add_train_command(app3, p3);
-    EXPECT_THROW(app3.parse(std::vector<std::string>{bad, "--freeze-step", "train"}), CLI::ValidationError) << bad;
-  }
 }
 
 TEST(Options, BadSettingsAreNamed) {

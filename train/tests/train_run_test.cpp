@@ -21,6 +21,7 @@
 #include <nlohmann/json.hpp>
 
 #include "onebit/mpi_comm.hpp"
+#include "proc/proc.hpp"
 #include "test_corpus.hpp"
 #include "train/distributed.hpp"
 
@@ -328,7 +329,7 @@ TEST_P(LostRank, EveryOtherWorkerEndsNamingIt) {
   const int sig = GetParam(), lost = 2, workers = 4;
   const double timeout = 10;
   const std::string out = test::tmp_dir(std::string("lost-") + (sig == SIGKILL ? "kill" : "stop")) + "/run";
-  const int port = free_loopback_port();
+  const int port = proc::free_loopback_port();
   std::vector<Proc> ws;
   for (int r = 0; r < workers; ++r) {
     auto args = tiny(out, {"--optimizer", "onebit-lamb", "--freeze-step", "3", "--steps", "100000", "--eval-every",

@@ -12,7 +12,7 @@
 #include <iostream>
 #include <thread>
 
-#include "lan.hpp"
+#include "lan/lan.hpp"
 
 namespace onebit::lan {
 namespace {
@@ -63,7 +63,7 @@ void delete_namespace(const std::string& netns) noexcept {
   if (stat_or_zero(std::string(kNetnsDir) + "/" + netns).st_ino == 0) return;  // never made, or gone
   kill_processes_in(netns);
   try {
-    run_tool({"ip", "netns", "delete", netns}, "lan: teardown");
+    proc::run_tool({"ip", "netns", "delete", netns}, "lan: teardown");
   } catch (const std::exception& e) {
     std::cerr << "onebit: " << e.what() << "\n";
   }
@@ -188,28 +188,29 @@ std::string Network::host_map() const {
 void Network::build() {
   const std::string sw = switch_netns();
   auto add_netns = [&](const std::string& name) {
-    throw_if_interrupted();
+    proc::throw_if_interrupted();
     created_.push_back(name);  // before the call: a half-made namespace is deleted too
-    run_tool({"ip", "netns", "add", name}, "lan: creating namespace " + name);
+    proc::run_tool({"ip", "netns", "add", name}, "lan: creating namespace " + name);
   };
   add_netns(sw);
-  run_tool({"ip", "-n", sw, "link", "add", "br0", "type", "bridge"}, "lan: creating the bridge");
-  run_tool({"ip", "-n", sw, "link", "set", "br0", "up"}, "lan: bringing the bridge up");
+  proc::run_tool({"ip", "-n", sw, "link", "add", "br0", "type", "bridge"}, "lan: creating the bridge");
+  proc::run_tool({"ip", "-n", sw, "link", "set", "br0", "up"}, "lan: bringing the bridge up");
   for (int i = 0; i < workers_; ++i) {
     const std::string w = worker_netns(i), port = std::string("s").append(std::to_string(i));
     const std::string what = "lan: link of worker " + std::to_string(i);
     add_netns(w);
     // Both ends are created straight inside the namespaces: nothing ever appears in this one.
-    run_tool({"ip", "-n", sw, "link", "add", port, "type", "veth", "peer", "name", kWorkerIfname, "netns", w}, what);
-    run_tool({"ip", "-n", sw, "link", "set", port, "master", "br0", "up"}, what);
-    run_tool({"ip", "-n", w, "addr", "add", address(i) + "/24", "dev", kWorkerIfname}, what);
-    run_tool({"ip", "-n", w, "link", "set", kWorkerIfname, "up"}, what);
-    run_tool({"ip", "-n", w, "link", "set", "lo", "up"}, what);
+    proc::run_tool({"ip", "-n", sw, "link", "add", port, "type", "veth", "peer", "name", kWorkerIfname, "netns", w},
+                   what);
+    proc::run_tool({"ip", "-n", sw, "link", "set", port, "master", "br0", "up"}, what);
+    proc::run_tool({"ip", "-n", w, "addr", "add", address(i) + "/24", "dev", kWorkerIfname}, what);
+    proc::run_tool({"ip", "-n", w, "link", "set", kWorkerIfname, "up"}, what);
+    proc::run_tool({"ip", "-n", w, "link", "set", "lo", "up"}, what);
     // Worker -> switch (host side, with the delay) and switch -> worker: both directions limited.
     shape_link(w, kWorkerIfname, true);
     shape_link(sw, port, false);
   }
-  throw_if_interrupted();
+  proc::throw_if_interrupted();
 }
 
 // tbf at the link rate. burst: at least a 64 KiB GSO packet plus headers (smaller bursts make tbf
@@ -228,18 +229,18 @@ void Network::shape_link(const std::string& netns, const std::string& dev, bool 
   const uint64_t bytes_per_s = shape_.rate_bits_per_s / 8;
   const uint64_t burst = std::max<uint64_t>(128 * 1024, bytes_per_s / 500);
   const uint64_t limit = host_side ? std::max<uint64_t>(2000000, bytes_per_s / 10) + burst : bytes_per_s / 50 + burst;
-  run_tool({"tc", "-n", netns, "qdisc", "add", "dev", dev, "root", "handle", "1:", "tbf", "rate",
-            std::to_string(shape_.rate_bits_per_s) + "bit", "burst", tc_size(burst), "limit", tc_size(limit)},
-           what);
+  proc::run_tool({"tc", "-n", netns, "qdisc", "add", "dev", dev, "root", "handle", "1:", "tbf", "rate",
+                  std::to_string(shape_.rate_bits_per_s) + "bit", "burst", tc_size(burst), "limit", tc_size(limit)},
+                 what);
   if (host_side && shape_.delay_us > 0) {
     // netem below tbf holds each packet for the delay; its queue (in packets) must hold a delay's
     // worth of traffic at the rate plus tbf's own queue, or it drops what tbf would have sent.
     const uint64_t in_flight = bytes_per_s * shape_.delay_us / 1000000 + limit;
     const uint64_t packets = std::max<uint64_t>(1000, in_flight / 500);
     try {
-      run_tool({"tc", "-n", netns, "qdisc", "add", "dev", dev, "parent", "1:1", "handle", "10:", "netem", "delay",
-                std::to_string(shape_.delay_us) + "us", "limit", std::to_string(packets)},
-               what);
+      proc::run_tool({"tc", "-n", netns, "qdisc", "add", "dev", dev, "parent", "1:1", "handle", "10:", "netem",
+                      "delay", std::to_string(shape_.delay_us) + "us", "limit", std::to_string(packets)},
+                     what);
     } catch (const Error& e) {
       if (std::string(e.what()).find("kind is unknown") == std::string::npos) throw;
       throw Error("lan: --delay needs the kernel's netem qdisc (CONFIG_NET_SCH_NETEM, module sch_netem), which "

@@ -1,5 +1,4 @@
-// `onebit lan` (a command once per worker namespace), `onebit lan-exec` (mpirun's remote shell
-// inside the network), and the MPI launch that `onebit bench ... --rate` uses.
+// `onebit lan`, `onebit lan-exec` and the MPI launch inside a shaped network (see lan_cmd.hpp).
 #include <fcntl.h>
 #include <sched.h>
 #include <stdlib.h>
@@ -14,7 +13,8 @@
 #include <fstream>
 #include <iostream>
 
-#include "lan.hpp"
+#include "lan_cmd.hpp"
+#include "proc/proc.hpp"
 
 namespace onebit::lan {
 namespace {
@@ -43,53 +43,12 @@ class TempDir {
   std::filesystem::path path_;
 };
 
-std::string describe(const LinkShape& s, int workers) {
-  std::string d = std::to_string(workers) + " workers, each link " + s.rate_text + " both ways";
-  if (s.delay_us > 0) d += ", " + s.delay_text + " one-way delay";
-  return d;
-}
-
 }  // namespace
-
-std::string self_path() {
-  // mpirun and its daemons would resolve /proc/self/exe to themselves, so pass the real path.
-  std::error_code ec;
-  const auto p = std::filesystem::read_symlink("/proc/self/exe", ec);
-  ONEBIT_CHECK(!ec, "onebit: cannot find this executable (/proc/self/exe): " << ec.message());
-  return p.string();
-}
-
-std::vector<std::string> rank_env(const Network& net, int rank, int master_port) {
-  return {
-      "RANK=" + std::to_string(rank),
-      "WORLD_SIZE=" + std::to_string(net.workers()),
-      "LOCAL_RANK=0",  // one worker per "machine"
-      "LOCAL_WORLD_SIZE=1",
-      "MASTER_ADDR=" + net.address(0),
-      "MASTER_PORT=" + std::to_string(master_port),
-      "ONEBIT_LAN_ADDR=" + net.address(rank),
-      "ONEBIT_LAN_NETNS=" + net.worker_netns(rank),
-      "ONEBIT_LAN_IFNAME=" + std::string(kWorkerIfname),
-      "ONEBIT_LAN_RATE=" + net.shape().rate_text,
-      "ONEBIT_LAN_DELAY=" + net.shape().delay_text,
-      // Gloo picks its interface from the hostname, which resolves outside the namespace.
-      "GLOO_SOCKET_IFNAME=" + std::string(kWorkerIfname),
-  };
-}
-
-std::vector<ProcessSpec> per_rank_specs(const Network& net, const std::vector<std::string>& command, int master_port,
-                                        bool prefix_stdout) {
-  std::vector<ProcessSpec> specs;
-  for (int r = 0; r < net.workers(); ++r)
-    specs.push_back({command, rank_env(net, r, master_port), net.worker_netns(r), true, "rank " + std::to_string(r),
-                     prefix_stdout});
-  return specs;
-}
 
 int run_mpi_in_network(int workers, const LinkShape& shape, const std::vector<std::string>& rank_argv,
                        std::chrono::milliseconds timeout, const std::string& what) {
   require_root(what);
-  SignalGuard guard;
+  proc::SignalGuard guard;  // a signal while the network is built tears it down too
   try {
     Network net(workers, shape);
     TempDir dir;
@@ -99,7 +58,7 @@ int run_mpi_in_network(int workers, const LinkShape& shape, const std::vector<st
       for (int i = 0; i < workers; ++i) f << net.address(i) << " slots=1\n";
       if (!f) throw Error(what + ": cannot write " + hostfile.string());
     }
-    const std::string self = self_path();
+    const std::string self = proc::self_path();
     if (self.find_first_of(" \t") != std::string::npos)
       throw Error(what + ": the path of onebit (" + self + ") contains a space, which mpirun's plm_rsh_agent cannot take");
     std::vector<std::string> argv = {
@@ -115,11 +74,15 @@ int run_mpi_in_network(int workers, const LinkShape& shape, const std::vector<st
     std::vector<std::string> env = {"ONEBIT_LAN_HOSTS=" + net.host_map(), "OMPI_ALLOW_RUN_AS_ROOT=1",
                                     "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1",
                                     "ONEBIT_LAN_RATE=" + shape.rate_text, "ONEBIT_LAN_DELAY=" + shape.delay_text};
-    std::cerr << "onebit: " << what << ": " << describe(shape, workers) << " (namespaces " << net.tag()
-              << "-*), one MPI rank per namespace over TCP\n";
-    const Outcome out = supervise({{argv, env, net.worker_netns(0), false, "mpirun"}}, timeout);
-    return out.exit_code;
-  } catch (const Interrupted& e) {
+    std::cerr << "onebit: " << what << ": " << describe_network(net) << ", one MPI rank per namespace over TCP\n";
+    proc::Spec mpirun;
+    mpirun.argv = argv;
+    mpirun.env = env;
+    mpirun.netns = netns_path(net.worker_netns(0));
+    mpirun.label = "mpirun";
+    mpirun.what = "lan";
+    return supervise_in_network({mpirun}, timeout);
+  } catch (const proc::Interrupted& e) {
     std::cerr << "onebit: " << what << ": " << e.what() << "; the network was torn down\n";
     return 128 + e.signal();
   }
@@ -152,20 +115,6 @@ CLI::App* add_lan_command(CLI::App& app, LanOptions& o) {
       "network is removed on every exit.\n\nExample:\n  onebit lan --workers 2 --rate 100mbit -- sh -c 'echo rank $RANK of "
       "$WORLD_SIZE at $ONEBIT_LAN_ADDR'");
   return c;
-}
-
-int run_in_network(int workers, const LinkShape& shape, const std::vector<std::string>& command,
-                   std::chrono::milliseconds timeout, const std::string& what, int master_port, bool prefix_stdout) {
-  require_root(what);
-  SignalGuard guard;
-  try {
-    Network net(workers, shape);
-    std::cerr << "onebit: " << what << ": " << describe(shape, workers) << " (namespaces " << net.tag() << "-*)\n";
-    return supervise(per_rank_specs(net, command, master_port, prefix_stdout), timeout).exit_code;
-  } catch (const Interrupted& e) {
-    std::cerr << "onebit: " << what << ": " << e.what() << "; the network was torn down\n";
-    return 128 + e.signal();
-  }
 }
 
 int run_lan(const LanOptions& o) {

@@ -1,18 +1,14 @@
 // A shaped LAN on one machine: N worker network namespaces joined through a bridge by veth links
-// whose both directions are rate-limited with tc, and the processes that run inside it.
+// whose both directions are rate-limited with tc, and the processes that run inside it. Below the
+// commands that use it: `onebit lan` and `bench allreduce --rate` (apps/), `compare --rate` (train/).
 #pragma once
-#include <sys/types.h>
-
 #include <chrono>
 #include <cstdint>
 #include <string>
 #include <vector>
 
 #include "onebit/error.hpp"
-
-namespace CLI {
-class App;
-}
+#include "proc/proc.hpp"
 
 namespace onebit::lan {
 
@@ -32,63 +28,6 @@ uint64_t parse_rate(const std::string& text);
 // "1ms", "500us", "0.2ms", "1s", "0".
 uint64_t parse_delay(const std::string& text);
 LinkShape make_shape(const std::string& rate, const std::string& delay);
-
-// --- signals -----------------------------------------------------------------------------------
-
-// Thrown when SIGINT/SIGTERM/SIGHUP arrived while a SignalGuard was installed; the command's exit
-// status is then 128 + signal, as a shell reports a killed process.
-class Interrupted : public Error {
- public:
-  explicit Interrupted(int sig);
-  int signal() const { return signal_; }
-
- private:
-  int signal_;
-};
-
-// While alive, SIGINT/SIGTERM/SIGHUP only record the signal, so that whoever is waiting notices it
-// and tears the network down instead of the process dying with namespaces left behind.
-class SignalGuard {
- public:
-  SignalGuard();
-  ~SignalGuard();
-  SignalGuard(const SignalGuard&) = delete;
-  SignalGuard& operator=(const SignalGuard&) = delete;
-};
-int pending_signal();               // 0 when none
-void throw_if_interrupted();         // throws Interrupted
-
-// --- processes ---------------------------------------------------------------------------------
-
-struct ProcessSpec {
-  std::vector<std::string> argv;    // argv[0] is looked up in PATH
-  std::vector<std::string> env;     // "NAME=value", added to (or replacing in) this environment
-  std::string netns;                // a namespace name under /var/run/netns; empty: this one
-  bool capture = false;             // stdout/stderr into pipes (for prefixing), else inherited
-  std::string label;                // for messages and prefixes, e.g. "rank 1"
-  bool prefix_stdout = true;        // when captured: false passes stdout lines on as they are
-};
-
-// execve's argv / envp: pointers into `v` (which must outlive them), then a null.
-std::vector<char*> c_strings(std::vector<std::string>& v);
-
-// Runs a short tool (ip, tc) to completion and returns its output; throws onebit::Error naming
-// `what` and the tool's own message when it fails or outlives `timeout`.
-std::string run_tool(const std::vector<std::string>& argv, const std::string& what,
-                     std::chrono::milliseconds timeout = std::chrono::seconds(10));
-
-struct Outcome {
-  std::vector<int> status;          // per process: exit code, or 128 + signal; -1 if not reaped
-  bool timed_out = false;
-  int interrupted_by = 0;           // signal number, 0 if none
-  int exit_code = 0;                // what the command as a whole should return
-};
-
-// Starts every process (each in its own process group, killed if onebit dies) and waits for all,
-// at most `timeout`. When one fails, the others are stopped (SIGTERM, then SIGKILL after a grace
-// period); the same on timeout or a signal. Captured output is printed line by line with the
-// label as prefix.
-Outcome supervise(const std::vector<ProcessSpec>& specs, std::chrono::milliseconds timeout);
 
 // --- the network -------------------------------------------------------------------------------
 
@@ -139,13 +78,24 @@ void require_root(const std::string& what);
 
 // --- running things inside it ------------------------------------------------------------------
 
+// "2 workers, each link 1gbit both ways, 1ms one-way delay (namespaces onebit-<pid>-<n>-*)".
+std::string describe_network(const Network& net);
+
+// The file a process enters to join namespace `netns` (proc::Spec::netns).
+std::string netns_path(const std::string& netns);
+
 // The environment one rank sees: RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT, ONEBIT_LAN_ADDR, ...
 std::vector<std::string> rank_env(const Network& net, int rank, int master_port);
 
 // The process specs that run `command` once per worker namespace, output prefixed "[rank i] "
 // (stdout only when prefix_stdout).
-std::vector<ProcessSpec> per_rank_specs(const Network& net, const std::vector<std::string>& command,
-                                        int master_port, bool prefix_stdout = true);
+std::vector<proc::Spec> per_rank_specs(const Network& net, const std::vector<std::string>& command,
+                                       int master_port, bool prefix_stdout = true);
+
+// Supervises `specs` (proc::supervise: one failing stops the others, SIGTERM then SIGKILL after 3 s),
+// says on stderr why a run ended early, and returns its exit status: 0, the first failing process's,
+// 124 past `timeout`, 128 + signal when interrupted.
+int supervise_in_network(const std::vector<proc::Spec>& specs, std::chrono::milliseconds timeout);
 
 // Builds the network, runs `command` once per worker namespace (rank_env: RANK, MASTER_ADDR, ...;
 // output prefixed "[rank i] "), waits at most `timeout`, tears the network down and returns the
@@ -156,33 +106,5 @@ std::vector<ProcessSpec> per_rank_specs(const Network& net, const std::vector<st
 int run_in_network(int workers, const LinkShape& shape, const std::vector<std::string>& command,
                    std::chrono::milliseconds timeout, const std::string& what, int master_port = 29500,
                    bool prefix_stdout = true);
-
-// The path of this executable, for commands that start themselves inside the network.
-std::string self_path();
-
-// Builds the network, runs `rank_argv` as one MPI rank per worker namespace over TCP (mpirun in
-// worker 0's namespace, the others started through `onebit lan-exec`), waits at most `timeout`,
-// tears the network down and returns mpirun's exit code. Needs root.
-int run_mpi_in_network(int workers, const LinkShape& shape, const std::vector<std::string>& rank_argv,
-                       std::chrono::milliseconds timeout, const std::string& what);
-
-// --- the commands ------------------------------------------------------------------------------
-
-struct LanOptions {
-  int workers = 2;
-  std::string rate;
-  std::string delay = "0ms";
-  double timeout_s = 3600;
-  int master_port = 29500;
-  std::vector<std::string> command;
-};
-
-CLI::App* add_lan_command(CLI::App& app, LanOptions& o);
-int run_lan(const LanOptions& o);
-
-// `onebit lan-exec HOST COMMAND...`: the remote shell mpirun uses inside the network (as ssh would:
-// the command words are joined with spaces and run by /bin/sh in HOST's namespace).
-CLI::App* add_lan_exec_command(CLI::App& app);
-int run_lan_exec(const std::vector<std::string>& args);
 
 }  // namespace onebit::lan
