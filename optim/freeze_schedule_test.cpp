@@ -56,7 +56,7 @@ std::unique_ptr<Optimizer> make(bool adam, Communicator& comm, int64_t freeze_st
   OnebitLambOptions o;
   o.lr = 1e-2f, o.weight_decay = 0.01f, o.freeze_step = freeze_step, o.auto_freeze = a;
   // What freeze_step = auto turns on, also with a given step, so the two compare bit for bit.
-  o.refresh_interval = kAutoRefreshInterval, o.track_scales = 1;
+  o.refresh_interval = kAutoRefreshInterval, o.track_scales = 1, o.scale_group = kAutoScaleGroup;
   return std::make_unique<OnebitLamb>(kLayout, comm, o);
 }
 

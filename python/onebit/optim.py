@@ -280,12 +280,12 @@ class _OnebitOptimizer(torch.optim.Optimizer):
             if len(packed["params"]) != len(group["params"]):
                 raise ValueError("onebit: a saved parameter group has %d parameters, this one %d"
                                  % (len(packed["params"]), len(group["params"])))
+            if core["kind"] != engine.name:  # first: another optimizer's settings differ anyway
+                raise ValueError("onebit: the state_dict holds a %s state, this is %s" % (core["kind"], engine.name))
             for key in self._fixed:
                 if key in packed and packed[key] != group[key]:
                     raise ValueError("onebit: the state_dict was saved with %s=%r, this optimizer has %r"
                                      % (key, packed[key], group[key]))
-            if core["kind"] != engine.name:
-                raise ValueError("onebit: the state_dict holds a %s state, this is %s" % (core["kind"], engine.name))
             saved_world = int(core["counters"]["world_size"])
             resized = saved_world != self.world_size
             if resized and not reset_errors_on_resize:
