@@ -193,7 +193,7 @@ void CompressedAllreduce::alltoall_words(size_t w0, size_t w1, const std::vector
   const size_t tail = scales ? (grouped() ? scale_tail() : sizeof(float)) : 0, piece = len + tail;
   for (size_t j = 0; j < P; ++j) {
     uint8_t* out = stage_send_.data() + j * piece;
-    std::memcpy(out, send_bits_.data() + j * chunk_bytes + off, len);
+    if (len > 0) std::memcpy(out, send_bits_.data() + j * chunk_bytes + off, len);  // an empty buffer's data() may be null
     if (!scales) continue;
     if (grouped()) {
       std::memcpy(out + len, scales->data() + j * G, G * sizeof(float));
@@ -206,7 +206,7 @@ void CompressedAllreduce::alltoall_words(size_t w0, size_t w1, const std::vector
                  std::as_writable_bytes(std::span(stage_recv_.data(), P * piece)));
   for (size_t j = 0; j < P; ++j) {
     const uint8_t* in = stage_recv_.data() + j * piece;
-    std::memcpy(recv_bits_.data() + j * chunk_bytes + off, in, len);
+    if (len > 0) std::memcpy(recv_bits_.data() + j * chunk_bytes + off, in, len);
     if (!scales) continue;
     if (grouped()) {
       for (size_t g = 0; g < G; ++g) std::memcpy(&worker_scales_[g * P + j], in + len + g * sizeof(float), sizeof(float));
