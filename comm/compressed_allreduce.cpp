@@ -67,7 +67,7 @@ void CompressedAllreduce::plan_stages() {
   // Staging for the all-to-all of a stage, or of the whole chunk with its scales (grouped exchange()).
   // Stages differ by at most one word per chunk; the last one's pieces also carry the scales.
   if (stages_ > 1 || grouped()) {
-    stage_send_.resize(send_bits_.size() / (grouped() ? 1 : S) + (8 + std::max(scale_tail(), sizeof(float))) * P);
+    stage_send_.resize(send_bits_.size() / (grouped() ? 1 : S) + (8 + scale_tail()) * P);
     stage_recv_.resize(stage_send_.size());
   }
   if (stages_ == 1) return;
@@ -190,7 +190,7 @@ void CompressedAllreduce::decode(std::span<float> out) {
 void CompressedAllreduce::alltoall_words(size_t w0, size_t w1, const std::vector<float>* scales) {
   const size_t P = static_cast<size_t>(comm_.size()), G = groups(), chunk_bytes = chunk_size() / 8;
   const size_t off = w0 * 8, len = (w1 - w0) * 8;
-  const size_t tail = scales ? (grouped() ? scale_tail() : sizeof(float)) : 0, piece = len + tail;
+  const size_t piece = len + (scales ? scale_tail() : 0);
   for (size_t j = 0; j < P; ++j) {
     uint8_t* out = stage_send_.data() + j * piece;
     if (len > 0) std::memcpy(out, send_bits_.data() + j * chunk_bytes + off, len);  // an empty buffer's data() may be null

@@ -68,9 +68,9 @@ class CompressedAllreduce {
   void serve_and_gather();
   size_t server_real() const;  // real elements in this rank's chunk
   size_t real_in(size_t begin, size_t end, size_t n) const { return std::min(n, end) - std::min(n, begin); }
-  // The scales of this rank's compression that travel with chunk j's bits (grouped: that chunk's
-  // group scales, then a flag that is NaN when this rank's input was not finite).
-  size_t scale_tail() const { return grouped() ? (groups() + 1) * sizeof(float) : 0; }
+  // Bytes of this rank's scales that travel with chunk j's bits when they do: the one worker scale,
+  // or, grouped, that chunk's group scales and then a flag that is NaN when the input was not finite.
+  size_t scale_tail() const { return (grouped() ? groups() + 1 : 1) * sizeof(float); }
   void group_scales_from(std::span<const double> piece_sums);
   // run() on large buffers: compression overlapped with the all-to-all.
   void plan_stages();
