@@ -12,6 +12,7 @@
 #include <thread>
 
 #include "onebit/error.hpp"
+#include "onebit/optimizer_registry.hpp"
 
 namespace onebit::bench {
 
@@ -113,6 +114,12 @@ std::function<std::string(const std::string&)> non_negative_number() {
     const double v = parse_number(s);
     return v >= 0 && std::isfinite(v) ? "" : "must be a number >= 0, not '" + s + "'";
   };
+}
+
+std::vector<std::string> optimizer_choices() {
+  std::vector<std::string> names;
+  for (const OptimizerKind& k : optimizer_kinds()) names.emplace_back(k.name);
+  return names;
 }
 
 std::string example(const std::string& command_line) { return "Example:\n  " + command_line; }

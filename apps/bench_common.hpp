@@ -50,6 +50,9 @@ std::function<std::string(const std::string&)> number_in(double lo, double hi); 
 std::function<std::string(const std::string&)> positive_number();                // x > 0
 std::function<std::string(const std::string&)> non_negative_number();            // x >= 0
 
+// The registered optimizers' names (onebit/optimizer_registry.hpp), for --optimizer's check.
+std::vector<std::string> optimizer_choices();
+
 // The last line of every command's --help: one example of it.
 std::string example(const std::string& command_line);
 

@@ -3,7 +3,7 @@
 #include <CLI/CLI.hpp>
 #include <cstring>
 #include <iostream>
-#include <limits>
+#include <map>
 #include <memory>
 
 #include "bench_common.hpp"
@@ -11,7 +11,7 @@
 #include "onebit/flat_layout.hpp"
 #include "onebit/kernels.hpp"
 #include "onebit/local_comm.hpp"
-#include "onebit/optimizers.hpp"
+#include "onebit/optimizer_registry.hpp"
 
 namespace onebit::bench {
 namespace {
@@ -47,38 +47,32 @@ const std::vector<Pass> kOnebitLambPasses = {
 const std::vector<Pass> kOnebitAdamPasses = {
     {"compress_momentum", 12.25}, {"server_average", 8.25}, {"frozen_update", 12.125}};
 
-const std::vector<Pass>& passes_of(const std::string& optimizer, bool compression) {
-  if (!compression || optimizer == "lamb") return kLambPasses;
-  return optimizer == "onebit-lamb" ? kOnebitLambPasses : kOnebitAdamPasses;
+// The model above, per optimizer name; an optimizer without a line here is an error.
+const std::vector<Pass>& passes_of(const OptimizerKind& kind, bool compression) {
+  static const std::map<std::string, const std::vector<Pass>*, std::less<>> model = {
+      {"onebit-lamb", &kOnebitLambPasses}, {"onebit-adam", &kOnebitAdamPasses}};
+  if (!compression) return kLambPasses;
+  const auto it = model.find(kind.name);
+  ONEBIT_CHECK(it != model.end(), "bench step: no traffic model for " << kind.name << "'s compression step");
+  return *it->second;
 }
 
 // Warmup stage: a freeze step that never comes. Compression stage: freeze after the first step.
-std::unique_ptr<Optimizer> make_optimizer(const StepOptions& o, const FlatLayout& layout, Communicator& comm) {
-  const int64_t freeze = o.stage == "compression" ? 1 : std::numeric_limits<int64_t>::max();
-  if (o.optimizer == "lamb") {
-    LambOptions opt;
-    opt.threads = o.threads;
-    return std::make_unique<Lamb>(layout, comm, opt);
-  }
-  if (o.optimizer == "onebit-lamb") {
-    OnebitLambOptions opt;
-    opt.threads = o.threads;
-    opt.freeze_step = freeze;
-    return std::make_unique<OnebitLamb>(layout, comm, opt);
-  }
-  OnebitAdamOptions opt;
-  opt.threads = o.threads;
-  opt.freeze_step = freeze;
-  return std::make_unique<OnebitAdam>(layout, comm, opt);
+std::unique_ptr<Optimizer> make_step_optimizer(const StepOptions& o, const OptimizerKind& kind, const FlatLayout& layout,
+                                               Communicator& comm) {
+  OptionValues v{{"threads", static_cast<double>(o.threads)}};
+  if (kind.compresses)
+    v["freeze_step"] = o.stage == "compression" ? 1.0 : 1e15;  // never, in practice
+  return make_optimizer(layout, comm, kind.parse(v));
 }
 
 }  // namespace
 
 CLI::App* add_step_command(CLI::App& bench, StepOptions& o) {
   CLI::App* c = bench.add_subcommand("step", "time one optimizer step against memcpy of the parameters");
-  c->add_option("--optimizer", o.optimizer, "lamb, onebit-lamb or onebit-adam")
+  c->add_option("--optimizer", o.optimizer, "one of: " + optimizer_names())
       ->required()
-      ->check(CLI::IsMember({"lamb", "onebit-lamb", "onebit-adam"}));
+      ->check(CLI::IsMember(optimizer_choices()));
   c->add_option("--params", o.params, "target parameter count of the BERT-shaped layout")
       ->check(positive_integer, "POSITIVE")
       ->capture_default_str();
@@ -96,16 +90,17 @@ CLI::App* add_step_command(CLI::App& bench, StepOptions& o) {
 int run_step(const StepOptions& o) {
   const FlatLayout layout = FlatLayout::bert_like(o.params);
   const size_t n = layout.total();
-  const bool compression = o.stage == "compression" && o.optimizer != "lamb";
-  const std::string stage = o.optimizer == "lamb" ? "none" : o.stage;  // LAMB has no stages
-  const std::vector<Pass>& passes = passes_of(o.optimizer, compression);
+  const OptimizerKind& kind = optimizer_kind(o.optimizer);
+  const bool compression = o.stage == "compression" && kind.compresses;
+  const std::string stage = kind.compresses ? o.stage : "none";  // LAMB has no stages
+  const std::vector<Pass>& passes = passes_of(kind, compression);
   double bytes_per_param = 0;
   for (const Pass& p : passes) bytes_per_param += p.bytes_per_param;
 
   std::vector<double> t;
   // A one-rank world needs no engine; run_local(1) gives the optimizers their Communicator.
   run_local(1, [&](Communicator& comm) {
-    std::unique_ptr<Optimizer> opt = make_optimizer(o, layout, comm);
+    std::unique_ptr<Optimizer> opt = make_step_optimizer(o, kind, layout, comm);
     AlignedVector<float> w(n), g(n), dst(n, 0.0f);
     fill_random(w, 1, 0.05f);
     fill_random(g, 2, 1e-3f);

@@ -9,6 +9,7 @@
 
 #include "bench_common.hpp"
 #include "lan_cmd.hpp"
+#include "optimizers_cmd.hpp"
 #include "plan.hpp"
 #include "onebit/error.hpp"
 #ifdef ONEBIT_HAVE_TORCH
@@ -31,6 +32,8 @@ int main(int argc, char** argv) {
   CLI::App* compress_cmd = add_compress_command(*bench, compress);
   CLI::App* allreduce_cmd = add_allreduce_command(*bench, allreduce);
   CLI::App* step_cmd = add_step_command(*bench, step);
+  OptimizersOptions optimizers;
+  CLI::App* optimizers_cmd = add_optimizers_command(app, optimizers);
   onebit::plan::PlanOptions plan;
   CLI::App* plan_cmd = onebit::plan::add_plan_command(app, plan);
   onebit::lan::LanOptions lan;
@@ -56,6 +59,7 @@ int main(int argc, char** argv) {
     if (compress_cmd->parsed()) return run_compress(compress);
     if (allreduce_cmd->parsed()) return run_allreduce(allreduce, std::vector<std::string>(argv + 1, argv + argc));
     if (step_cmd->parsed()) return run_step(step);
+    if (optimizers_cmd->parsed()) return run_optimizers(optimizers);
     if (plan_cmd->parsed()) return onebit::plan::run_plan(plan);
     if (lan_cmd->parsed()) return onebit::lan::run_lan(lan);
     if (lan_exec_cmd->parsed()) return onebit::lan::run_lan_exec(lan_exec_cmd->remaining());

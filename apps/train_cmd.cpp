@@ -6,6 +6,7 @@
 #include <string>
 
 #include "bench_common.hpp"
+#include "onebit/optimizer_registry.hpp"
 #include "train/compare.hpp"
 #include "train/corpus.hpp"
 #include "train/trainer.hpp"
@@ -95,8 +96,8 @@ CLI::App* add_train_command(CLI::App& app, TrainOptions& o) {
   CLI::App* c = app.add_subcommand(
       "train", "data-parallel BERT masked-LM pre-training with LAMB, 1-bit LAMB or 1-bit Adam; writes --out");
   add_shared(c, o);
-  c->add_option("--optimizer", o.optimizer, "lamb | onebit-lamb | onebit-adam")
-      ->check(CLI::IsMember({"lamb", "onebit-lamb", "onebit-adam"}))
+  c->add_option("--optimizer", o.optimizer, "one of: " + optimizer_names() + " (onebit optimizers lists their options)")
+      ->check(CLI::IsMember(bench::optimizer_choices()))
       ->capture_default_str();
   c->add_option("--out", o.out, "run directory: metrics.jsonl, summary.json, checkpoints/, tokenizer.model")
       ->capture_default_str();

@@ -25,6 +25,10 @@ void Optimizer::check_sizes(std::span<float> params, std::span<float> grads) con
                       << grads.size() << " gradients, the layout has " << layout_.total());
 }
 
+void Optimizer::set_momentum_mask(size_t /*layer*/, std::span<const float> /*mask*/) {
+  throw Error(name() + ": momentum masks are a 1-bit LAMB option (spec §4)");
+}
+
 void CpuOptimizer::average_gradients(std::span<float> grads) {
   if (comm_.size() == 1) return;
   if (half_) return half_->average(grads);

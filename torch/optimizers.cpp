@@ -18,21 +18,21 @@ namespace onebit {
 namespace {
 
 #ifdef ONEBIT_HAVE_CUDA
-// Each core optimizer's CUDA twin: the same results, bit for bit, on device buffers.
-template <class Core>
-struct CudaTwin;
-template <>
-struct CudaTwin<Lamb> {
-  using type = cuda::CudaLamb;
-};
-template <>
-struct CudaTwin<OnebitLamb> {
-  using type = cuda::CudaOnebitLamb;
-};
-template <>
-struct CudaTwin<OnebitAdam> {
-  using type = cuda::CudaOnebitAdam;
-};
+// The CUDA twin of the registry's CPU optimizer for `options`: the same results, bit for bit, on
+// device buffers, on `stream`.
+std::unique_ptr<Optimizer> make_cuda_optimizer(const FlatLayout& layout, Communicator& comm, cuda::Stream stream,
+                                               const AnyOptions& options) {
+  return std::visit(
+      [&](const auto& o) -> std::unique_ptr<Optimizer> {
+        using O = std::decay_t<decltype(o)>;
+        if constexpr (std::is_same_v<O, LambOptions>) return std::make_unique<cuda::CudaLamb>(layout, comm, stream, o);
+        if constexpr (std::is_same_v<O, OnebitLambOptions>)
+          return std::make_unique<cuda::CudaOnebitLamb>(layout, comm, stream, o);
+        if constexpr (std::is_same_v<O, OnebitAdamOptions>)
+          return std::make_unique<cuda::CudaOnebitAdam>(layout, comm, stream, o);
+      },
+      options);
+}
 #endif
 
 // One core step on the flat buffers, wherever they live.
@@ -76,9 +76,10 @@ std::string read_string(torch::serialize::InputArchive& archive, const std::stri
 
 }  // namespace
 
-TorchOptimizer::TorchOptimizer(std::vector<at::Tensor> params, double lr,
+TorchOptimizer::TorchOptimizer(std::vector<at::Tensor> params, const AnyOptions& options,
                                std::shared_ptr<Communicator> comm)
-    : torch::optim::Optimizer(params, std::make_unique<TorchOnebitOptions>(lr)),
+    : torch::optim::Optimizer(params, std::make_unique<TorchOnebitOptions>(lr_of(options))),
+      kind_(&optimizer_kind(options)),
       comm_(comm ? std::move(comm) : std::shared_ptr<Communicator>(make_single_rank_communicator())),
       flat_(std::move(params)) {
   ONEBIT_CHECK(!comm_->device_memory() || !flat_.device().is_cpu(),
@@ -86,19 +87,14 @@ TorchOptimizer::TorchOptimizer(std::vector<at::Tensor> params, double lr,
                    << " communicator takes device memory but the parameters are on the CPU (over an NCCL "
                       "group, make_c10d_communicator stages host buffers)");
 #ifdef ONEBIT_HAVE_CUDA
-  if (flat_.device().is_cuda()) device_ = std::make_shared<torch_cuda::DeviceStream>(flat_.device());
-#endif
-}
-
-template <class Core, class Options>
-std::unique_ptr<onebit::Optimizer> TorchOptimizer::make_core(const Options& options) {
-#ifdef ONEBIT_HAVE_CUDA
-  if (device_) {
+  if (flat_.device().is_cuda()) {
+    device_ = std::make_shared<torch_cuda::DeviceStream>(flat_.device());
     torch_cuda::DeviceScope scope(device_->device());
-    return std::make_unique<typename CudaTwin<Core>::type>(flat_.layout(), *comm_, device_->get(), options);
+    core_ = make_cuda_optimizer(flat_.layout(), *comm_, device_->get(), options);
+    return;
   }
 #endif
-  return std::make_unique<Core>(flat_.layout(), *comm_, options);
+  core_ = make_optimizer(flat_.layout(), *comm_, options);
 }
 
 at::Tensor TorchOptimizer::step(LossClosure closure) {
@@ -186,26 +182,16 @@ std::string TorchOptimizer::load(torch::serialize::InputArchive& archive, OnResi
   return load_state(s, on_resize);
 }
 
-TorchLamb::TorchLamb(std::vector<at::Tensor> params, LambOptions options, std::shared_ptr<Communicator> comm)
-    : TorchOptimizer(std::move(params), options.lr, std::move(comm)) {
-  set_core(make_core<Lamb>(options));
-}
-
-TorchOnebitLamb::TorchOnebitLamb(std::vector<at::Tensor> params, OnebitLambOptions options,
-                                 std::shared_ptr<Communicator> comm)
-    : TorchOptimizer(std::move(params), options.lr, std::move(comm)) {
-  set_core(make_core<OnebitLamb>(options));
-}
-
-void TorchOnebitLamb::set_momentum_mask(size_t index, const at::Tensor& mask) {
+void TorchOptimizer::set_momentum_mask(size_t index, const at::Tensor& mask) {
+  const std::string who = std::string(kind_->name) + " set_momentum_mask";
+  ONEBIT_CHECK(kind_->momentum_mask, who << ": momentum masks are a 1-bit LAMB option (spec §4)");
   ONEBIT_CHECK(index < flat_.tensors().size(),
-               "onebit-lamb set_momentum_mask: no parameter " << index << " (there are "
-                                                              << flat_.tensors().size() << ")");
+               who << ": no parameter " << index << " (there are " << flat_.tensors().size() << ")");
   at::Tensor m;  // undefined: no mask
   if (mask.defined()) {
     ONEBIT_CHECK(mask.numel() == flat_.tensors()[index].numel(),
-                 "onebit-lamb set_momentum_mask: the mask for parameter " << index << " has " << mask.numel()
-                     << " elements, the parameter " << flat_.tensors()[index].numel());
+                 who << ": the mask for parameter " << index << " has " << mask.numel() << " elements, the parameter "
+                     << flat_.tensors()[index].numel());
     m = mask.detach().to(at::kCPU, at::kFloat).contiguous().reshape({-1});
   }
   const std::span<const float> values = m.defined() ? std::span<const float>(m.data_ptr<float>(), m.numel())
@@ -213,17 +199,11 @@ void TorchOnebitLamb::set_momentum_mask(size_t index, const at::Tensor& mask) {
 #ifdef ONEBIT_HAVE_CUDA
   if (device_) {
     torch_cuda::DeviceScope scope(device_->device());
-    static_cast<cuda::CudaOnebitLamb&>(*core_).set_momentum_mask(index, values);
+    core_->set_momentum_mask(index, values);
     return;
   }
 #endif
-  static_cast<OnebitLamb&>(*core_).set_momentum_mask(index, values);
-}
-
-TorchOnebitAdam::TorchOnebitAdam(std::vector<at::Tensor> params, OnebitAdamOptions options,
-                                 std::shared_ptr<Communicator> comm)
-    : TorchOptimizer(std::move(params), options.lr, std::move(comm)) {
-  set_core(make_core<OnebitAdam>(options));
+  core_->set_momentum_mask(index, values);
 }
 
 }  // namespace onebit

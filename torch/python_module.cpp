@@ -25,114 +25,23 @@ using onebit::TorchOptimizer;
 
 namespace {
 
-// Options arrive as a dict with the core's names (the Python classes split betas into beta1/2).
-class OptionReader {
- public:
-  OptionReader(const py::dict& d, std::string who) : d_(d), who_(std::move(who)) {}
-  template <class T>
-  void get(const char* key, T& into) {
-    used_.insert(key);
-    if (d_.contains(key) && !d_[key].is_none()) into = d_[key].cast<T>();
+// Options arrive as a dict with the registry's keys (the Python classes split betas into
+// beta1/beta2); None means the default.
+onebit::AnyOptions parse_options(const std::string& kind, const py::dict& d) {
+  onebit::OptionValues values;
+  for (auto item : d) {
+    if (item.second.is_none()) continue;
+    const auto key = item.first.cast<std::string>();
+    if (py::isinstance<py::str>(item.second))
+      values[key] = item.second.cast<std::string>();
+    else if (py::isinstance<py::bool_>(item.second) || py::isinstance<py::int_>(item.second) ||
+             py::isinstance<py::float_>(item.second))
+      values[key] = item.second.cast<double>();
+    else
+      throw onebit::Error(kind + ": option '" + key + "' must be a number or a string, got " +
+                          py::str(py::type::handle_of(item.second)).cast<std::string>());
   }
-  void finish() const {
-    for (auto item : d_) {
-      const auto key = item.first.cast<std::string>();
-      ONEBIT_CHECK(used_.count(key), who_ << ": unknown option '" << key << "'");
-    }
-  }
-
- private:
-  const py::dict& d_;
-  std::string who_;
-  std::set<std::string> used_;
-};
-
-template <class O>
-void read_lamb_like(OptionReader& r, O& o) {
-  r.get("lr", o.lr);
-  r.get("beta1", o.beta1);
-  r.get("beta2", o.beta2);
-  r.get("eps", o.eps);
-  r.get("weight_decay", o.weight_decay);
-  r.get("threads", o.threads);
-  std::string exchange = onebit::to_string(o.warmup_exchange);
-  r.get("warmup_exchange", exchange);
-  o.warmup_exchange = onebit::parse_wire_precision(exchange);
-}
-
-template <class O>
-void read_freeze(OptionReader& r, O& o) {
-  r.get("freeze_step", o.freeze_step);  // 0: auto (the Python side maps "auto" to it)
-  r.get("auto_min_steps", o.auto_freeze.min_steps);
-  r.get("auto_max_steps", o.auto_freeze.max_steps);
-  r.get("auto_window", o.auto_freeze.window);
-  r.get("auto_tolerance", o.auto_freeze.tolerance);
-}
-
-onebit::LambOptions lamb_options(const py::dict& d) {
-  onebit::LambOptions o;
-  OptionReader r(d, "lamb");
-  read_lamb_like(r, o);
-  r.get("max_coeff", o.max_coeff);
-  r.get("min_coeff", o.min_coeff);
-  r.finish();
-  return o;
-}
-
-onebit::OnebitLambOptions onebit_lamb_options(const py::dict& d) {
-  onebit::OnebitLambOptions o;
-  OptionReader r(d, "onebit-lamb");
-  read_lamb_like(r, o);
-  r.get("max_coeff", o.max_coeff);
-  r.get("min_coeff", o.min_coeff);
-  read_freeze(r, o);
-  r.get("coeff_beta", o.coeff_beta);
-  r.get("factor_max", o.factor_max);
-  r.get("factor_min", o.factor_min);
-  r.get("factor_threshold", o.factor_threshold);
-  r.get("refresh_interval", o.refresh_interval);
-  r.get("track_scales", o.track_scales);
-  r.get("scale_group", o.scale_group);
-  r.finish();
-  return o;
-}
-
-onebit::OnebitAdamOptions onebit_adam_options(const py::dict& d) {
-  onebit::OnebitAdamOptions o;
-  OptionReader r(d, "onebit-adam");
-  read_lamb_like(r, o);
-  read_freeze(r, o);
-  r.get("scale_group", o.scale_group);
-  r.finish();
-  return o;
-}
-
-std::shared_ptr<TorchOptimizer> make_optimizer(const std::string& kind, std::vector<at::Tensor> params,
-                                               const py::dict& options, std::shared_ptr<Communicator> comm) {
-  if (kind == "lamb") return std::make_shared<onebit::TorchLamb>(std::move(params), lamb_options(options), comm);
-  if (kind == "onebit-lamb")
-    return std::make_shared<onebit::TorchOnebitLamb>(std::move(params), onebit_lamb_options(options), comm);
-  if (kind == "onebit-adam")
-    return std::make_shared<onebit::TorchOnebitAdam>(std::move(params), onebit_adam_options(options), comm);
-  throw onebit::Error("onebit: unknown optimizer kind '" + kind + "' (lamb, onebit-lamb, onebit-adam)");
-}
-
-// Parses the options now (Python objects need the GIL) and returns a factory the rank threads call.
-std::function<std::unique_ptr<onebit::Optimizer>(const onebit::FlatLayout&, Communicator&)> core_factory(
-    const std::string& kind, const py::dict& options) {
-  if (kind == "lamb")
-    return [o = lamb_options(options)](const onebit::FlatLayout& l, Communicator& c) {
-      return std::unique_ptr<onebit::Optimizer>(std::make_unique<onebit::Lamb>(l, c, o));
-    };
-  if (kind == "onebit-lamb")
-    return [o = onebit_lamb_options(options)](const onebit::FlatLayout& l, Communicator& c) {
-      return std::unique_ptr<onebit::Optimizer>(std::make_unique<onebit::OnebitLamb>(l, c, o));
-    };
-  if (kind == "onebit-adam")
-    return [o = onebit_adam_options(options)](const onebit::FlatLayout& l, Communicator& c) {
-      return std::unique_ptr<onebit::Optimizer>(std::make_unique<onebit::OnebitAdam>(l, c, o));
-    };
-  throw onebit::Error("onebit: unknown optimizer kind '" + kind + "'");
+  return onebit::optimizer_kind(kind).parse(values);
 }
 
 // Every Communicator handed to Python goes through this. Its last reference may drop while this
@@ -220,11 +129,11 @@ at::Tensor reference_run(const std::string& kind, const py::dict& options, std::
   const int world = static_cast<int>(g.size(0));
   const int64_t steps = g.size(1);
   at::Tensor out = at::empty({world, N}, at::TensorOptions().dtype(at::kFloat));
-  const auto make = core_factory(kind, options);
+  const onebit::AnyOptions parsed = parse_options(kind, options);  // with the GIL: Python objects
   {
     py::gil_scoped_release release;
     onebit::run_local(world, [&](Communicator& comm) {
-      std::unique_ptr<onebit::Optimizer> core = make(layout, comm);
+      std::unique_ptr<onebit::Optimizer> core = onebit::make_optimizer(layout, comm, parsed);
       const int r = comm.rank();
       std::vector<float> w(w0.data_ptr<float>(), w0.data_ptr<float>() + N), gr(static_cast<size_t>(N));
       for (int64_t s = 0; s < steps; ++s) {
@@ -238,14 +147,51 @@ at::Tensor reference_run(const std::string& kind, const py::dict& options, std::
   return out;
 }
 
-}  // namespace
+// (tensors, counters) of the optimizer's complete state, as Python dicts.
+py::tuple state_to_python(const TorchOptimizer& o) {
+  const onebit::OptimizerState s = o.state();
+  py::dict tensors, counters;
+  for (const auto& [k, v] : s.tensors) {
+    at::Tensor t = at::empty({static_cast<int64_t>(v.size())}, at::TensorOptions().dtype(at::kFloat));
+    std::copy(v.begin(), v.end(), t.data_ptr<float>());
+    tensors[py::str(k)] = t;
+  }
+  for (const auto& [k, v] : s.counters) counters[py::str(k)] = v;
+  return py::make_tuple(tensors, counters);
+}
 
-PYBIND11_MODULE(_onebit, m) {
-  m.doc() = "onebit: 1-bit LAMB / 1-bit Adam over torch.distributed (the compiled part)";
-  py::register_exception<onebit::Error>(m, "Error", PyExc_RuntimeError);
-  m.attr("torch_version_built") = std::to_string(onebit::c10d_compat::kTorchMajor) + "." +
-                                  std::to_string(onebit::c10d_compat::kTorchMinor);
+std::string load_state_from_python(TorchOptimizer& o, const std::map<std::string, at::Tensor>& tensors,
+                                   const std::map<std::string, int64_t>& counters, bool reset_errors_on_resize) {
+  onebit::OptimizerState s;
+  for (const auto& [k, t] : tensors) {
+    at::Tensor c = t.detach().to(at::kCPU, at::kFloat).contiguous().reshape({-1});
+    s.tensors[k].assign(c.data_ptr<float>(), c.data_ptr<float>() + c.numel());
+  }
+  s.counters = counters;
+  return o.load_state(s, reset_errors_on_resize ? onebit::OnResize::kResetErrors : onebit::OnResize::kError);
+}
 
+// The registry, for the Python classes and their tests: [{name, summary, compresses, ...,
+// options: [{key, doc, default}]}].
+py::list optimizer_kinds() {
+  py::list out;
+  for (const auto& k : onebit::optimizer_kinds()) {
+    py::list options;
+    for (const auto& o : k.options()) {
+      py::dict d;
+      d["key"] = o.key, d["doc"] = o.doc, d["default"] = o.default_;
+      options.append(d);
+    }
+    py::dict d;
+    d["name"] = k.name, d["summary"] = k.summary, d["compresses"] = k.compresses, d["trust_ratio"] = k.trust_ratio;
+    d["momentum_mask"] = k.momentum_mask, d["options"] = options;
+    out.append(d);
+  }
+  return out;
+}
+
+// The Communicator class: rank, size, stats and the raw collectives the tests drive.
+void def_communicator(py::module_& m) {
   py::class_<Communicator, std::shared_ptr<Communicator>>(m, "Communicator")
       .def_property_readonly("rank", &Communicator::rank)
       .def_property_readonly("size", &Communicator::size)
@@ -291,6 +237,10 @@ PYBIND11_MODULE(_onebit, m) {
         c.barrier();
       });
 
+}
+
+// The ways to get a Communicator: over a torch.distributed group, watched, single rank, NCCL.
+void def_communicator_factories(py::module_& m) {
   m.def("c10d_communicator", &c10d_communicator, py::arg("group"), py::arg("timeout") = 60.0,
         py::arg("device") = "cpu", "The Communicator over a torch.distributed ProcessGroup.");
   m.def("watch_ranks", [](std::shared_ptr<Communicator> comm, const std::string& host, int port, const std::string& prefix) {
@@ -322,8 +272,16 @@ PYBIND11_MODULE(_onebit, m) {
   m.attr("built_with_cuda") = false;
 #endif
 
+}
+
+// The Engine the Python optimizer classes drive: a TorchOptimizer over any registered optimizer.
+void def_engine(py::module_& m) {
   py::class_<TorchOptimizer, std::shared_ptr<TorchOptimizer>>(m, "Engine")
-      .def(py::init(&make_optimizer), py::arg("kind"), py::arg("params"), py::arg("options"), py::arg("comm"))
+      .def(py::init([](const std::string& kind, std::vector<at::Tensor> params, const py::dict& options,
+                       std::shared_ptr<Communicator> comm) {
+             return std::make_shared<TorchOptimizer>(std::move(params), parse_options(kind, options), std::move(comm));
+           }),
+           py::arg("kind"), py::arg("params"), py::arg("options"), py::arg("comm"))
       .def("step", [](TorchOptimizer& o) {
         py::gil_scoped_release release;
         o.step();
@@ -331,7 +289,7 @@ PYBIND11_MODULE(_onebit, m) {
       })
       .def("zero_grad", [](TorchOptimizer& o) { o.zero_grad(); })
       .def("set_lr", [](TorchOptimizer& o, double lr) { o.param_groups().front().options().set_lr(lr); })
-      .def_property_readonly("name", [](const TorchOptimizer& o) { return o.core().name(); })
+      .def_property_readonly("name", [](const TorchOptimizer& o) { return std::string(o.kind().name); })
       .def_property_readonly("steps", [](const TorchOptimizer& o) { return o.core().steps(); })
       .def_property_readonly("skipped", [](const TorchOptimizer& o) { return o.core().skipped(); })
       .def_property_readonly("in_warmup", [](const TorchOptimizer& o) { return o.core().in_warmup(); })
@@ -340,33 +298,27 @@ PYBIND11_MODULE(_onebit, m) {
       .def_property_readonly("flat_grads", [](TorchOptimizer& o) { return o.flat().grads(); })
       .def("is_view", [](TorchOptimizer& o, size_t i) { return o.flat().is_view(i); })
       .def("set_momentum_mask", [](TorchOptimizer& o, size_t i, const c10::optional<at::Tensor>& mask) {
-        auto* lamb = dynamic_cast<onebit::TorchOnebitLamb*>(&o);
-        ONEBIT_CHECK(lamb, o.core().name() << ": momentum masks are an OnebitLamb option (spec §4)");
-        lamb->set_momentum_mask(i, mask ? *mask : at::Tensor());
+        o.set_momentum_mask(i, mask ? *mask : at::Tensor());
       })
-      .def("state", [](const TorchOptimizer& o) {
-        const onebit::OptimizerState s = o.state();
-        py::dict tensors, counters;
-        for (const auto& [k, v] : s.tensors) {
-          at::Tensor t = at::empty({static_cast<int64_t>(v.size())}, at::TensorOptions().dtype(at::kFloat));
-          std::copy(v.begin(), v.end(), t.data_ptr<float>());
-          tensors[py::str(k)] = t;
-        }
-        for (const auto& [k, v] : s.counters) counters[py::str(k)] = v;
-        return py::make_tuple(tensors, counters);
-      })
-      .def("load_state", [](TorchOptimizer& o, const std::map<std::string, at::Tensor>& tensors,
-                            const std::map<std::string, int64_t>& counters, bool reset_errors_on_resize) {
-        onebit::OptimizerState s;
-        for (const auto& [k, t] : tensors) {
-          at::Tensor c = t.detach().to(at::kCPU, at::kFloat).contiguous().reshape({-1});
-          s.tensors[k].assign(c.data_ptr<float>(), c.data_ptr<float>() + c.numel());
-        }
-        s.counters = counters;
-        return o.load_state(s, reset_errors_on_resize ? onebit::OnResize::kResetErrors : onebit::OnResize::kError);
-      }, py::arg("tensors"), py::arg("counters"), py::arg("reset_errors_on_resize") = false,
+      .def("state", &state_to_python)
+      .def("load_state", &load_state_from_python, py::arg("tensors"), py::arg("counters"),
+           py::arg("reset_errors_on_resize") = false,
       "Returns a warning when the error buffers were reset for another world size, else ''.");
 
+  m.def("optimizer_kinds", &optimizer_kinds, "The registered optimizers with their options, defaults and docs.");
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_onebit, m) {
+  m.doc() = "onebit: 1-bit LAMB / 1-bit Adam over torch.distributed (the compiled part)";
+  py::register_exception<onebit::Error>(m, "Error", PyExc_RuntimeError);
+  m.attr("torch_version_built") = std::to_string(onebit::c10d_compat::kTorchMajor) + "." +
+                                  std::to_string(onebit::c10d_compat::kTorchMinor);
+
+  def_communicator(m);
+  def_communicator_factories(m);
+  def_engine(m);
   m.def("reference_run", &reference_run, py::arg("kind"), py::arg("options"), py::arg("sizes"),
         py::arg("params0"), py::arg("grads"),
         "The core optimizer on in-process ranks (the local backend): [world, N] final parameters.");

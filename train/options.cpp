@@ -64,6 +64,7 @@ std::vector<std::string> to_args(const TrainOptions& o) {
 
 #include "onebit/error.hpp"
 #include "onebit/half_allreduce.hpp"
+#include "onebit/optimizer_registry.hpp"
 #include "train/model.hpp"
 
 namespace onebit::train {
@@ -73,11 +74,13 @@ TrainOptions resolve_options(const TrainOptions& in) {
   const BertConfig c = bert_preset(o.model);
   if (o.vocab == 0) o.vocab = c.vocab;
   if (o.seq == 0) o.seq = c.seq;
+  const OptimizerKind& kind = optimizer_kind(o.optimizer);
   // The presets' rates are LAMB's (a step of lr times each layer's weight norm); Adam steps lr per
-  // element, and 1-bit Adam diverges at LAMB's tiny rate (1e-2), so it gets a tenth.
-  if (o.lr == 0) o.lr = o.optimizer == "onebit-adam" ? c.lr / 10 : c.lr;
+  // element, and 1-bit Adam diverges at LAMB's tiny rate (1e-2), so one without the trust ratio
+  // gets a tenth.
+  if (o.lr == 0) o.lr = kind.trust_ratio ? c.lr : c.lr / 10;
   if (o.dropout < 0) o.dropout = c.dropout;
-  if (o.warmup_exchange.empty()) o.warmup_exchange = o.optimizer == "lamb" ? "fp32" : "bf16";
+  if (o.warmup_exchange.empty()) o.warmup_exchange = kind.compresses ? "bf16" : "fp32";
   if (o.warmup_steps < 0) o.warmup_steps = static_cast<int>(std::lround(kDefaultWarmupFraction * o.steps));
   if (o.eval_every <= 0) o.eval_every = std::max(1, o.steps / 20);
   return o;
@@ -89,8 +92,7 @@ void validate_options(const TrainOptions& o) {
       if (v == s) return true;
     return false;
   };
-  ONEBIT_CHECK(one_of(o.optimizer, {"lamb", "onebit-lamb", "onebit-adam"}),
-               "onebit train: --optimizer must be lamb, onebit-lamb or onebit-adam, not '" << o.optimizer << "'");
+  (void)optimizer_kind(o.optimizer);  // an error naming the registered optimizers
   ONEBIT_CHECK(one_of(o.backend, {"gloo", "mpi", "nccl"}), "onebit train: --backend must be gloo, mpi or nccl, not '" << o.backend << "'");
   ONEBIT_CHECK(one_of(o.device, {"cpu", "cuda"}), "onebit train: --device must be cpu or cuda, not '" << o.device << "'");
   ONEBIT_CHECK(!(o.backend == "nccl" && o.device != "cuda"), "onebit train: --backend nccl needs --device cuda");

@@ -30,14 +30,14 @@ struct TrainOptions {
   double heldout = 0.05;             // fraction of documents held out for evaluation, never trained on
   std::string cache_dir;             // tokenizer and token cache; empty: $XDG_CACHE_HOME/onebit or ~/.cache/onebit
   // --- optimization ---
-  std::string optimizer = "onebit-lamb";  // lamb | onebit-lamb | onebit-adam
+  std::string optimizer = "onebit-lamb";  // a name in the registry (onebit/optimizer_registry.hpp)
   int batch = 128;                   // global batch in sequences, split evenly over the workers
   int micro_batch = 0;               // sequences per forward/backward on a worker (gradients accumulate); 0: all
   int steps = 120;                   // optimizer steps (with batch: about a minute of the tiny model on 2 cores)
   int freeze_step = 0;               // last warmup step of the 1-bit optimizers; 0: auto (see kAutoFreezeCeilingFraction)
   int refresh_interval = -1;         // 1-bit LAMB's uncompressed refreshes (0: off; -1: 16 with --freeze-step auto, else off)
-  int track_scales = -1;
-  int scale_group = -1;              // 1-bit optimizers: elements per compression scale (0: the paper's; -1: onebit-lamb 2048 with --freeze-step auto, else 0)             // 1-bit LAMB's k follows the layers' gradient RMS (1/0; -1: on with --freeze-step auto)
+  int track_scales = -1;             // 1-bit LAMB's k follows the layers' gradient RMS (1/0; -1: on with --freeze-step auto)
+  int scale_group = -1;              // 1-bit optimizers: elements per compression scale (0: the paper's; -1: the optimizer's default)
   // The warmup's gradient exchange (LAMB's at every step): fp32 | bf16 | fp16; empty: bf16 for the
   // 1-bit optimizers (the convergence study: no loss change in LAMB, half the warmup's bytes), fp32
   // for lamb (the baseline as users run it).

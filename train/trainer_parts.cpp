@@ -66,31 +66,23 @@ PreparedCorpus share_corpus(const TrainOptions& o, Communicator& comm) {
 
 std::unique_ptr<TorchOptimizer> make_optimizer(const TrainOptions& o, const std::vector<at::Tensor>& params,
                                                std::shared_ptr<Communicator> comm, int threads) {
-  if (o.optimizer == "lamb") {
-    LambOptions l;
-    l.lr = static_cast<float>(o.lr), l.beta2 = static_cast<float>(o.beta2);
-    l.weight_decay = static_cast<float>(o.weight_decay), l.threads = threads;
-    l.warmup_exchange = parse_wire_precision(o.warmup_exchange);
-    return std::make_unique<TorchLamb>(params, l, std::move(comm));
+  const OptimizerKind& kind = optimizer_kind(o.optimizer);
+  // The command line's settings, each where the optimizer has it; -1 (auto) and 0 (freeze step
+  // auto) leave the optimizer's own default.
+  OptionValues v{{"lr", o.lr}, {"beta2", o.beta2}, {"weight_decay", o.weight_decay}, {"threads", static_cast<double>(threads)},
+                 {"warmup_exchange", o.warmup_exchange}};
+  if (kind.has_option("freeze_step")) {
+    v["freeze_step"] = static_cast<double>(o.freeze_step);
+    const AutoFreezeOptions a = auto_freeze_options(o);
+    v["auto_min_steps"] = static_cast<double>(a.min_steps);
+    v["auto_max_steps"] = static_cast<double>(a.max_steps);
+    v["auto_window"] = static_cast<double>(a.window);
+    v["auto_tolerance"] = a.tolerance;
   }
-  if (o.optimizer == "onebit-lamb") {
-    OnebitLambOptions l;
-    l.lr = static_cast<float>(o.lr), l.beta2 = static_cast<float>(o.beta2);
-    l.weight_decay = static_cast<float>(o.weight_decay), l.threads = threads, l.freeze_step = o.freeze_step;
-    l.auto_freeze = auto_freeze_options(o);
-    l.refresh_interval = o.refresh_interval, l.track_scales = o.track_scales, l.scale_group = o.scale_group;
-    l.warmup_exchange = parse_wire_precision(o.warmup_exchange);
-    return std::make_unique<TorchOnebitLamb>(params, l, std::move(comm));
-  }
-  ONEBIT_CHECK(o.optimizer == "onebit-adam", "onebit train: --optimizer must be lamb, onebit-lamb or onebit-adam, not '"
-                                                 << o.optimizer << "'");
-  OnebitAdamOptions a;
-  a.lr = static_cast<float>(o.lr), a.beta2 = static_cast<float>(o.beta2);
-  a.weight_decay = static_cast<float>(o.weight_decay), a.threads = threads, a.freeze_step = o.freeze_step;
-  a.auto_freeze = auto_freeze_options(o);
-  a.scale_group = o.scale_group == -1 ? 0 : o.scale_group;  // the automatic default is 1-bit LAMB's
-  a.warmup_exchange = parse_wire_precision(o.warmup_exchange);
-  return std::make_unique<TorchOnebitAdam>(params, a, std::move(comm));
+  for (const auto& [key, value] : {std::pair{"refresh_interval", o.refresh_interval},
+                                   {"track_scales", o.track_scales}, {"scale_group", o.scale_group}})
+    if (value != -1 && kind.has_option(key)) v[key] = static_cast<double>(value);
+  return std::make_unique<TorchOptimizer>(params, kind.parse(v), std::move(comm));
 }
 
 namespace {
@@ -104,8 +96,7 @@ int64_t first_dead_row(const std::string& name, int seq) {
 }  // namespace
 
 int set_momentum_masks(TorchOptimizer& opt, const std::vector<std::string>& names, int seq) {
-  auto* lamb = dynamic_cast<TorchOnebitLamb*>(&opt);
-  if (!lamb) return 0;
+  if (!opt.kind().momentum_mask) return 0;
   int masked = 0;
   for (size_t i = 0; i < names.size(); ++i) {
     const int64_t first_dead = first_dead_row(names[i], seq);
@@ -113,14 +104,14 @@ int set_momentum_masks(TorchOptimizer& opt, const std::vector<std::string>& name
     if (first_dead < 0 || first_dead >= p.size(0)) continue;
     at::Tensor mask = torch::ones(p.sizes(), torch::kFloat);
     mask.slice(0, first_dead).zero_();
-    lamb->set_momentum_mask(i, mask);
+    opt.set_momentum_mask(i, mask);
     ++masked;
   }
   return masked;
 }
 
 DeadParameters::DeadParameters(TorchOptimizer& opt, const std::vector<std::string>& names, int seq) {
-  if (!dynamic_cast<TorchOnebitAdam*>(&opt)) return;
+  if (!opt.kind().compresses || opt.kind().momentum_mask) return;  // exact zeros stay zero
   const at::Tensor w = opt.flat().params();
   for (size_t i = 0; i < names.size(); ++i) {
     const int64_t first_dead = first_dead_row(names[i], seq);

@@ -30,10 +30,10 @@ std::unique_ptr<TorchOptimizer> make_optimizer(const TrainOptions& o, const std:
 // element's update would be m/eps), so 1-bit LAMB masks their momentum. Returns the masked tensors.
 int set_momentum_masks(TorchOptimizer& opt, const std::vector<std::string>& names, int seq);
 
-// The same dead parameters for 1-bit Adam, whose core has no momentum mask (spec §4 defines it for
-// 1-bit LAMB): without one they drift by about lr*m/eps per step (a key bias reached 28 in 40 steps).
-// The trainer keeps their values from the start and puts them back after every step, the same on
-// every rank. Empty for the other optimizers.
+// The same dead parameters for a compressing optimizer without a momentum mask (1-bit Adam; spec §4
+// defines the mask for 1-bit LAMB): without one they drift by about lr*m/eps per step (a key bias
+// reached 28 in 40 steps). The trainer keeps their values from the start and puts them back after
+// every step, the same on every rank. Empty for the other optimizers.
 class DeadParameters {
  public:
   DeadParameters(TorchOptimizer& opt, const std::vector<std::string>& names, int seq);

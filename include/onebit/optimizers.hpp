@@ -117,6 +117,10 @@ class Optimizer {
   // Per layer, the multiple of lr the last applied step moved it by (LAMB's trust ratio; 1-bit
   // LAMB's c_freeze x factor in compression); empty where the optimizer has none. For reports.
   virtual std::vector<float> layer_trust() const { return {}; }
+  // Spec §4 momentum mask: a 0/1 mask over layer `layer`'s elements, applied after every
+  // compressed exchange; an empty span removes it. An error for an optimizer without it (its
+  // registry entry says momentum_mask = false).
+  virtual void set_momentum_mask(size_t layer, std::span<const float> mask);
   int64_t steps() const { return step_; }
   int64_t skipped() const { return skipped_; }
   const FlatLayout& layout() const { return layout_; }
@@ -188,9 +192,7 @@ class OnebitLamb : public CpuOptimizer {
   int64_t refreshes() const { return refreshes_; }
   const FreezeSchedule& freeze_schedule() const { return freeze_; }
 
-  // Spec §4 momentum mask: a 0/1 mask over layer `layer`'s elements, applied after every
-  // compressed exchange. An empty span removes it.
-  void set_momentum_mask(size_t layer, std::span<const float> mask);
+  void set_momentum_mask(size_t layer, std::span<const float> mask) override;
 
   // Per-layer state, for tests and reports.
   const std::vector<float>& c_freeze() const { return c_freeze_; }

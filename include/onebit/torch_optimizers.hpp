@@ -1,4 +1,4 @@
-// libtorch optimizers over onebit's core (TorchLamb, TorchOnebitLamb, TorchOnebitAdam): used like
+// libtorch optimizers over onebit's core (TorchOptimizer, and TorchLamb, TorchOnebitLamb, TorchOnebitAdam): used like
 // torch::optim optimizers, with the parameters moved into one flat fp32 buffer they become views of,
 // on the CPU or (builds with CUDA) on the parameters' GPU, where the step runs onebit's CUDA cores.
 #pragma once
@@ -11,6 +11,7 @@
 
 #include "onebit/communicator.hpp"
 #include "onebit/flat_layout.hpp"
+#include "onebit/optimizer_registry.hpp"
 #include "onebit/optimizers.hpp"
 
 namespace onebit {
@@ -73,9 +74,16 @@ struct TorchOnebitOptions : torch::optim::OptimizerCloneableOptions<TorchOnebitO
   double lr;
 };
 
-// The shared machinery: one parameter group, one core optimizer, one communicator.
+// A torch::optim optimizer over one of onebit's optimizers (any entry of the registry,
+// onebit/optimizer_registry.hpp): one parameter group, one core optimizer, one communicator.
 class TorchOptimizer : public torch::optim::Optimizer {
  public:
+  // comm: nullptr means world size 1. With the parameters on a GPU, comm may take device memory
+  // (NCCL, c10d over NCCL) or host memory (staged through pinned buffers); on the CPU, host memory.
+  // The core runs where the parameters are: the CPU optimizer, or its CUDA twin.
+  TorchOptimizer(std::vector<at::Tensor> params, const AnyOptions& options,
+                 std::shared_ptr<Communicator> comm = nullptr);
+
   // Gathers the gradients, runs the core step (which does all communication) and writes back.
   // closure, if given, is called first (under grad mode) and its loss returned.
   at::Tensor step(LossClosure closure = nullptr) override;
@@ -83,6 +91,9 @@ class TorchOptimizer : public torch::optim::Optimizer {
   bool last_step_applied() const { return last_applied_; }
   // Hides torch::optim::Optimizer::zero_grad: zeroes the flat gradient, keeping the views.
   void zero_grad(bool set_to_none = false);
+  // Spec §4 momentum mask for parameter `index` (0/1, the parameter's shape); undefined removes it.
+  // An error unless the optimizer has masks (its registry entry's momentum_mask).
+  void set_momentum_mask(size_t index, const at::Tensor& mask);
 
   // The complete state (the core's, this rank's error buffers included, plus the fp32 master
   // weights when some parameters are not views) and its torch serialization.
@@ -93,20 +104,14 @@ class TorchOptimizer : public torch::optim::Optimizer {
   void load(torch::serialize::InputArchive& archive) override;
   std::string load(torch::serialize::InputArchive& archive, OnResize on_resize);
 
+  const OptimizerKind& kind() const { return *kind_; }
   onebit::Optimizer& core() { return *core_; }
   const onebit::Optimizer& core() const { return *core_; }
   TorchFlatParams& flat() { return flat_; }
   Communicator& comm() { return *comm_; }
 
- protected:
-  // comm: nullptr means world size 1. With the parameters on a GPU, comm may take device memory
-  // (NCCL, c10d over NCCL) or host memory (staged through pinned buffers); on the CPU, host memory.
-  TorchOptimizer(std::vector<at::Tensor> params, double lr, std::shared_ptr<Communicator> comm);
-  // The core for the flat buffers' device: Core, or its CUDA twin on device_'s stream.
-  template <class Core, class Options>
-  std::unique_ptr<onebit::Optimizer> make_core(const Options& options);
-  void set_core(std::unique_ptr<onebit::Optimizer> core) { core_ = std::move(core); }
-
+ private:
+  const OptimizerKind* kind_;
   std::shared_ptr<Communicator> comm_;
   TorchFlatParams flat_;
   std::shared_ptr<torch_cuda::DeviceStream> device_;  // the core's stream; null on the CPU
@@ -114,24 +119,25 @@ class TorchOptimizer : public torch::optim::Optimizer {
   bool last_applied_ = true;
 };
 
+// The registry's optimizers by their C++ option types, for callers that name one.
 class TorchLamb : public TorchOptimizer {
  public:
-  TorchLamb(std::vector<at::Tensor> params, LambOptions options = {},
-            std::shared_ptr<Communicator> comm = nullptr);
+  TorchLamb(std::vector<at::Tensor> params, LambOptions options = {}, std::shared_ptr<Communicator> comm = nullptr)
+      : TorchOptimizer(std::move(params), options, std::move(comm)) {}
 };
 
 class TorchOnebitLamb : public TorchOptimizer {
  public:
   TorchOnebitLamb(std::vector<at::Tensor> params, OnebitLambOptions options,
-                  std::shared_ptr<Communicator> comm = nullptr);
-  // Spec §4 momentum mask for parameter `index` (0/1, the parameter's shape); undefined removes it.
-  void set_momentum_mask(size_t index, const at::Tensor& mask);
+                  std::shared_ptr<Communicator> comm = nullptr)
+      : TorchOptimizer(std::move(params), options, std::move(comm)) {}
 };
 
 class TorchOnebitAdam : public TorchOptimizer {
  public:
   TorchOnebitAdam(std::vector<at::Tensor> params, OnebitAdamOptions options,
-                  std::shared_ptr<Communicator> comm = nullptr);
+                  std::shared_ptr<Communicator> comm = nullptr)
+      : TorchOptimizer(std::move(params), options, std::move(comm)) {}
 };
 
 }  // namespace onebit

@@ -125,9 +125,7 @@ class _OnebitOptimizer(torch.optim.Optimizer):
 
     def _core_options(self, group, threads):
         beta1, beta2 = group["betas"]
-        options = {k: group[k] for k in self._options}
-        if options.get("freeze_step") == "auto":
-            options["freeze_step"] = 0  # onebit::kAutoFreeze
+        options = {k: group[k] for k in self._options}  # keys and values as the registry reads them
         options.update(group.get("auto_freeze", {}))
         options.update(lr=float(group["lr"]), beta1=float(beta1), beta2=float(beta2), threads=int(threads))
         return options

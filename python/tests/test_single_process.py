@@ -206,6 +206,30 @@ def test_bad_calls_into_each_library_keep_their_numbers():
         _onebit.Engine("lamb", [torch.zeros(2)], {"bogus": 1}, one)
 
 
+def test_the_classes_send_the_registry_its_options_with_its_defaults():
+    """The Python classes spell out their options for users; the C++ registry reads them. Each class
+    must send only keys its entry has, every key but the optional auto_freeze bounds, and the same
+    defaults (float32 values, "auto" for the automatic ones)."""
+    kinds = {k["name"]: k for k in _onebit.optimizer_kinds()}
+    classes = (onebit.Lamb, onebit.OnebitLamb, onebit.OnebitAdam)
+    assert sorted(kinds) == sorted(cls._kind for cls in classes)
+    for cls in classes:
+        opt = cls(sc.make_params(sc.initial_params()))
+        sent = opt._core_options(opt.param_groups[0], 1)
+        entry = {o["key"]: o["default"] for o in kinds[cls._kind]["options"]}
+        assert set(sent) <= set(entry), (cls._kind, set(sent) - set(entry))
+        assert set(entry) - set(sent) <= {"auto_min_steps", "auto_max_steps", "auto_window", "auto_tolerance"}
+        for key, value in sent.items():
+            default = entry[key]
+            if default == "auto":
+                assert value in ("auto", -1), (cls._kind, key, value)
+            elif isinstance(value, str):
+                assert value == default, (cls._kind, key, value, default)
+            else:
+                assert torch.tensor(float(value)).item() == torch.tensor(float(default)).item(), \
+                    (cls._kind, key, value, default)
+
+
 def test_bad_watch_is_named():
     with pytest.raises(ValueError, match="watch must be False, True or"):
         onebit.Lamb(sc.make_params(sc.initial_params()), watch="rank 0")
