@@ -105,6 +105,11 @@ CLI::App* add_train_command(CLI::App& app, TrainOptions& o) {
   c->add_flag("--reset-errors-on-resize", o.reset_errors_on_resize,
               "with --resume from a run of another --workers: continue with the compression error buffers reset "
               "(not bit for bit; without this flag such a resume is an error)");
+  // Not in --help: a fault-injection hook for the tests (and for trying the skip by hand).
+  c->add_option("--inject-nonfinite", o.inject_nonfinite,
+                "RANK:STEP[,RANK:STEP...]: at each STEP, rank RANK's contribution to the optimizer's exchange is "
+                "made NaN (every rank then skips the step, as for a NaN gradient)")
+      ->group("");
   c->footer(bench::example("onebit train --model tiny --workers 2 --batch 32 --steps 100 --optimizer onebit-lamb --out run1"));
   return c;
 }

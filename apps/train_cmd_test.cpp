@@ -39,6 +39,9 @@ TEST(TrainCommand, ParsesBackEverySettingTheLauncherPasses) {
   const TrainOptions parsed = parsed_back(in);
   EXPECT_EQ(options_json(parsed), options_json(in));
   EXPECT_EQ(parsed.progress, false);
+  EXPECT_EQ(parsed.inject_nonfinite, "");
+  in.inject_nonfinite = "1:2,0:5";  // hidden, outside options_json: checked by itself
+  EXPECT_EQ(parsed_back(in).inject_nonfinite, "1:2,0:5");
   in.freeze_step = 7;  // a given step round-trips too (0 went through as "auto")
   EXPECT_EQ(options_json(parsed_back(in)), options_json(in));
 }

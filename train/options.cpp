@@ -54,6 +54,7 @@ std::vector<std::string> to_args(const TrainOptions& o) {
   if (o.reset_errors_on_resize) a.emplace_back("--reset-errors-on-resize");
   if (!o.progress) a.emplace_back("--no-progress");
   if (o.log_layers) a.emplace_back("--log-layers");
+  if (!o.inject_nonfinite.empty()) add("--inject-nonfinite", o.inject_nonfinite);
   return a;
 }
 
@@ -63,6 +64,7 @@ std::vector<std::string> to_args(const TrainOptions& o) {
 #include <cmath>
 
 #include "onebit/error.hpp"
+#include "onebit/fault_injection.hpp"
 #include "onebit/half_allreduce.hpp"
 #include "onebit/optimizer_registry.hpp"
 #include "train/model.hpp"
@@ -124,6 +126,7 @@ void validate_options(const TrainOptions& o) {
   ONEBIT_CHECK(o.timeout > 0, "onebit train: --timeout must be positive, not " << o.timeout);
   ONEBIT_CHECK(o.threads >= 0, "onebit train: --threads must be >= 0 (0: automatic), not " << o.threads);
   ONEBIT_CHECK(!o.out.empty(), "onebit train: --out must name a directory");
+  if (!o.inject_nonfinite.empty()) parse_fault_plan(o.inject_nonfinite, "onebit train: --inject-nonfinite");
 }
 
 nlohmann::json options_json(const TrainOptions& o) {

@@ -64,6 +64,11 @@ struct TrainOptions {
   bool reset_errors_on_resize = false;  // resume with another number of workers: error buffers restart at 0
   bool progress = true;              // progress bar when stdout is a terminal
   bool log_layers = false;           // layers.jsonl: per step and layer, the trust ratio (and 1-bit LAMB's factor)
+  // --- testing ---
+  // "RANK:STEP[,RANK:STEP...]" (hidden --inject-nonfinite): at each STEP, rank RANK's contribution to
+  // the optimizer's exchange is made NaN by a communicator decorator (onebit/fault_injection.hpp),
+  // so that every rank skips the step as it would for a NaN gradient. Empty: none.
+  std::string inject_nonfinite;
 };
 
 struct CompareOptions {

@@ -6,15 +6,12 @@
 
 #include <chrono>
 #include <cmath>
-#include <cstdio>
-#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <iostream>
-#include <set>
-#include <sstream>
 
 #include "onebit/error.hpp"
+#include "onebit/fault_injection.hpp"
 #include "onebit/torch_c10d.hpp"
 #include "proc/proc.hpp"
 #include "train/checkpoint.hpp"
@@ -68,24 +65,6 @@ void check_resume_matches(const nlohmann::json& meta, const TrainOptions& o, int
   ONEBIT_CHECK(meta.at("corpus_key") == key, "onebit train --resume: the corpus changed since the checkpoint");
 }
 
-// ONEBIT_TRAIN_INJECT_NONFINITE="RANK:STEP[,RANK:STEP...]": this rank's gradient gets a NaN at
-// those steps. A fault-injection hook for the tests (train/tests) and for trying the skip by hand.
-std::set<int64_t> injected_nonfinite_steps(int rank) {
-  std::set<int64_t> steps;
-  const char* spec = std::getenv("ONEBIT_TRAIN_INJECT_NONFINITE");
-  if (!spec) return steps;
-  std::stringstream in(spec);
-  for (std::string item; std::getline(in, item, ',');) {
-    int r = -1;
-    long long s = 0;
-    char extra = 0;
-    ONEBIT_CHECK(std::sscanf(item.c_str(), "%d:%lld%c", &r, &s, &extra) == 2,
-                 "ONEBIT_TRAIN_INJECT_NONFINITE: '" << item << "' is not RANK:STEP");
-    if (r == rank) steps.insert(s);
-  }
-  return steps;
-}
-
 // One line of layers.jsonl: each layer's trust ratio in this step, and 1-bit LAMB's factor
 // before and after its clamps (spec §4 step 8) once it compresses.
 nlohmann::json layer_record(int64_t step, const char* stage, const Optimizer& opt) {
@@ -125,7 +104,9 @@ struct Rank {
   std::optional<DeadParameters> dead;
   std::optional<MlmData> data;
   int local_batch = 1;
-  std::set<int64_t> nonfinite_at;
+  // With --inject-nonfinite (tests), the optimizer's communicator: comm behind a fault-injection
+  // decorator. Null without.
+  std::shared_ptr<FaultyCommunicator> faults;
 };
 
 // Builds `r` in place (the optimizer holds on to its parameters, the data to the corpus). The same
@@ -151,13 +132,19 @@ void set_up(Rank& r, const TrainOptions& o, const std::optional<JobInfo>& job) {
   r.model = BertForMlm(r.cfg);
   r.model->to(r.device);
   for (auto& p : r.model->named_parameters()) r.names.push_back(p.key()), r.params.push_back(p.value());
-  r.opt = make_optimizer(o, r.params, r.comm, r.threads);
+  // Faults are planted in what this rank sends, by a decorator of the communicator the optimizer
+  // talks through (onebit/fault_injection.hpp): the trainer's own collectives (loss, evaluation,
+  // checkpoints, the identity checks) never carry one, and every skip is decided as for a real NaN.
+  std::shared_ptr<Communicator> opt_comm = r.comm;
+  if (!o.inject_nonfinite.empty())
+    opt_comm = r.faults = std::make_shared<FaultyCommunicator>(
+        r.comm, parse_fault_plan(o.inject_nonfinite, "onebit train: --inject-nonfinite"), &std::cerr);
+  r.opt = make_optimizer(o, r.params, opt_comm, r.threads);
   r.masked = set_momentum_masks(*r.opt, r.names, o.seq);
   r.dead.emplace(*r.opt, r.names, o.seq);  // before any resume: the initial values
   check_ranks_identical(*r.opt, *r.comm, "at start");
   r.data.emplace(r.corpus, o.seq, r.cfg.vocab, o.seed);
   r.local_batch = o.batch / r.world;
-  r.nonfinite_at = injected_nonfinite_steps(r.rank);
 }
 
 // Where this process takes the run up, and what the steps carry from one to the next.
@@ -243,15 +230,11 @@ Step train_step(const TrainOptions& o, Rank& r, int64_t step) {
   Batch b = r.data->train_batch(step, o.batch, r.rank, r.world);
   if (o.dropout > 0) torch::manual_seed(mix(o.seed, static_cast<uint64_t>(step), static_cast<uint64_t>(r.rank)));
   const double local_loss = forward_backward(r.model, b, o.micro_batch, r.device);
-  if (r.nonfinite_at.count(step)) {
-    std::cerr << "onebit train: rank " << r.rank << " injects a NaN into its gradient at step " << step
-              << " (ONEBIT_TRAIN_INJECT_NONFINITE)" << std::endl;
-    r.params.front().mutable_grad().view({-1})[0].fill_(std::nanf(""));
-  }
   // With the 1-bit optimizers only the local gradient exists before the exchange, so every
   // optimizer clips this rank's own gradient (the same rule for all, for a fair comparison).
   st.grad_norm = o.clip > 0 ? torch::nn::utils::clip_grad_norm_(r.params, o.clip)
                             : torch::nn::utils::clip_grad_norm_(r.params, INFINITY);
+  if (r.faults) r.faults->begin_step(step);  // the decorator's clock for its plan
   r.opt->step();
   r.dead->restore(*r.opt);
   st.applied = r.opt->last_step_applied();

@@ -217,7 +217,7 @@ void decode_momentum(const Partition& part, ThreadPool& pool, const Momentum& m,
       std::copy(mp.values + p.begin, mp.values + p.end, out + p.begin);
       return;
     }
-    K().decode(p.begin, p.end, {mp.bits, mp.sk, out, false});
+    K().decode(p.begin, p.end, {.bits = mp.bits, .scale = mp.sk, .out = out, .stream = false});
     if (mp.mask)
       for (size_t i = p.begin; i < p.end; ++i) out[i] = out[i] * mp.mask[i - mp.mask_base];
   });
@@ -245,7 +245,9 @@ double server_average(const Partition& part, ThreadPool& pool, const uint8_t* wo
 
 void decode(const Partition& part, ThreadPool& pool, const uint8_t* bits, const float* scales, float* out) {
   const bool stream = part.size() * sizeof(float) > kStreamBytes;
-  for_pieces(part, pool, [&](size_t, const Piece& p) { K().decode(p.begin, p.end, {bits, scales[p.group], out, stream}); });
+  for_pieces(part, pool, [&](size_t, const Piece& p) {
+    K().decode(p.begin, p.end, {.bits = bits, .scale = scales[p.group], .out = out, .stream = stream});
+  });
 }
 
 namespace {
@@ -303,8 +305,17 @@ void onebit_lamb_norms(const Partition& part, ThreadPool& pool, const Momentum& 
                        const OnebitLambSums& out) {
   std::vector<OnebitSums> sums(part.pieces().size());
   for_pieces(part, pool, [&](size_t idx, const Piece& pc) {
-    const OnebitArgs a{momentum_piece(part, m, pc), momentum_piece(part, m_prev, pc), d, v_fresh, w, p.beta1,
-                       1.0f - p.beta1, p.beta2, 1.0f - p.beta2, p.eps, p.weight_decay};
+    const OnebitArgs a{.m = momentum_piece(part, m, pc),
+                       .m_prev = momentum_piece(part, m_prev, pc),
+                       .d = d,
+                       .v_fresh = v_fresh,
+                       .w = w,
+                       .beta1 = p.beta1,
+                       .one_minus_beta1 = 1.0f - p.beta1,
+                       .beta2 = p.beta2,
+                       .one_minus_beta2 = 1.0f - p.beta2,
+                       .eps = p.eps,
+                       .weight_decay = p.weight_decay};
     sums[idx] = K().onebit_norms(pc.begin, pc.end, a);
   });
   const size_t L = part.num_layers();
@@ -324,7 +335,9 @@ void onebit_lamb_norms(const Partition& part, ThreadPool& pool, const Momentum& 
 void frozen_update(const Partition& part, ThreadPool& pool, const Momentum& m, const float* d, float* w,
                    float weight_decay, const float* coef) {
   for_pieces(part, pool, [&](size_t, const Piece& pc) {
-    K().frozen_update(pc.begin, pc.end, {momentum_piece(part, m, pc), d, w, weight_decay, coef[pc.layer]});
+    K().frozen_update(pc.begin, pc.end,
+                      {.m = momentum_piece(part, m, pc), .d = d, .w = w, .weight_decay = weight_decay,
+                       .coef = coef[pc.layer]});
   });
 }
 

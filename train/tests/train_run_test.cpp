@@ -261,12 +261,15 @@ TEST_F(TrainRun, AnotherWorkerCountNeedsResetErrorsOnResize) {
   for (const auto& r : m) EXPECT_TRUE(std::isfinite(r["loss"].get<double>()));
 }
 
-// A NaN injected into one rank's gradient, once in warmup (step 2, rank 1) and once in compression
-// (step 5, rank 0): both steps skipped by every rank, counted in metrics.jsonl and summary.json.
+// A NaN put into one rank's contribution to the optimizer's exchange (--inject-nonfinite, a
+// communicator decorator), once in warmup (step 2, rank 1: the bf16 all-to-all of its gradient) and
+// once in compression (step 5, rank 0: the all-gather of its worker scale): both steps skipped by
+// every rank, counted in metrics.jsonl and summary.json.
 TEST_F(TrainRun, ANonFiniteGradientOnOneRankSkipsTheStepEverywhere) {
   const std::string out = test::tmp_dir("nan") + "/run";
-  Proc p = start(tiny(out, {"--optimizer", "onebit-lamb", "--steps", "6", "--freeze-step", "3", "--eval-every", "3"}),
-                 out + ".log", {"ONEBIT_TRAIN_INJECT_NONFINITE=1:2,0:5"});
+  Proc p = start(tiny(out, {"--optimizer", "onebit-lamb", "--steps", "6", "--freeze-step", "3", "--eval-every", "3",
+                            "--inject-nonfinite", "1:2,0:5"}),
+                 out + ".log");
   ASSERT_EQ(wait_for(p, 120), 0) << slurp(p.log);
   const auto m = metrics(out);
   ASSERT_EQ(m.size(), 6u);
@@ -284,7 +287,18 @@ TEST_F(TrainRun, ANonFiniteGradientOnOneRankSkipsTheStepEverywhere) {
   const std::string ckpt = out + "/checkpoints/step_00000006/optimizer_rank1.pt";
   EXPECT_EQ(read_tensor(ckpt, "onebit_c_skipped").item<int64_t>(), 2);
   EXPECT_EQ(read_tensor(ckpt, "onebit_c_step").item<int64_t>(), 4);
-  EXPECT_NE(slurp(p.log).find("rank 1 injects a NaN into its gradient at step 2"), std::string::npos);
+  const std::string log = slurp(p.log);
+  EXPECT_NE(log.find("rank 1 injects a NaN into its alltoall contribution at step 2"), std::string::npos) << log;
+  EXPECT_NE(log.find("rank 0 injects a NaN into its allgather contribution at step 5"), std::string::npos) << log;
+}
+
+// A bad fault plan is refused before any worker starts, naming the item.
+TEST_F(TrainRun, ABadFaultPlanIsNamed) {
+  const std::string out = test::tmp_dir("bad-plan") + "/run";
+  Proc p = start(tiny(out, {"--steps", "2", "--inject-nonfinite", "1:2,one:5"}), out + ".log");
+  EXPECT_EQ(wait_for(p, 60), 1);
+  const std::string log = slurp(p.log);
+  EXPECT_NE(log.find("--inject-nonfinite: 'one:5' is not RANK:STEP"), std::string::npos) << log;
 }
 
 std::map<int, pid_t> worker_pids(const std::string& out) {
