@@ -23,7 +23,8 @@ CC=clang CXX=clang++ cmake -S . -B build-san -DCMAKE_BUILD_TYPE=RelWithDebInfo \
   -DONEBIT_SANITIZE=address,undefined -DONEBIT_FUZZ=ON \
   -DONEBIT_WITH_TORCH=OFF -DONEBIT_WITH_CUDA=OFF -DONEBIT_WITH_NCCL=OFF >/dev/null
 cmake --build build-san -j"$(nproc)" --target onebit_kernels_test onebit_comm_test onebit_optim_test \
-  onebit_checkpoint_test onebit_freeze_test onebit_checkpoint_fuzz onebit_plan_test onebit_proc_test
+  onebit_checkpoint_test onebit_freeze_test onebit_checkpoint_fuzz onebit_plan_test onebit_proc_test \
+  onebit_registry_test onebit_fault_injection_test
 ctest --test-dir build-san --output-on-failure --timeout 900 -j2 -L core | tee "$LOGS/sanitized.log"
 
 echo "== checkpoint reader fuzzer, ${ONEBIT_FUZZ_SECONDS:-60} s =="
