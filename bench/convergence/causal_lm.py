@@ -36,6 +36,7 @@ import os
 import re
 import sys
 import time
+import types
 
 import numpy as np
 import torch
@@ -193,11 +194,32 @@ def check_identical(model, world, when):
         raise RuntimeError("causal_lm.py: the ranks' parameters differ %s: %s" % (when, digests))
 
 
-def main():
-    t_start = time.perf_counter()
-    args = parse_args()
+class Batches:
+    """This rank's rows of each step's global batch: the training rows in a seed-dependent order per
+    epoch, each rank taking its own disjoint share."""
+
+    def __init__(self, train, args, rank, local_batch):
+        self.train, self.batch, self.seed = train, args.batch, args.seed
+        self.rank, self.local_batch = rank, local_batch
+        self.order = {}  # epoch -> permutation of the training rows (seed-dependent)
+
+    def rows(self, step):
+        first = (step - 1) * self.batch + self.rank * self.local_batch
+        idx = []
+        for g in range(first, first + self.local_batch):
+            epoch, i = divmod(g, self.train.shape[0])
+            if epoch not in self.order:
+                self.order[epoch] = torch.randperm(self.train.shape[0], generator=torch.Generator().manual_seed(
+                    self.seed * 1_000_003 + epoch))
+            idx.append(self.order[epoch][i])
+        return self.train[torch.stack(idx)]
+
+
+def setup(args):
+    """The corpus, the process group, this rank's share of a batch and the held-out rows: the run's
+    state, to which main() adds the model, the optimizer and the batches."""
     train_stream, held_stream, n_train_docs, n_held_docs = load_corpus(args.data)  # before any group work
-    import onebit
+    import onebit  # noqa: F401  (imported before the process group; build_optimizer() uses it)
 
     dist.init_process_group("gloo", timeout=datetime.timedelta(seconds=args.timeout))
     rank, world = dist.get_rank(), dist.get_world_size()
@@ -207,16 +229,22 @@ def main():
     if args.batch % world:
         sys.exit("causal_lm.py: --batch %d is not divisible by the %d ranks" % (args.batch, world))
     local_batch = args.batch // world
-    micro = args.micro_batch or local_batch
 
     train = cut(train_stream, args.seq)
     held_all = cut(held_stream, args.seq)
     n_eval = min(args.eval_samples, held_all.shape[0])
     heldout = held_all[torch.from_numpy(np.linspace(0, held_all.shape[0] - 1, n_eval).round().astype(np.int64))]
+    corpus = {"data": args.data, "train_documents": n_train_docs, "heldout_documents": n_held_docs,
+              "train_sequences": train.shape[0], "heldout_sequences": held_all.shape[0]}
+    return types.SimpleNamespace(rank=rank, world=world, threads=threads, local_batch=local_batch,
+                                 micro=args.micro_batch or local_batch, train=train, heldout=heldout,
+                                 n_eval=n_eval, corpus=corpus, log=None)
 
-    torch.manual_seed(args.seed)  # the same initial model on every rank
-    model = CausalLM(seq=args.seq)
-    n_params = sum(p.numel() for p in model.parameters())
+
+def build_optimizer(args, model, threads):
+    """The optimizer asked for, on the model's two parameter groups, and its lr schedule."""
+    import onebit
+
     kwargs = dict(lr=args.lr, process_group=None, threads=threads, timeout=args.timeout)
     if args.optimizer != "lamb" and args.freeze_step is not None:
         kwargs["freeze_step"] = args.freeze_step
@@ -231,105 +259,127 @@ def main():
     opt = getattr(onebit, OPTIMIZERS[args.optimizer])(param_groups(model, args.weight_decay), **kwargs)
     warmup = int(round(0.1 * args.steps))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: lr_factor(i + 1, warmup, args.steps))
-    check_identical(model, world, "at the start")
+    return opt, sched
 
-    order = {}  # epoch -> permutation of the training rows (seed-dependent)
 
-    def rows_of(step):
-        first = (step - 1) * args.batch + rank * local_batch
-        idx = []
-        for g in range(first, first + local_batch):
-            epoch, i = divmod(g, train.shape[0])
-            if epoch not in order:
-                order[epoch] = torch.randperm(train.shape[0], generator=torch.Generator().manual_seed(
-                    args.seed * 1_000_003 + epoch))
-            idx.append(order[epoch][i])
-        return train[torch.stack(idx)]
+def write(run, record):
+    """One line of metrics.jsonl (rank 0 only)."""
+    if run.log:
+        run.log.write(json.dumps(record) + "\n")
+        run.log.flush()
 
-    log = None
-    if rank == 0:
-        os.makedirs(args.out, exist_ok=True)
-        log = open(os.path.join(args.out, "metrics.jsonl"), "w")
 
-    def write(record):
-        if log:
-            log.write(json.dumps(record) + "\n")
-            log.flush()
+def train_step(args, run, step):
+    """One optimizer step over this rank's share of the global batch; returns the step's record
+    (without the held-out loss) and updates run's totals."""
+    opt = run.opt
+    t0 = time.perf_counter()
+    before = opt.comm.stats()
+    lr = opt.param_groups[0]["lr"]
+    warm = args.optimizer != "lamb" and opt.in_warmup
+    stage = "fp32" if args.optimizer == "lamb" else "warmup" if warm else "compression"
+    batch = run.batches.rows(step)
+    local_loss = 0.0
+    for chunk in batch.split(run.micro):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            logits = run.model(chunk[:, :-1])
+        loss = F.cross_entropy(logits.float().flatten(0, 1), chunk[:, 1:].flatten(), reduction="sum")
+        loss = loss / (run.local_batch * args.seq)  # the gradient of the whole local batch's mean
+        loss.backward()
+        local_loss += loss.item()
+    grad_norm = torch.nn.utils.clip_grad_norm_(run.model.parameters(), 1.0).item()
+    opt.step()
+    run.sched.step()
+    opt.zero_grad()
+    if warm and not opt.in_warmup:
+        run.freeze_step = step  # the last warmup step: compression begins with the next
+    run.skipped += opt.last_step_skipped
+    after = opt.comm.stats()
+    reduced = torch.tensor([local_loss], dtype=torch.float64)
+    dist.all_reduce(reduced)
+    run.train_loss = reduced.item() / run.world
+    sent = after["bytes_sent"] - before["bytes_sent"]
+    run.total_sent += sent
+    wall, comm_s = time.perf_counter() - t0, after["seconds"] - before["seconds"]
+    rec = {"step": step, "samples": step * args.batch, "loss": run.train_loss, "lr": lr, "stage": stage,
+           "bytes_sent": sent, "total_bytes_sent": run.total_sent, "compute_seconds": wall - comm_s,
+           "comm_seconds": comm_s, "grad_norm": grad_norm}
+    if opt.last_step_skipped:
+        rec["skipped"] = True
+    return rec
 
-    heldout_loss = evaluate(model, heldout, rank, world)
-    write({"step": 0, "samples": 0, "heldout_loss": heldout_loss, "total_bytes_sent": 0})
-    opt.comm.reset_stats()  # count training traffic only
-    freeze_step, total_sent, train_loss, skipped = None, 0, float("nan"), 0
-    t_train = time.perf_counter()
+
+def evaluate_step(args, run, step, rec):
+    """Every eval_every steps and at the last: the held-out loss into rec, and a progress line (rank 0)."""
+    if step % args.eval_every == 0 or step == args.steps:
+        run.heldout_loss = rec["heldout_loss"] = evaluate(run.model, run.heldout, run.rank, run.world)
+        if run.rank == 0:
+            print("step %d/%d  loss %.4f  held-out %.4f  %s  sent %.2f MB  %.1f s" % (
+                step, args.steps, run.train_loss, run.heldout_loss, rec["stage"], run.total_sent / 1e6,
+                time.perf_counter() - run.t_train), flush=True)
+
+
+def train(args, run):
+    """The held-out loss at step 0, then every step, each a record of metrics.jsonl; returns the
+    seconds of training."""
+    run.heldout_loss = evaluate(run.model, run.heldout, run.rank, run.world)
+    write(run, {"step": 0, "samples": 0, "heldout_loss": run.heldout_loss, "total_bytes_sent": 0})
+    run.opt.comm.reset_stats()  # count training traffic only
+    run.freeze_step, run.total_sent, run.train_loss, run.skipped = None, 0, float("nan"), 0
+    run.t_train = time.perf_counter()
     for step in range(1, args.steps + 1):
-        t0 = time.perf_counter()
-        before = opt.comm.stats()
-        lr = opt.param_groups[0]["lr"]
-        warm = args.optimizer != "lamb" and opt.in_warmup
-        stage = "fp32" if args.optimizer == "lamb" else "warmup" if warm else "compression"
-        batch = rows_of(step)
-        local_loss = 0.0
-        for chunk in batch.split(micro):
-            with torch.autocast("cpu", dtype=torch.bfloat16):
-                logits = model(chunk[:, :-1])
-            loss = F.cross_entropy(logits.float().flatten(0, 1), chunk[:, 1:].flatten(), reduction="sum")
-            loss = loss / (local_batch * args.seq)  # the gradient of the whole local batch's mean
-            loss.backward()
-            local_loss += loss.item()
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0).item()
-        opt.step()
-        sched.step()
-        opt.zero_grad()
-        if warm and not opt.in_warmup:
-            freeze_step = step  # the last warmup step: compression begins with the next
-        skipped += opt.last_step_skipped
-        after = opt.comm.stats()
-        reduced = torch.tensor([local_loss], dtype=torch.float64)
-        dist.all_reduce(reduced)
-        train_loss = reduced.item() / world
-        sent = after["bytes_sent"] - before["bytes_sent"]
-        total_sent += sent
-        wall, comm_s = time.perf_counter() - t0, after["seconds"] - before["seconds"]
-        rec = {"step": step, "samples": step * args.batch, "loss": train_loss, "lr": lr, "stage": stage,
-               "bytes_sent": sent, "total_bytes_sent": total_sent, "compute_seconds": wall - comm_s,
-               "comm_seconds": comm_s, "grad_norm": grad_norm}
-        if opt.last_step_skipped:
-            rec["skipped"] = True
-        if step % args.eval_every == 0 or step == args.steps:
-            heldout_loss = rec["heldout_loss"] = evaluate(model, heldout, rank, world)
-            if rank == 0:
-                print("step %d/%d  loss %.4f  held-out %.4f  %s  sent %.2f MB  %.1f s" % (
-                    step, args.steps, train_loss, heldout_loss, stage, total_sent / 1e6,
-                    time.perf_counter() - t_train), flush=True)
-        write(rec)
-    train_seconds = time.perf_counter() - t_train
-    check_identical(model, world, "at the end")
-    if rank == 0:
-        log.close()
-        summary = {
-            "optimizer": args.optimizer, "steps": args.steps, "samples": args.steps * args.batch,
-            "batch": args.batch, "world_size": world, "backend": "gloo", "threads_per_rank": threads,
-            "final_heldout_loss": heldout_loss, "final_train_loss": train_loss, "bytes_sent": total_sent,
-            "freeze_step": freeze_step if args.optimizer != "lamb" else None, "skipped_steps": skipped,
-            "parameters": n_params, "heldout_sequences_evaluated": n_eval,
-            "samples_per_second": args.steps * args.batch / train_seconds, "train_seconds": train_seconds,
-            "wall_seconds": time.perf_counter() - t_start, "ranks_identical": True,
-            "model": {"hidden": 96, "layers": 2, "heads": 4, "intermediate": 384, "vocab": 256,
-                      "tied_head": False, "framework": "torch %s" % torch.__version__},
-            "corpus": {"data": args.data, "train_documents": n_train_docs, "heldout_documents": n_held_docs,
-                       "train_sequences": train.shape[0], "heldout_sequences": held_all.shape[0]},
-            "options": vars(args)}
-        with open(os.path.join(args.out, "summary.json"), "w") as f:
-            json.dump(summary, f, indent=2)
-            f.write("\n")
-        print("causal_lm.py: %s, %d steps x %d sequences on %d ranks: held-out loss %.4f, sent %.2f MB per rank, "
-              "%.1f s -> %s" % (args.optimizer, args.steps, args.batch, world, heldout_loss, total_sent / 1e6,
-                                summary["wall_seconds"], args.out), flush=True)
+        rec = train_step(args, run, step)
+        evaluate_step(args, run, step, rec)
+        write(run, rec)
+    return time.perf_counter() - run.t_train
+
+
+def write_summary(args, run, train_seconds, t_start):
+    """summary.json (rank 0), in the format of `onebit train`, and the closing line."""
+    n_params = sum(p.numel() for p in run.model.parameters())
+    summary = {
+        "optimizer": args.optimizer, "steps": args.steps, "samples": args.steps * args.batch,
+        "batch": args.batch, "world_size": run.world, "backend": "gloo", "threads_per_rank": run.threads,
+        "final_heldout_loss": run.heldout_loss, "final_train_loss": run.train_loss, "bytes_sent": run.total_sent,
+        "freeze_step": run.freeze_step if args.optimizer != "lamb" else None, "skipped_steps": run.skipped,
+        "parameters": n_params, "heldout_sequences_evaluated": run.n_eval,
+        "samples_per_second": args.steps * args.batch / train_seconds, "train_seconds": train_seconds,
+        "wall_seconds": time.perf_counter() - t_start, "ranks_identical": True,
+        "model": {"hidden": 96, "layers": 2, "heads": 4, "intermediate": 384, "vocab": 256,
+                  "tied_head": False, "framework": "torch %s" % torch.__version__},
+        "corpus": run.corpus,
+        "options": vars(args)}
+    with open(os.path.join(args.out, "summary.json"), "w") as f:
+        json.dump(summary, f, indent=2)
+        f.write("\n")
+    print("causal_lm.py: %s, %d steps x %d sequences on %d ranks: held-out loss %.4f, sent %.2f MB per rank, "
+          "%.1f s -> %s" % (args.optimizer, args.steps, args.batch, run.world, run.heldout_loss,
+                            run.total_sent / 1e6, summary["wall_seconds"], args.out), flush=True)
+
+
+def main():
+    t_start = time.perf_counter()
+    args = parse_args()
+    run = setup(args)
+    torch.manual_seed(args.seed)  # the same initial model on every rank
+    run.model = CausalLM(seq=args.seq)
+    run.opt, run.sched = build_optimizer(args, run.model, run.threads)
+    check_identical(run.model, run.world, "at the start")
+    run.batches = Batches(run.train, args, run.rank, run.local_batch)
+    if run.rank == 0:
+        os.makedirs(args.out, exist_ok=True)
+        run.log = open(os.path.join(args.out, "metrics.jsonl"), "w")
+
+    train_seconds = train(args, run)
+    check_identical(run.model, run.world, "at the end")
+    if run.rank == 0:
+        run.log.close()
+        write_summary(args, run, train_seconds, t_start)
     dist.barrier()
     # Free the optimizer (its communicator) while torch still holds the process group: a onebit
     # Communicator dropping the group's last reference joins Gloo's worker threads with the GIL
     # held, and deadlocks if a worker is still freeing a tensor (seen here at exit).
-    del sched, opt
+    del run.sched, run.opt
     gc.collect()
     dist.destroy_process_group()
 
