@@ -9,7 +9,7 @@
 namespace onebit::plan {
 
 // The share of steps spent in warmup when the user gives none: the paper's BERT-Large setting
-// that yields its 4.6x whole-run volume reduction (the spec's rule of thumb is 15-25%).
+// that yields its 4.6x whole-run volume reduction (the paper's rule of thumb is 15-25%).
 constexpr double kDefaultFreezeFraction = 0.165;
 
 // Measured constants of one machine + network + engine. Uncalibrated defaults are documented.

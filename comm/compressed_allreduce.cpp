@@ -1,4 +1,4 @@
-// The compressed allreduce of spec §2: worker compression, all-to-all, server average, all-gather.
+// The compressed allreduce of docs/algorithm.md §2: worker compression, all-to-all, server average, all-gather.
 // Each scale travels with its sign bits where it can (the server's always, a worker's in run()'s
 // pipeline and, with scale groups, always): a separate 4-byte collective costs a round of messages
 // and a wait for every rank.
@@ -184,7 +184,7 @@ void CompressedAllreduce::decode(std::span<float> out) {
 }
 
 // The all-to-all of words [w0, w1) of every chunk's sign bits through staging buffers, each chunk's
-// followed by this rank's scales for it when `scales` is given (spec §2: the one worker scale;
+// followed by this rank's scales for it when `scales` is given (docs/algorithm.md §2: the one worker scale;
 // grouped: the chunk's group scales and this rank's finiteness flag), which fill worker_scales_ and
 // flags_ on arrival.
 void CompressedAllreduce::alltoall_words(size_t w0, size_t w1, const std::vector<float>* scales) {

@@ -206,7 +206,7 @@ TEST(CompressedAllreduce, ScaleGroupsCostFourBytesPerGroupAndPhase) {
   });
 }
 
-// Layers of very different size share one worker scale in spec §2; groups give each its own, so the
+// Layers of very different size share one worker scale in docs/algorithm.md §2; groups give each its own, so the
 // small layer's values are not rounded up to the large one's magnitude.
 TEST(CompressedAllreduce, ScaleGroupsFollowLocalMagnitudes) {
   const int P = 2;

@@ -1,4 +1,4 @@
-// What every optimizer shares (sizes, the warmup exchange, LAMB trust ratios, state), and Lamb (spec §3).
+// What every optimizer shares (sizes, the warmup exchange, LAMB trust ratios, state), and Lamb (docs/algorithm.md §3).
 #include <algorithm>
 #include <cmath>
 #include <sstream>
@@ -26,7 +26,7 @@ void Optimizer::check_sizes(std::span<float> params, std::span<float> grads) con
 }
 
 void Optimizer::set_momentum_mask(size_t /*layer*/, std::span<const float> /*mask*/) {
-  throw Error(name() + ": momentum masks are a 1-bit LAMB option (spec §4)");
+  throw Error(name() + ": momentum masks are a 1-bit LAMB option (docs/algorithm.md §4)");
 }
 
 void CpuOptimizer::average_gradients(std::span<float> grads) {

@@ -228,9 +228,14 @@ AnyOptions OptimizerKind::parse(const OptionValues& values) const {
 
 std::span<const OptimizerKind> optimizer_kinds() { return kKinds; }
 
-const OptimizerKind& optimizer_kind(std::string_view name) {
+const OptimizerKind* find_optimizer_kind(std::string_view name) {
   for (const auto& k : kKinds)
-    if (name == k.name) return k;
+    if (name == k.name) return &k;
+  return nullptr;
+}
+
+const OptimizerKind& optimizer_kind(std::string_view name) {
+  if (const OptimizerKind* k = find_optimizer_kind(name)) return *k;
   throw Error("onebit: no optimizer named '" + std::string(name) + "' (there are " + optimizer_names() + ")");
 }
 

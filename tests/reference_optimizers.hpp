@@ -1,4 +1,4 @@
-// Float64 1-bit LAMB and 1-bit Adam written straight from the spec (§2-§5), all ranks simulated in
+// Float64 1-bit LAMB and 1-bit Adam written straight from docs/algorithm.md (§2-§5), all ranks simulated in
 // one object: the yardstick for the fp32 optimizers' trajectories.
 #pragma once
 #include <algorithm>

@@ -1,4 +1,4 @@
-// A straightforward simulation of the compressed allreduce (spec §2) over all ranks at once, with
+// A straightforward simulation of the compressed allreduce (docs/algorithm.md §2) over all ranks at once, with
 // explicit error buffers and plain loops: the yardstick the real implementation is tested against.
 #pragma once
 #include <cmath>
@@ -21,7 +21,7 @@ inline float sgn(float x) { return x >= 0.0f ? 1.0f : -1.0f; }
 
 class SimulatedAllreduce {
  public:
-  // group: 0 for spec §2's scales; otherwise a scale per group of that many elements of each chunk
+  // group: 0 for docs/algorithm.md §2's scales; otherwise a scale per group of that many elements of each chunk
   // (docs/algorithm.md §12), for worker and server alike.
   SimulatedAllreduce(int world, size_t n, size_t group = 0) : P(world), n(n), group(group) {
     const size_t unit = 64 * static_cast<size_t>(P);

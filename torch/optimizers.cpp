@@ -184,7 +184,8 @@ std::string TorchOptimizer::load(torch::serialize::InputArchive& archive, OnResi
 
 void TorchOptimizer::set_momentum_mask(size_t index, const at::Tensor& mask) {
   const std::string who = std::string(kind_->name) + " set_momentum_mask";
-  ONEBIT_CHECK(kind_->momentum_mask, who << ": momentum masks are a 1-bit LAMB option (spec §4)");
+  ONEBIT_CHECK(kind_->momentum_mask,
+               who << ": momentum masks are a 1-bit LAMB option (onebit-lamb, OnebitLamb; docs/algorithm.md §4)");
   ONEBIT_CHECK(index < flat_.tensors().size(),
                who << ": no parameter " << index << " (there are " << flat_.tensors().size() << ")");
   at::Tensor m;  // undefined: no mask

@@ -1,7 +1,7 @@
 // A BERT encoder with the masked-LM head (token, position and token-type embeddings, post-LN
 // transformer layers, decoder tied to the token embedding), in libtorch, with the size presets.
 // Query, key and value are separate tensors as in BERT: 1-bit LAMB scales each tensor's momentum
-// once (spec §4 step 1), and a fused q/k/v tensor would mix magnitudes that differ by orders.
+// once (docs/algorithm.md §4 step 1), and a fused q/k/v tensor would mix magnitudes that differ by orders.
 #pragma once
 #include <torch/torch.h>
 

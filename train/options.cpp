@@ -94,7 +94,8 @@ void validate_options(const TrainOptions& o) {
       if (v == s) return true;
     return false;
   };
-  (void)optimizer_kind(o.optimizer);  // an error naming the registered optimizers
+  ONEBIT_CHECK(find_optimizer_kind(o.optimizer),
+               "onebit train: --optimizer must be one of " << optimizer_names() << ", not '" << o.optimizer << "'");
   ONEBIT_CHECK(one_of(o.backend, {"gloo", "mpi", "nccl"}), "onebit train: --backend must be gloo, mpi or nccl, not '" << o.backend << "'");
   ONEBIT_CHECK(one_of(o.device, {"cpu", "cuda"}), "onebit train: --device must be cpu or cuda, not '" << o.device << "'");
   ONEBIT_CHECK(!(o.backend == "nccl" && o.device != "cuda"), "onebit train: --backend nccl needs --device cuda");

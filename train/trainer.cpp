@@ -17,7 +17,9 @@
 #include "train/checkpoint.hpp"
 #include "train/metrics.hpp"
 #include "train/random.hpp"
-#include "train/trainer_parts.hpp"
+#include "train/optimizer_setup.hpp"
+#include "train/passes.hpp"
+#include "train/sharing.hpp"
 
 namespace fs = std::filesystem;
 
@@ -66,7 +68,7 @@ void check_resume_matches(const nlohmann::json& meta, const TrainOptions& o, int
 }
 
 // One line of layers.jsonl: each layer's trust ratio in this step, and 1-bit LAMB's factor
-// before and after its clamps (spec §4 step 8) once it compresses.
+// before and after its clamps (docs/algorithm.md §4 step 8) once it compresses.
 nlohmann::json layer_record(int64_t step, const char* stage, const Optimizer& opt) {
   nlohmann::json r{{"step", step}, {"stage", stage}, {"trust", opt.layer_trust()}};
   const auto* l = dynamic_cast<const OnebitLamb*>(&opt);

@@ -1,4 +1,4 @@
-// CompressedAllreduce: the error-compensated 1-bit average of one fp32 buffer over all ranks (spec §2).
+// CompressedAllreduce: the error-compensated 1-bit average of one fp32 buffer over all ranks (docs/algorithm.md §2).
 #pragma once
 #include <cstddef>
 #include <cstdint>
@@ -19,7 +19,7 @@ class CompressedAllreduce {
  public:
   // layer_bounds: optional FlatLayout::boundaries() of the buffer, needed only by the fused
   // optimizer kernels (compress_momentum's per-layer k, and the decode they do themselves).
-  // scale_group: 0 for spec §2's scales (one per worker, one per server chunk); otherwise a scale
+  // scale_group: 0 for docs/algorithm.md §2's scales (one per worker, one per server chunk); otherwise a scale
   // per group of that many elements of each chunk, for worker and server alike (docs/algorithm.md
   // §12). A positive multiple of 64.
   CompressedAllreduce(Communicator& comm, ThreadPool& pool, size_t n,
@@ -54,7 +54,7 @@ class CompressedAllreduce {
   const float* previous_scales() const { return server_scales_[1 - result_cur_].data(); }
   void decode(std::span<float> out);
 
-  // Error state as plain errors (spec §1), for checkpoints and tests: worker error over n
+  // Error state as plain errors (docs/algorithm.md §1), for checkpoints and tests: worker error over n
   // elements, server error over this rank's chunk (its real elements only).
   std::vector<float> worker_error() const;
   std::vector<float> server_error() const;

@@ -1,4 +1,4 @@
-// When the 1-bit optimizers stop the uncompressed warmup: at a given step (spec §4), or with
+// When the 1-bit optimizers stop the uncompressed warmup: at a given step (docs/algorithm.md §4), or with
 // freeze_step = kAutoFreeze once the second moment has stabilised (docs/algorithm.md, "Choosing the
 // freeze step"). The automatic decision is a pure function of v, which every rank holds bit for bit
 // in warmup, so every rank decides the same step without a message; it is saved state.

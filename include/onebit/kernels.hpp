@@ -1,7 +1,7 @@
-// CPU kernels: the fused passes of the compressed allreduce and of the optimizers (spec §1-§5).
+// CPU kernels: the fused passes of the compressed allreduce and of the optimizers (docs/algorithm.md §1-§5).
 //
 // Every kernel works on a flat fp32 buffer cut by a Partition. Element-wise math is pinned to the
-// spec's order of fp32 operations (no contraction into FMA), so every instruction set gives the same
+// docs/algorithm.md's order of fp32 operations (no contraction into FMA), so every instruction set gives the same
 // bits. Sums are accumulated in double in a pinned order (16 lanes by element index, then lane by
 // lane, then piece by piece), so they too are bitwise the same for every thread count and ISA: ranks
 // on different machines stay identical.
@@ -33,7 +33,7 @@ struct Piece {
 // of sign bits never straddles two threads and the sum order does not depend on the thread count),
 // split further at every layer start, every chunk start and every scale group start into pieces.
 //
-// Scale groups: with group_len = 0 a chunk has one scale, so group == chunk (spec §2). Otherwise each
+// Scale groups: with group_len = 0 a chunk has one scale, so group == chunk (docs/algorithm.md §2). Otherwise each
 // chunk is cut into groups of group_len elements from its start (the last one shorter), numbered
 // chunk * groups_per_chunk() + the group's place in the chunk.
 class Partition {
@@ -62,11 +62,11 @@ class Partition {
   std::vector<size_t> layer_start_;
 };
 
-// --- compression (spec §1, §2) ---------------------------------------------------------------
+// --- compression (docs/algorithm.md §1, §2) ---------------------------------------------------------------
 // Error state is kept as the compensated value c of the previous call and its scales: the error
 // e = c - s*sign(c) is derived when needed, never stored. That saves a whole pass over the buffer.
 //
-// Scales: a span of one scale covers the whole buffer (the worker's one scale of spec §2); a longer
+// Scales: a span of one scale covers the whole buffer (the worker's one scale of docs/algorithm.md §2); a longer
 // span holds one scale per scale group of the partition, indexed by Piece::group.
 //
 // The compressions below return the sum of squares of their output over the whole buffer, and when
@@ -132,7 +132,7 @@ void materialize_error(const Partition& part, std::span<const float> c, std::spa
 // scale(x) of §1 from a sum of squares: sqrt(sum_sq / n) rounded to fp32 (0 when n == 0).
 float scale_from_sum(double sum_sq, size_t n);
 
-// --- optimizers (spec §3-§5) -----------------------------------------------------------------
+// --- optimizers (docs/algorithm.md §3-§5) -----------------------------------------------------------------
 struct MomentParams {
   float beta1 = 0.9f, beta2 = 0.999f, eps = 1e-8f, weight_decay = 0.0f;
 };

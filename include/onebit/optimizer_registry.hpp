@@ -35,7 +35,7 @@ struct OptimizerKind {
   // What it can do.
   bool compresses;     // a warmup, then a 1-bit compressed momentum exchange
   bool trust_ratio;    // LAMB's layer-wise trust ratio scales its steps (so it takes LAMB's lr)
-  bool momentum_mask;  // Optimizer::set_momentum_mask (spec §4's mask of entries without gradient)
+  bool momentum_mask;  // Optimizer::set_momentum_mask (docs/algorithm.md §4's mask of entries without gradient)
   AnyOptions defaults;
 
   std::vector<OptionInfo> options() const;
@@ -49,6 +49,8 @@ struct OptimizerKind {
 std::span<const OptimizerKind> optimizer_kinds();
 // The entry named `name`; an error listing the names otherwise.
 const OptimizerKind& optimizer_kind(std::string_view name);
+// The entry named `name`, or null.
+const OptimizerKind* find_optimizer_kind(std::string_view name);
 // The entry whose options `o` holds.
 const OptimizerKind& optimizer_kind(const AnyOptions& o);
 // "lamb, onebit-lamb, onebit-adam" (for messages and --help).

@@ -1,4 +1,4 @@
-// Lamb, OnebitLamb and OnebitAdam over a FlatLayout (spec §3-§5). They own all communication:
+// Lamb, OnebitLamb and OnebitAdam over a FlatLayout (docs/algorithm.md §3-§5). They own all communication:
 // hand them this rank's local gradient and they average it (warmup) or compress the momentum.
 #pragma once
 #include <cstdint>
@@ -39,14 +39,14 @@ inline constexpr int64_t kAutoRefreshInterval = 16;
 inline constexpr int64_t kAutoScaleGroup = 2048;
 
 struct OnebitLambOptions : LambOptions {
-  int64_t freeze_step = kAutoFreeze;  // >= 1: steps 1..freeze_step are LAMB warmup (spec §4); or kAutoFreeze
+  int64_t freeze_step = kAutoFreeze;  // >= 1: steps 1..freeze_step are LAMB warmup (docs/algorithm.md §4); or kAutoFreeze
   AutoFreezeOptions auto_freeze{};  // used only with freeze_step = kAutoFreeze
   float coeff_beta = 0.9f;         // decay of the frozen trust-ratio average c_freeze
   float factor_max = 4.0f;         // upper clip of the variance-change factor
   float factor_min = 0.5f;         // lower clip of the variance-change factor
   float factor_threshold = 0.1f;   // the factor moves at most this fraction per step
   // Past the paper (docs/algorithm.md §10). kWithAutoFreeze: on with freeze_step = kAutoFreeze, off
-  // with a given freeze step, so a given step with default options is spec §4 exactly.
+  // with a given freeze step, so a given step with default options is docs/algorithm.md §4 exactly.
   // An uncompressed refresh refresh_interval steps after the freeze, then after intervals that
   // double (R, 3R, 7R, ... steps after it; 0: none): every rank's error-compensated momentum is
   // averaged in the warmup exchange's precision (fp32 unless warmup_exchange says otherwise), so
@@ -55,9 +55,9 @@ struct OnebitLambOptions : LambOptions {
   // kWithAutoFreeze means kAutoRefreshInterval.
   int64_t refresh_interval = kWithAutoFreeze;
   // 1: k follows each layer's gradient RMS every compression step (one fp32 all-reduce of a value
-  // per layer); 0: k is set once, at the first compression step (spec §4 step 1).
+  // per layer); 0: k is set once, at the first compression step (docs/algorithm.md §4 step 1).
   int track_scales = kWithAutoFreeze;
-  // Elements per compression scale (docs/algorithm.md §12): 0 is spec §2 (one scale per worker, one
+  // Elements per compression scale (docs/algorithm.md §12): 0 is docs/algorithm.md §2 (one scale per worker, one
   // per server chunk); a positive multiple of 64 gives every group of that many elements of each
   // chunk its own worker and server scale, for 4 bytes per group more on the wire.
   // kWithAutoFreeze means kAutoScaleGroup.
@@ -74,7 +74,7 @@ struct OnebitAdamOptions {
   AutoFreezeOptions auto_freeze{};  // used only with freeze_step = kAutoFreeze
   int threads = 1;             // CPU threads for the kernels on this rank
   WirePrecision warmup_exchange = WirePrecision::kFp32;  // the warmup's gradient exchange
-  int64_t scale_group = 0;     // elements per compression scale, as OnebitLambOptions::scale_group (0: spec §2)
+  int64_t scale_group = 0;     // elements per compression scale, as OnebitLambOptions::scale_group (0: docs/algorithm.md §2)
 };
 
 // Everything an optimizer needs to continue bit for bit, this rank's error buffers included.
@@ -198,7 +198,7 @@ class OnebitLamb : public CpuOptimizer {
   const std::vector<float>& c_freeze() const { return c_freeze_; }
   const std::vector<float>& last_factor() const { return last_factor_; }
   const std::vector<float>& k() const { return k_; }
-  // Per layer, the factor of the last compression step before its clamps (spec §4 step 8).
+  // Per layer, the factor of the last compression step before its clamps (docs/algorithm.md §4 step 8).
   const std::vector<float>& raw_factor() const { return max_ratio_; }
   std::vector<float> layer_trust() const override;
 

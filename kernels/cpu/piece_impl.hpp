@@ -1,7 +1,7 @@
 // The kernel bodies, written once over a 16-wide group type G and compiled once per instruction set
 // (the includer defines ONEBIT_ISA_NS and includes its simd_*.hpp first). Each kernel handles the
 // unaligned head and tail of a piece element by element and the aligned middle 16 at a time, with
-// the same fp32 operations in the same order in both paths: the spec's formulas, written out.
+// the same fp32 operations in the same order in both paths: docs/algorithm.md's formulas, written out.
 #pragma once
 #include <cmath>
 #include <cstring>

@@ -8,7 +8,7 @@
 namespace onebit::kernels {
 
 // The momentum over one piece: m[i] = values[i], or when values is null
-// m[i] = pm(bit i, sk) (* mask[i - mask_base]) with sk = chunk scale / k (spec §4 step 5).
+// m[i] = pm(bit i, sk) (* mask[i - mask_base]) with sk = chunk scale / k (docs/algorithm.md §4 step 5).
 struct MomentumPiece {
   const float* values;
   const uint8_t* bits;

@@ -1,5 +1,5 @@
-// The scalar reference of reference.hpp: each formula of the spec as one plain loop, nothing fused,
-// nothing vectorized by hand, so that a reader can check it against the spec line by line.
+// The scalar reference of reference.hpp: each formula of docs/algorithm.md as one plain loop, nothing fused,
+// nothing vectorized by hand, so that a reader can check it against docs/algorithm.md line by line.
 #include "reference.hpp"
 
 #include <cmath>

@@ -1,4 +1,4 @@
-// Plain scalar reference for the CPU kernels, written straight from spec §1-§5: explicit error
+// Plain scalar reference for the CPU kernels, written straight from docs/algorithm.md §1-§5: explicit error
 // buffers, one sequential loop per formula, sums in double in index order. Tests compare against it.
 #pragma once
 #include <cstddef>
@@ -49,7 +49,7 @@ void lamb_norms(size_t n, std::span<const size_t> bounds, const float* g, const 
 void lamb_update(size_t n, std::span<const size_t> bounds, const float* g, float* m, float* v,
                  float* w, const MomentParams& p, const float* coef);
 
-// §4 step 5: m = (chunk_scale*sign)/k[layer] (*mask), in the spec's order (k == nullptr: k = 1).
+// §4 step 5: m = (chunk_scale*sign)/k[layer] (*mask), in docs/algorithm.md's order (k == nullptr: k = 1).
 void decode_momentum(size_t n, std::span<const size_t> bounds, size_t chunk_len, const uint8_t* bits,
                      const float* chunk_scales, const float* k, const float* const* masks, float* m);
 

@@ -347,7 +347,7 @@ def _auto_freeze(auto_freeze):
 
 
 class Lamb(_OnebitOptimizer):
-    """LAMB (spec §3) with the gradient averaged over the process group, no bias correction."""
+    """LAMB (docs/algorithm.md §3) with the gradient averaged over the process group, no bias correction."""
 
     _kind = "lamb"
     _options = ("eps", "weight_decay", "max_coeff", "min_coeff", "warmup_exchange")

@@ -12,7 +12,8 @@
 #include "train/model.hpp"
 #include "train/options.hpp"
 #include "train/trainer.hpp"
-#include "train/trainer_parts.hpp"
+#include "train/optimizer_setup.hpp"
+#include "train/passes.hpp"
 #include "test_corpus.hpp"
 
 namespace onebit::train {

@@ -3,7 +3,7 @@
 #include <omp.h>
 #include <thread>
 #include <vector>
-#include "train/trainer_parts.hpp"
+#include "train/passes.hpp"
 #if defined(__SSE__)
 #include <xmmintrin.h>
 #endif
