@@ -4,7 +4,7 @@
 
 #include "cuda_check.hpp"
 #include "device_collectives.hpp"
-#include "onebit/cuda_optimizers.hpp"
+#include "onebit/cuda_compressed_allreduce.hpp"
 
 namespace onebit::cuda {
 
