@@ -19,6 +19,7 @@ typedef struct CUevent_st* cudaEvent_t;
 namespace onebit::cuda {
 
 class DeviceCollectives;  // comm/cuda/device_collectives.hpp
+struct LambCoefArgs;      // kernels/cuda/launchers.hpp
 
 // The Optimizer interface on device buffers: step(params, grads) takes spans over device memory,
 // waits for the step and says whether it was applied. step_async() only enqueues; the outcome is

@@ -2,6 +2,7 @@
 // step for step, with the per-layer scalar math on the device.
 #include "cuda_check.hpp"
 #include "device_collectives.hpp"
+#include "launchers.hpp"
 #include "onebit/cuda_optimizers.hpp"
 #include "options.hpp"
 

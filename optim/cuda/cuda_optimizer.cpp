@@ -4,6 +4,7 @@
 
 #include "cuda_check.hpp"
 #include "device_collectives.hpp"
+#include "launchers.hpp"
 #include "onebit/cuda_optimizers.hpp"
 #include "options.hpp"
 
