@@ -48,7 +48,9 @@ class CudaCompressedAllreduce {
   const float* chunk_scales() const { return server_scales_.data(); }
 
   // Error state as plain errors on the host (spec §1), as CompressedAllreduce. Synchronous.
-  std::vector<float> worker_error() const;
+  // uncommitted: the worker error that the last compress*() left and commit(true) would make
+  // current, for a reader that knows the step was applied but has not committed it.
+  std::vector<float> worker_error(bool uncommitted = false) const;
   std::vector<float> server_error() const;
   void set_errors(std::span<const float> worker, std::span<const float> server);
 

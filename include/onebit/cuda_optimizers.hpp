@@ -23,8 +23,10 @@ struct LambCoefArgs;      // kernels/cuda/launchers.hpp
 
 // The Optimizer interface on device buffers: step(params, grads) takes spans over device memory,
 // waits for the step and says whether it was applied. step_async() only enqueues; the outcome is
-// folded in by the next call that needs it (sync(), step_async(), state(), ...), so a training loop
-// that does not look at the result never waits for the GPU.
+// folded in (steps(), skipped(), the error feedback's buffers) by the next call that changes the
+// optimizer (sync(), step_async(), load_state(), ...), so a training loop that does not look at the
+// result never waits for the GPU. state(), const in the Optimizer interface, waits for a step in
+// flight and reports the state after it, but leaves folding it in to the next sync().
 class CudaOptimizer : public Optimizer {
  public:
   CudaOptimizer(const FlatLayout& layout, Communicator& comm, Stream stream);
@@ -43,6 +45,17 @@ class CudaOptimizer : public Optimizer {
   // Host bookkeeping once a step is known to be applied (called before step_ advances).
   virtual void applied() {}
 
+  // A step as a const reader sees it. in_flight: enqueued and not yet folded in by sync(); applied:
+  // whether that step (or, with none in flight, the last one) was applied.
+  struct Outcome {
+    bool in_flight = false;
+    bool applied = true;
+  };
+  // Waits for the step in flight, if any, and says how it went, changing nothing: sync() folds it
+  // in, and state() (const) reports it.
+  Outcome outcome() const;
+  // save_common(s), counting a step in flight as applied or skipped, as sync() will count it.
+  void save_counters(OptimizerState& s, const Outcome& o) const;
 
   // The cross-rank check of optim/options.hpp: settings are (name, value) pairs.
   void check_agreement(const std::vector<std::pair<const char*, double>>& settings);
