@@ -25,7 +25,10 @@ set(_onebit_install_targets onebit_library onebit_kernels onebit_comm onebit_opt
 set_target_properties(onebit_kernels PROPERTIES EXPORT_NAME kernels)
 set_target_properties(onebit_comm PROPERTIES EXPORT_NAME comm)
 set_target_properties(onebit_optim PROPERTIES EXPORT_NAME optim)
-foreach(_t onebit_cuda_kernels onebit_nccl onebit_cuda)
+# onebit::cuda is an INTERFACE target over cuda_kernels, cuda_comm (with nccl) and cuda_optim. The
+# private INTERFACE targets (onebit_cuda_private, onebit_cuda_comm_private, onebit_optim_private) are
+# linked as $<BUILD_INTERFACE:...> and not installed.
+foreach(_t onebit_cuda_kernels onebit_nccl onebit_cuda_comm onebit_cuda_optim onebit_cuda)
   if(TARGET ${_t})
     string(REPLACE "onebit_" "" _name ${_t})
     set_target_properties(${_t} PROPERTIES EXPORT_NAME ${_name})

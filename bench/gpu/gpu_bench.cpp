@@ -123,10 +123,121 @@ constexpr double kLambNorms = 16, kLambUpdate = 16 + 12;  // read g m v w; write
 constexpr double kOnebitNorms = 0.125 + 4 * 5 + 4 * 2;   // bits, m v vf w (+mask rarely); write m vf
 constexpr double kFrozen = 12 + 4, kDecodeFrozen = 0.125 + 8 + 8;
 
+// What every timing shares: where it runs, how often, and the copy bandwidth over n parameters it
+// is measured against.
+struct Timer {
+  Stream stream;
+  int iterations;
+  size_t n;
+  double copy_gbps;
+
+  // time_ms of enqueue (and finish), with_bytes of the result.
+  json operator()(double bytes_per_param, const std::function<void()>& enqueue,
+                  const std::function<void()>& finish = [] {}, double bar_ms = 0) const {
+    return with_bytes(time_ms(stream, iterations, enqueue, finish), bytes_per_param, n, copy_gbps, bar_ms);
+  }
+};
+
+// The device buffers the timings share: weights w, gradients g, x (a copy of g), y (scratch).
+struct Buffers {
+  DeviceArray<float> w, g, x, y;
+};
+
+// The floor: one fp32 buffer copied device to device (read + write = 8 bytes per parameter).
+json time_copy(Stream stream, int iterations, Buffers& b) {
+  const size_t N = b.w.size();
+  json copy = time_ms(stream, iterations, [&] {
+    check(cudaMemcpyAsync(b.y.data(), b.w.data(), N * 4, cudaMemcpyDeviceToDevice, stream), "copy");
+  });
+  copy["GBps"] = 8.0 * static_cast<double>(N) / (copy["ms_median"].get<double>() * 1e6);
+  copy["bytes_per_param"] = 8;
+  return copy;
+}
+
+// The kernels one by one, over the layout of the steps.
+json time_kernels(const FlatLayout& layout, const Timer& timer, Buffers& b) {
+  const size_t N = layout.total(), L = layout.num_layers();
+  const Stream stream = timer.stream;
+  const DevicePartition part(kernels::Partition(N, layout.boundaries(), N));
+  DeviceArray<float> c(N), scale(1), m(N), v(N), vf(N);
+  DeviceArray<uint8_t> bits((N + 63) / 64 * 8 + 8), bits2((N + 63) / 64 * 8 + 8);
+  DeviceArray<double> a(L), d_b(L), d(L);
+  DeviceArray<float> mx(L), coef(L), kk(L);
+  for (auto* arr : {&c, &scale, &m, &v, &vf}) arr->zero(stream);
+  fill(coef.data(), L, 1e-4f, stream);
+  fill(kk.data(), L, 1.0f, stream);
+  const kernels::MomentParams p{0.9f, 0.999f, 1e-8f, 0.01f};
+  float *g = b.g.data(), *y = b.y.data();
+  json k;
+  k["compress_momentum"] = timer(kCompressMomentum, [&] {
+    compress_momentum(part, m.data(), g, 0.9f, kk.data(), c.data(), scale.data(), c.data(), bits.data(),
+                      {nullptr, scale.data()}, stream);
+  });
+  k["server_average"] = timer(kServer, [&] {
+    server_average(part, bits.data(), (N + 63) / 64 * 8, scale.data(), 1, c.data(), scale.data(), bits2.data(),
+                   {nullptr, scale.data()}, stream);
+  });
+  k["decode"] = timer(kDecode, [&] { decode(part, bits.data(), scale.data(), y, stream); });
+  k["lamb_norms"] = timer(kLambNorms, [&] {
+    lamb_norms(part, g, m.data(), v.data(), y, p, a.data(), d_b.data(), stream);
+  });
+  k["lamb_update"] = timer(kLambUpdate, [&] {
+    lamb_update(part, g, m.data(), v.data(), y, p, coef.data(), stream);
+  });
+  k["onebit_lamb_norms"] = timer(kOnebitNorms, [&] {
+    onebit_lamb_norms(part, bits.data(), scale.data(), kk.data(), nullptr, p, m.data(), v.data(), vf.data(), y,
+                      {a.data(), d_b.data(), d.data(), mx.data()}, stream);
+  });
+  k["frozen_update"] = timer(kFrozen, [&] {
+    frozen_update(part, m.data(), v.data(), y, 1e-8f, 0.01f, coef.data(), stream);
+  });
+  return k;
+}
+
+// The compressed allreduce of x into y, against the bar.
+json time_allreduce(Communicator& comm, const FlatLayout& layout, const Timer& timer, Buffers& b) {
+  CudaCompressedAllreduce ar(comm, timer.stream, layout.total(), layout.boundaries());
+  return timer(kCompress + kServer + kDecode, [&] { ar.compress(b.x.data()); ar.exchange(); ar.decode(b.y.data()); },
+              [&] { ar.commit(true); }, 4.5);
+}
+
+// A LAMB step, against the bar.
+json time_lamb_step(Communicator& comm, const FlatLayout& layout, const Timer& timer, Buffers& b) {
+  CudaLamb lamb(layout, comm, timer.stream);
+  return timer(kLambNorms + kLambUpdate, [&] { lamb.step_async(b.w.data(), b.g.data()); }, [&] { lamb.sync(); },
+              7.5);
+}
+
+// A 1-bit LAMB compression step (a momentum mask on the position embedding), against the bar.
+json time_onebit_lamb_step(Communicator& comm, const FlatLayout& layout, const Timer& timer, Buffers& b) {
+  OnebitLambOptions opt;
+  opt.freeze_step = 1;
+  CudaOnebitLamb lamb1(layout, comm, timer.stream, opt);
+  // Sequence length 128: rows 128..511 of the position embedding never get a gradient (spec §4).
+  std::vector<float> mask(layout[1].size, 0.0f);
+  std::fill(mask.begin(), mask.begin() + std::min<size_t>(mask.size(), 128 * layout[1].size / 512), 1.0f);
+  lamb1.set_momentum_mask(1, mask);
+  for (int i = 0; i < 2; ++i) lamb1.step_async(b.w.data(), b.g.data());  // warmup, then k is set
+  lamb1.sync();
+  return timer(kCompressMomentum + kServer + kOnebitNorms + kFrozen,
+              [&] { lamb1.step_async(b.w.data(), b.g.data()); }, [&] { lamb1.sync(); }, 12.0);
+}
+
+// A 1-bit Adam compression step.
+json time_onebit_adam_step(Communicator& comm, const FlatLayout& layout, const Timer& timer, Buffers& b) {
+  OnebitAdamOptions opt;
+  opt.freeze_step = 1;
+  CudaOnebitAdam adam1(layout, comm, timer.stream, opt);
+  adam1.step_async(b.w.data(), b.g.data());
+  adam1.sync();
+  return timer(kCompressMomentum + kServer + kDecodeFrozen, [&] { adam1.step_async(b.w.data(), b.g.data()); },
+              [&] { adam1.sync(); });
+}
+
+// Every timing, in this order (the steps change w): the copy floor, the kernels, then the steps.
 json bench(Communicator& comm, Stream stream, const Options& o) {
   const FlatLayout layout = FlatLayout::bert_like(o.params);
   const size_t N = layout.total(), L = layout.num_layers();
-  const auto bounds = layout.boundaries();
   json out;
   out["params"] = N;
   out["layers"] = L;
@@ -134,95 +245,17 @@ json bench(Communicator& comm, Stream stream, const Options& o) {
   out["world_size"] = comm.size();
   std::cerr << "gpu bench: " << N << " parameters in " << L << " tensors over " << comm.backend() << "\n";
 
-  const auto w0 = host_random(N, 1, 0.05f), g0 = host_random(N, 2, 1e-3f);
-  DeviceArray<float> w = device_copy(w0), g = device_copy(g0), x(N), y(N);
-  check(cudaMemcpy(x.data(), g.data(), N * 4, cudaMemcpyDeviceToDevice), "copy");
-
-  // The floor: one fp32 buffer copied device to device (read + write = 8 bytes per parameter).
-  json copy = time_ms(stream, o.iterations, [&] {
-    check(cudaMemcpyAsync(y.data(), w.data(), N * 4, cudaMemcpyDeviceToDevice, stream), "copy");
-  });
-  const double copy_gbps = 8.0 * static_cast<double>(N) / (copy["ms_median"].get<double>() * 1e6);
-  copy["GBps"] = copy_gbps;
-  copy["bytes_per_param"] = 8;
-  out["copy"] = copy;
-
-  // The kernels one by one, over the same layout.
-  json k;
-  {
-    const DevicePartition part(kernels::Partition(N, bounds, N));
-    DeviceArray<float> c(N), scale(1), m(N), v(N), vf(N);
-    DeviceArray<uint8_t> bits((N + 63) / 64 * 8 + 8), bits2((N + 63) / 64 * 8 + 8);
-    DeviceArray<double> a(L), b(L), d(L);
-    DeviceArray<float> mx(L), coef(L), kk(L);
-    for (auto* arr : {&c, &scale, &m, &v, &vf}) arr->zero(stream);
-    fill(coef.data(), L, 1e-4f, stream);
-    fill(kk.data(), L, 1.0f, stream);
-    const kernels::MomentParams p{0.9f, 0.999f, 1e-8f, 0.01f};
-    k["compress_momentum"] = with_bytes(time_ms(stream, o.iterations, [&] {
-      compress_momentum(part, m.data(), g.data(), 0.9f, kk.data(), c.data(), scale.data(), c.data(), bits.data(),
-                        {nullptr, scale.data()}, stream);
-    }), kCompressMomentum, N, copy_gbps);
-    k["server_average"] = with_bytes(time_ms(stream, o.iterations, [&] {
-      server_average(part, bits.data(), (N + 63) / 64 * 8, scale.data(), 1, c.data(), scale.data(), bits2.data(),
-                     {nullptr, scale.data()}, stream);
-    }), kServer, N, copy_gbps);
-    k["decode"] = with_bytes(time_ms(stream, o.iterations, [&] { decode(part, bits.data(), scale.data(), y.data(), stream); }),
-                             kDecode, N, copy_gbps);
-    k["lamb_norms"] = with_bytes(time_ms(stream, o.iterations, [&] {
-      lamb_norms(part, g.data(), m.data(), v.data(), y.data(), p, a.data(), b.data(), stream);
-    }), kLambNorms, N, copy_gbps);
-    k["lamb_update"] = with_bytes(time_ms(stream, o.iterations, [&] {
-      lamb_update(part, g.data(), m.data(), v.data(), y.data(), p, coef.data(), stream);
-    }), kLambUpdate, N, copy_gbps);
-    k["onebit_lamb_norms"] = with_bytes(time_ms(stream, o.iterations, [&] {
-      onebit_lamb_norms(part, bits.data(), scale.data(), kk.data(), nullptr, p, m.data(), v.data(), vf.data(), y.data(),
-                        {a.data(), b.data(), d.data(), mx.data()}, stream);
-    }), kOnebitNorms, N, copy_gbps);
-    k["frozen_update"] = with_bytes(time_ms(stream, o.iterations, [&] {
-      frozen_update(part, m.data(), v.data(), y.data(), 1e-8f, 0.01f, coef.data(), stream);
-    }), kFrozen, N, copy_gbps);
-  }
-  out["kernels"] = k;
-
+  Buffers b{device_copy(host_random(N, 1, 0.05f)), device_copy(host_random(N, 2, 1e-3f)), DeviceArray<float>(N),
+            DeviceArray<float>(N)};
+  check(cudaMemcpy(b.x.data(), b.g.data(), N * 4, cudaMemcpyDeviceToDevice), "copy");
+  out["copy"] = time_copy(stream, o.iterations, b);
+  const Timer timer{stream, o.iterations, N, out["copy"]["GBps"].get<double>()};
+  out["kernels"] = time_kernels(layout, timer, b);
   json r;
-  {
-    CudaCompressedAllreduce ar(comm, stream, N, bounds);
-    r["compressed_allreduce"] = with_bytes(
-        time_ms(stream, o.iterations, [&] { ar.compress(x.data()); ar.exchange(); ar.decode(y.data()); },
-                [&] { ar.commit(true); }),
-        kCompress + kServer + kDecode, N, copy_gbps, 4.5);
-  }
-  {
-    CudaLamb lamb(layout, comm, stream);
-    r["lamb_step"] = with_bytes(time_ms(stream, o.iterations, [&] { lamb.step_async(w.data(), g.data()); },
-                                        [&] { lamb.sync(); }),
-                                kLambNorms + kLambUpdate, N, copy_gbps, 7.5);
-  }
-  {
-    OnebitLambOptions opt;
-    opt.freeze_step = 1;
-    CudaOnebitLamb lamb1(layout, comm, stream, opt);
-    // Sequence length 128: rows 128..511 of the position embedding never get a gradient (spec §4).
-    std::vector<float> mask(layout[1].size, 0.0f);
-    std::fill(mask.begin(), mask.begin() + std::min<size_t>(mask.size(), 128 * layout[1].size / 512), 1.0f);
-    lamb1.set_momentum_mask(1, mask);
-    for (int i = 0; i < 2; ++i) lamb1.step_async(w.data(), g.data());  // warmup, then k is set
-    lamb1.sync();
-    r["onebit_lamb_compression_step"] = with_bytes(
-        time_ms(stream, o.iterations, [&] { lamb1.step_async(w.data(), g.data()); }, [&] { lamb1.sync(); }),
-        kCompressMomentum + kServer + kOnebitNorms + kFrozen, N, copy_gbps, 12.0);
-  }
-  {
-    OnebitAdamOptions opt;
-    opt.freeze_step = 1;
-    CudaOnebitAdam adam1(layout, comm, stream, opt);
-    adam1.step_async(w.data(), g.data());
-    adam1.sync();
-    r["onebit_adam_compression_step"] = with_bytes(
-        time_ms(stream, o.iterations, [&] { adam1.step_async(w.data(), g.data()); }, [&] { adam1.sync(); }),
-        kCompressMomentum + kServer + kDecodeFrozen, N, copy_gbps);
-  }
+  r["compressed_allreduce"] = time_allreduce(comm, layout, timer, b);
+  r["lamb_step"] = time_lamb_step(comm, layout, timer, b);
+  r["onebit_lamb_compression_step"] = time_onebit_lamb_step(comm, layout, timer, b);
+  r["onebit_adam_compression_step"] = time_onebit_adam_step(comm, layout, timer, b);
   out["results"] = r;
   return out;
 }
@@ -286,10 +319,8 @@ json cpu_check(Communicator& comm, Stream stream, const Options& o) {
   return out;
 }
 
-int run(const Options& o) {
-  check(cudaSetDevice(0), "set device");
-  cudaDeviceProp prop{};
-  check(cudaGetDeviceProperties(&prop, 0), "properties");
+// The device, and the reference numbers the results are compared with.
+json header(const cudaDeviceProp& prop) {
   json j;
   j["bench"] = "gpu";
   j["device"] = prop.name;
@@ -298,6 +329,11 @@ int run(const Options& o) {
                     {"compressed_allreduce_ms", 43}, {"lamb_step_ms", 85},
                     {"onebit_lamb_step_without_allreduce_ms", 104}, {"torch_adamw_fused_ms", 4.5},
                     {"copy_TBps", 2.98}};
+  return j;
+}
+
+// The timings and the CPU check, added to j, over NCCL where built (else the local backend).
+void measure(json& j, const Options& o) {
   auto body = [&](Communicator& comm, Stream stream) {
     j.update(bench(comm, stream, o));
     if (!o.cpu_check) return;
@@ -321,20 +357,33 @@ int run(const Options& o) {
     cudaStreamDestroy(s);
   });
 #endif
-  const auto& r = j["results"];
-  j["speedup_vs_reference"] = {
-      {"compressed_allreduce", 43.0 / r["compressed_allreduce"]["ms_median"].get<double>()},
-      {"lamb_step", 85.0 / r["lamb_step"]["ms_median"].get<double>()},
-      {"onebit_lamb_compression_step", 104.0 / r["onebit_lamb_compression_step"]["ms_median"].get<double>()}};
+}
+
+// Prints j, and writes it to --out (auto: bench/results/<device>.json).
+void write_json(const json& j, const Options& o, const std::string& device) {
   const std::string text = j.dump(2);
   std::cout << text << "\n";
-  const std::string path = o.out.empty() ? "" : o.out == "auto" ? "bench/results/" + file_name(prop.name) + ".json" : o.out;
+  const std::string path = o.out.empty() ? "" : o.out == "auto" ? "bench/results/" + file_name(device) + ".json" : o.out;
   if (!path.empty()) {
     std::ofstream f(path);
     if (!f) throw Error("gpu bench: cannot write " + path);
     f << text << "\n";
     std::cerr << "gpu bench: wrote " << path << "\n";
   }
+}
+
+int run(const Options& o) {
+  check(cudaSetDevice(0), "set device");
+  cudaDeviceProp prop{};
+  check(cudaGetDeviceProperties(&prop, 0), "properties");
+  json j = header(prop);
+  measure(j, o);
+  const auto& r = j["results"];
+  j["speedup_vs_reference"] = {
+      {"compressed_allreduce", 43.0 / r["compressed_allreduce"]["ms_median"].get<double>()},
+      {"lamb_step", 85.0 / r["lamb_step"]["ms_median"].get<double>()},
+      {"onebit_lamb_compression_step", 104.0 / r["onebit_lamb_compression_step"]["ms_median"].get<double>()}};
+  write_json(j, o, prop.name);
   return 0;
 }
 

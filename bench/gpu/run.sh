@@ -23,7 +23,7 @@ finish() {
   local rc=$?
   if [ -n "${OUT:-}" ] && [ -d "${OUT:-}" ]; then
     cp "$LOG" "$OUT/" 2>/dev/null || true
-    cp "$BUILD"/cuda_tests.xml "$OUT/" 2>/dev/null || true
+    cp "$BUILD"/cuda_tests_*.xml "$OUT/" 2>/dev/null || true
     cp "$ROOT"/bench/results/*.json "$OUT/" 2>/dev/null || true
   fi
   say "done, exit status $rc"
@@ -48,22 +48,27 @@ cmake -S "$ROOT" -B "$BUILD" "${GEN[@]}" -DCMAKE_BUILD_TYPE=Release \
       "bench/gpu/pack_deps.sh where they are installed and bring build-deps/ along"; exit 1; }
 grep -E "^-- +(CUDA|NCCL|  *nvcc|  *library)" "$LOG" | tee /dev/stderr >/dev/null || true
 say "build ($JOBS jobs)"
+# onebit_cuda_tests builds both CUDA test executables: kernels/cuda's and optim/cuda's.
 cmake --build "$BUILD" -j "$JOBS" --target onebit_cuda_tests onebit_gpu_bench >>"$LOG" 2>&1 || { tail -60 "$LOG"; exit 1; }
-BIN="$BUILD/kernels/cuda"
 
-# --- tests: every CUDA kernel, the allreduce and the optimizers against the CPU ------------------
+# --- tests: every CUDA kernel (kernels/cuda), the allreduce and the optimizers (optim/cuda) against
+# the CPU ------------------------------------------------------------------------------------------
 if [ -z "${SKIP_TESTS:-}" ]; then
   say "tests"
+  TESTS_RC=0
   set +e
-  timeout 150 "$BIN/onebit_cuda_tests" --gtest_output="xml:$BUILD/cuda_tests.xml" 2>&1 | tee -a "$LOG" | grep -E "^\[ *(OK|FAILED|SKIPPED|PASSED|==========) |Failure|Expected|Which is|differ"
-  TESTS_RC=${PIPESTATUS[0]}
+  for t in "$BUILD/kernels/cuda/onebit_cuda_kernels_test" "$BUILD/optim/cuda/onebit_cuda_optim_test"; do
+    timeout 100 "$t" --gtest_output="xml:$BUILD/cuda_tests_$(basename "$t").xml" 2>&1 | tee -a "$LOG" | grep -E "^\[ *(OK|FAILED|SKIPPED|PASSED|==========) |Failure|Expected|Which is|differ"
+    rc=${PIPESTATUS[0]}
+    [ "$rc" -eq 0 ] || TESTS_RC=$rc
+  done
   set -e
   say "tests exit status $TESTS_RC"
 fi
 
 # --- benchmark -----------------------------------------------------------------------------------
 say "benchmark"
-(cd "$ROOT" && timeout 200 "$BIN/onebit_gpu_bench" --out auto ${BENCH_ARGS:-}) 2> >(tee -a "$LOG" >&2) | tee "$BUILD/bench.json" >/dev/null
+(cd "$ROOT" && timeout 200 "$BUILD/bench/gpu/onebit_gpu_bench" --out auto ${BENCH_ARGS:-}) 2> >(tee -a "$LOG" >&2) | tee "$BUILD/bench.json" >/dev/null
 python3 - "$BUILD/bench.json" <<'PY' | tee -a "$LOG"
 import json, sys
 r = json.load(open(sys.argv[1]))

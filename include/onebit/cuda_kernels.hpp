@@ -9,6 +9,10 @@
 // `skip` (may be null) is a device flag: when *skip != 0 at the time a kernel runs it changes
 // nothing. The optimizers use it to skip a step whose gradient is not finite without a host round
 // trip; the kernels that decide it take an `int* skip` they may set.
+//
+// This header is the user API: the device check and stream wait, device buffers, DevicePartition
+// and the kernel twins of onebit/kernels.hpp. Launch details that only onebit's own device code uses
+// (a partition's device arrays, the optimizers' per-layer scalar math) are in kernels/cuda/launchers.hpp.
 #pragma once
 #include <cstddef>
 #include <cstdint>
@@ -23,6 +27,10 @@ struct CUstream_st;
 namespace onebit::cuda {
 
 using Stream = CUstream_st*;
+
+namespace detail {
+struct PartitionArrays;  // kernels/cuda/launchers.hpp
+}  // namespace detail
 
 // True when a CUDA device can be used (tests skip otherwise).
 bool device_available();
@@ -92,16 +100,11 @@ class DevicePartition {
   size_t num_pieces() const { return host_.pieces().size(); }
   size_t num_blocks() const { return host_.num_blocks(); }
 
-  // Device arrays (for the launchers in kernels/cuda).
-  const void* pieces() const { return pieces_.data(); }           // kernels::Piece layout
-  const uint32_t* block_first() const { return block_first_.data(); }  // num_blocks + 1
-  const uint32_t* layer_first() const { return layer_first_.data(); }  // num_layers + 1 piece indices
-  const uint32_t* all_pieces() const { return all_pieces_.data(); }    // {0, num_pieces}
-  const uint64_t* layer_start() const { return layer_start_.data(); }  // num_layers + 1
-  double* lanes() const { return lanes_.data(); }  // 4 * num_pieces * 16 partial sums
-  int* flag() const { return flag_.data(); }       // a skip flag for callers that pass none
-
  private:
+  // The device arrays below are launch details: the launchers in kernels/cuda reach them through
+  // detail::PartitionArrays (kernels/cuda/launchers.hpp, not installed).
+  friend struct detail::PartitionArrays;
+
   kernels::Partition host_;
   DeviceArray<kernels::Piece> pieces_;
   DeviceArray<uint32_t> block_first_, layer_first_, all_pieces_;
@@ -168,37 +171,5 @@ void layer_sq_norms(const DevicePartition& part, const float* x, double* out, St
 void divide(float* x, size_t n, float d, Stream stream, const int* skip = nullptr);
 void copy(float* dst, const float* src, size_t n, Stream stream, const int* skip = nullptr);
 void fill(float* x, size_t n, float value, Stream stream);
-
-// --- per-layer scalar math, on the device so a step needs no host round trip -------------------
-
-// LAMB trust ratios (spec §3), as Optimizer::lamb_ratios then the coefficient loop: if any layer's
-// w_sq or u_sq is not finite, sets *skip and writes nothing. Otherwise coef[l] = lr * ratio (or
-// lr when trust_ratio is false: 1-bit Adam's warmup), and, when c_freeze is given, the 1-bit LAMB
-// warmup average c_freeze <- coeff_beta*c_freeze + (1-coeff_beta)*ratio for ratio != 1.
-struct LambCoefArgs {
-  const double* w_sq;
-  const double* u_sq;
-  size_t layers;
-  float lr, min_coeff, max_coeff;
-  bool trust_ratio;
-  float* coef;
-  float* c_freeze;  // may be null
-  float coeff_beta;
-};
-void lamb_coefficients(const LambCoefArgs& a, int* skip, Stream stream);
-
-// 1-bit LAMB §4 step 8: the factor per layer, last_factor, and coef = lr * (c_freeze * factor).
-struct OnebitCoefArgs {
-  kernels::OnebitLambSums sums;  // device arrays
-  size_t layers;
-  float lr, weight_decay, factor_min, factor_max, factor_threshold;
-  const float* c_freeze;
-  float* last_factor;
-  float* coef;
-};
-void onebit_lamb_coefficients(const OnebitCoefArgs& a, Stream stream, const int* skip = nullptr);
-
-// 1-bit LAMB §4 step 1: k_l = mean_l(s_l) / s_l with s_l = ||m_l|| / sqrt(n_l), from m_sq.
-void momentum_scales(const DevicePartition& part, const double* m_sq, float* k, Stream stream);
 
 }  // namespace onebit::cuda

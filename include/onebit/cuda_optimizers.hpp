@@ -1,7 +1,8 @@
-// The compressed allreduce (spec §2) and Lamb / OnebitLamb / OnebitAdam (§3-§5) with state and math
-// on the GPU: the same results as onebit::CompressedAllreduce and optimizers.hpp, bit for bit, and
-// the same checkpoint tensors, so a run can move between CPU and GPU. Works over any Communicator:
-// NCCL (device memory, stream-ordered) or a host backend, through pinned staging buffers.
+// Lamb / OnebitLamb / OnebitAdam (§3-§5) with state and math on the GPU: the same results as
+// optimizers.hpp, bit for bit, and the same checkpoint tensors, so a run can move between CPU and
+// GPU. Works over any Communicator: NCCL (device memory, stream-ordered) or a host backend, through
+// pinned staging buffers. The compressed allreduce they use (spec §2) is
+// onebit/cuda_compressed_allreduce.hpp, included here.
 #pragma once
 #include <memory>
 #include <span>
@@ -9,6 +10,7 @@
 #include <utility>
 #include <vector>
 
+#include "onebit/cuda_compressed_allreduce.hpp"
 #include "onebit/cuda_kernels.hpp"
 #include "onebit/optimizers.hpp"
 
@@ -16,68 +18,15 @@ typedef struct CUevent_st* cudaEvent_t;
 
 namespace onebit::cuda {
 
-class DeviceCollectives;
-
-// Averages one device buffer of n floats over all ranks (spec §2). Owns the error state on the
-// device. run() is the whole call; the optimizers use the enqueue-only halves.
-class CudaCompressedAllreduce {
- public:
-  // stream: where the work runs. skip: a device flag shared with an optimizer (null: its own).
-  CudaCompressedAllreduce(Communicator& comm, Stream stream, size_t n,
-                          std::span<const size_t> layer_bounds = {}, int* skip = nullptr);
-  ~CudaCompressedAllreduce();
-
-  size_t size() const { return n_; }
-  size_t padded_size() const { return n_pad_; }
-  size_t chunk_size() const { return n_pad_ / static_cast<size_t>(world_); }
-  const DevicePartition& partition() const { return part_; }
-  Stream stream() const { return stream_; }
-  int* skip_flag() const { return skip_; }
-
-  // Averages x (device, n floats) in place and waits. Returns false, changing nothing, when any
-  // rank's x held a NaN or an infinity (every rank returns false together).
-  bool run(float* x);
-
-  // Enqueue only. compress*() sets the skip flag on the device when some rank's input was not
-  // finite; exchange() and decode() then change nothing. Once the host has read the flag, call
-  // commit(applied) before the next compress*().
-  void compress(const float* x);
-  void compress_momentum(const float* m, const float* g, float beta1, const float* k);
-  void exchange();
-  void decode(float* out);
-  void commit(bool applied);
-  const uint8_t* bits() const { return result_bits_.data(); }
-  const float* chunk_scales() const { return server_scales_.data(); }
-
-  // Error state as plain errors on the host (spec §1), as CompressedAllreduce. Synchronous.
-  std::vector<float> worker_error() const;
-  std::vector<float> server_error() const;
-  void set_errors(std::span<const float> worker, std::span<const float> server);
-
- private:
-  size_t server_real() const;
-  void finish_compress();
-
-  std::unique_ptr<DeviceCollectives> coll_;
-  Stream stream_;
-  int rank_, world_;
-  size_t n_, n_pad_;
-  DevicePartition part_, server_part_;
-  DeviceArray<float> worker_c_[2], server_c_;
-  DeviceArray<float> worker_scale_;  // [2]: the scale of each worker_c_ buffer
-  DeviceArray<float> server_scale_;  // [1]
-  int worker_cur_ = 0;
-  DeviceArray<uint8_t> send_bits_, recv_bits_, server_bits_, result_bits_;
-  DeviceArray<float> worker_scales_, server_scales_;
-  DeviceArray<int> own_skip_;
-  int* skip_;
-  int* host_flag_ = nullptr;  // pinned, for run()
-};
+class DeviceCollectives;  // comm/cuda/device_collectives.hpp
+struct LambCoefArgs;      // kernels/cuda/launchers.hpp
 
 // The Optimizer interface on device buffers: step(params, grads) takes spans over device memory,
 // waits for the step and says whether it was applied. step_async() only enqueues; the outcome is
-// folded in by the next call that needs it (sync(), step_async(), state(), ...), so a training loop
-// that does not look at the result never waits for the GPU.
+// folded in (steps(), skipped(), the error feedback's buffers) by the next call that changes the
+// optimizer (sync(), step_async(), load_state(), ...), so a training loop that does not look at the
+// result never waits for the GPU. state(), const in the Optimizer interface, waits for a step in
+// flight and reports the state after it, but leaves folding it in to the next sync().
 class CudaOptimizer : public Optimizer {
  public:
   CudaOptimizer(const FlatLayout& layout, Communicator& comm, Stream stream);
@@ -95,6 +44,18 @@ class CudaOptimizer : public Optimizer {
   virtual void enqueue(float* w, float* g) = 0;
   // Host bookkeeping once a step is known to be applied (called before step_ advances).
   virtual void applied() {}
+
+  // A step as a const reader sees it. in_flight: enqueued and not yet folded in by sync(); applied:
+  // whether that step (or, with none in flight, the last one) was applied.
+  struct Outcome {
+    bool in_flight = false;
+    bool applied = true;
+  };
+  // Waits for the step in flight, if any, and says how it went, changing nothing: sync() folds it
+  // in, and state() (const) reports it.
+  Outcome outcome() const;
+  // save_common(s), counting a step in flight as applied or skipped, as sync() will count it.
+  void save_counters(OptimizerState& s, const Outcome& o) const;
 
   // The cross-rank check of optim/options.hpp: settings are (name, value) pairs.
   void check_agreement(const std::vector<std::pair<const char*, double>>& settings);

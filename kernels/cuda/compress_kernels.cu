@@ -162,7 +162,7 @@ void server_average(const DevicePartition& part, const uint8_t* worker_bits, siz
                     uint8_t* out_bits, SumOut out, Stream stream, int* set_skip) {
   check_word_aligned(out_bits, "server_average");
   ONEBIT_CHECK(world >= 1, "cuda server_average: world size " << world);
-  int* skip = set_skip ? set_skip : part.flag();
+  int* skip = set_skip ? set_skip : PartitionArrays::flag(part);
   if (!set_skip) CUDA_CHECK(cudaMemsetAsync(skip, 0, sizeof(int), stream));
   flag_nonfinite_kernel<<<1, 32, 0, stream>>>(worker_scales, world, skip);
   CUDA_CHECK_LAUNCH("server_average (scale check)");

@@ -4,6 +4,7 @@
 #include <cmath>
 #include <limits>
 
+#include "launchers.hpp"
 #include "onebit/cuda_kernels.hpp"
 #include "onebit/kernels.hpp"
 #include "test_util.hpp"

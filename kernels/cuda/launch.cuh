@@ -4,13 +4,15 @@
 #include <cstdint>
 
 #include "cuda_check.hpp"
+#include "launchers.hpp"
 #include "onebit/cuda_kernels.hpp"
 #include "tile.cuh"
 
 namespace onebit::cuda::detail {
 
 inline PartView view(const DevicePartition& p) {
-  return {static_cast<const Piece*>(p.pieces()), p.block_first(), p.layer_start(), p.size(),
+  using A = PartitionArrays;
+  return {static_cast<const Piece*>(A::pieces(p)), A::block_first(p), A::layer_start(p), p.size(),
           static_cast<uint32_t>(p.num_pieces())};
 }
 
@@ -25,7 +27,7 @@ void launch_tile(const DevicePartition& part, const Op& op, Stream stream, const
   if (part.num_blocks() == 0) return;
   const size_t chains = part.num_blocks() * 16;
   tile_kernel<Op><<<static_cast<unsigned>((chains + kChainThreads - 1) / kChainThreads), kChainThreads, 0, stream>>>(
-      view(part), op, part.lanes(), skip, part.num_blocks());
+      view(part), op, PartitionArrays::lanes(part), skip, part.num_blocks());
   CUDA_CHECK_LAUNCH(what);
 }
 
@@ -45,8 +47,8 @@ void launch_reduce(const DevicePartition& part, bool per_layer, const SegOut<S>&
   const size_t segments = per_layer ? part.num_layers() : 1;
   if (segments == 0) return;
   reduce_kernel<S, kMaxSlot><<<static_cast<unsigned>(segments), kReduceThreads, 0, stream>>>(
-      part.lanes(), static_cast<uint32_t>(part.num_pieces()),
-      per_layer ? part.layer_first() : part.all_pieces(), out, skip);
+      PartitionArrays::lanes(part), static_cast<uint32_t>(part.num_pieces()),
+      per_layer ? PartitionArrays::layer_first(part) : PartitionArrays::all_pieces(part), out, skip);
   CUDA_CHECK_LAUNCH(what);
 }
 

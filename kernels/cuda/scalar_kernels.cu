@@ -90,7 +90,7 @@ void onebit_lamb_coefficients(const OnebitCoefArgs& a, Stream stream, const int*
 
 void momentum_scales(const DevicePartition& part, const double* m_sq, float* k, Stream stream) {
   if (part.num_layers() == 0) return;
-  momentum_scales_kernel<<<1, 32, 0, stream>>>(part.layer_start(), part.num_layers(), m_sq, k);
+  momentum_scales_kernel<<<1, 32, 0, stream>>>(PartitionArrays::layer_start(part), part.num_layers(), m_sq, k);
   CUDA_CHECK_LAUNCH("momentum_scales");
 }
 

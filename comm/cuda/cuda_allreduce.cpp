@@ -4,7 +4,7 @@
 
 #include "cuda_check.hpp"
 #include "device_collectives.hpp"
-#include "onebit/cuda_optimizers.hpp"
+#include "onebit/cuda_compressed_allreduce.hpp"
 
 namespace onebit::cuda {
 
@@ -108,13 +108,14 @@ bool CudaCompressedAllreduce::run(float* x) {
   return applied;
 }
 
-std::vector<float> CudaCompressedAllreduce::worker_error() const {
+std::vector<float> CudaCompressedAllreduce::worker_error(bool uncommitted) const {
   coll_->wait("cuda compressed allreduce (worker error)");
-  const std::vector<float> c = worker_c_[worker_cur_].download();
+  const int cur = uncommitted ? 1 - worker_cur_ : worker_cur_;
+  const std::vector<float> c = worker_c_[cur].download();
   float s[2];
   worker_scale_.mem().download(s, sizeof s);
   std::vector<float> e(n_);
-  kernels::materialize_error(part_.host(), c, {&s[worker_cur_], 1}, e);
+  kernels::materialize_error(part_.host(), c, {&s[cur], 1}, e);
   return e;
 }
 

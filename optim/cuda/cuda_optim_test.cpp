@@ -249,6 +249,41 @@ TEST(CudaOptimizers, AsyncStepsEqualWaitedSteps) {
   });
 }
 
+// state() is const: for a step still in flight it waits and reports the state after that step
+// (counters, moments, the error feedback where the step will commit it) without folding it in.
+// Every step of the scenario: warmup, compression, and the skipped non-finite ones.
+TEST(CudaOptimizers, StateOfAStepInFlightIsTheStateAfterIt) {
+  ONEBIT_REQUIRE_GPU();
+  const Scenario s = make_setup();
+  for (const auto& c : cases()) {
+    for (int world : {1, 2}) {
+      SCOPED_TRACE(testing::Message() << c.name << ", world " << world);
+      run_local(world, [&](Communicator& comm) {
+        ASSERT_EQ(cudaSetDevice(0), cudaSuccess);
+        StreamGuard stream;
+        auto opt = c.gpu(s.layout, comm, stream.get());
+        DeviceArray<float> w(std::span<const float>(randn(s.layout.total(), 5, 0.1f)));
+        DeviceArray<float> g(s.layout.total());
+        for (int k = 0; k < s.steps; ++k) {
+          SCOPED_TRACE(testing::Message() << "step " << k << ", rank " << comm.rank());
+          g.upload(grad(s, comm.rank(), k, world));
+          opt->step_async(w.data(), g.data());
+          const OptimizerState in_flight = opt->state();
+          opt->sync();
+          const OptimizerState after = opt->state();
+          EXPECT_EQ(in_flight.counters, after.counters);
+          EXPECT_EQ(after.counters.at("step") + after.counters.at("skipped"), k + 1);
+          ASSERT_EQ(in_flight.tensors.size(), after.tensors.size());
+          for (const auto& [key, value] : after.tensors) {
+            ASSERT_TRUE(in_flight.tensors.count(key)) << key;
+            EXPECT_TRUE(same_bits(in_flight.tensors.at(key), value)) << key;
+          }
+        }
+      });
+    }
+  }
+}
+
 TEST(CudaOptimizers, CheckpointsMoveBetweenCpuAndGpu) {
   ONEBIT_REQUIRE_GPU();
   const Scenario s = make_setup();

@@ -4,6 +4,7 @@
 
 #include "cuda_check.hpp"
 #include "device_collectives.hpp"
+#include "launchers.hpp"
 #include "onebit/cuda_optimizers.hpp"
 #include "options.hpp"
 
@@ -45,11 +46,22 @@ void CudaOptimizer::step_async(float* params, float* grads) {
   pending_ = true;
 }
 
-bool CudaOptimizer::sync() {
-  if (!pending_) return last_applied_;
+CudaOptimizer::Outcome CudaOptimizer::outcome() const {
+  if (!pending_) return {false, last_applied_};
   coll_->wait_event(done_, name() + " step");
+  return {true, *host_flag_ == 0};
+}
+
+void CudaOptimizer::save_counters(OptimizerState& s, const Outcome& o) const {
+  save_common(s);
+  if (o.in_flight) ++s.counters[o.applied ? "step" : "skipped"];
+}
+
+bool CudaOptimizer::sync() {
+  const Outcome o = outcome();
+  if (!o.in_flight) return last_applied_;
   pending_ = false;
-  last_applied_ = *host_flag_ == 0;
+  last_applied_ = o.applied;
   if (last_applied_) {
     applied();
     ++step_;
@@ -117,10 +129,9 @@ void CudaLamb::enqueue(float* w, float* g) {
 }
 
 OptimizerState CudaLamb::state() const {
-  // A step in flight must be folded in first; state() is const in the Optimizer interface.
-  const_cast<CudaLamb*>(this)->sync();
+  // A step in flight is waited for and reported, not folded in (state() is const).
   OptimizerState s;
-  save_common(s);
+  save_counters(s, outcome());
   s.tensors["m"] = download(m_);
   s.tensors["v"] = download(v_);
   return s;

@@ -2,6 +2,7 @@
 // step for step, with the per-layer scalar math on the device.
 #include "cuda_check.hpp"
 #include "device_collectives.hpp"
+#include "launchers.hpp"
 #include "onebit/cuda_optimizers.hpp"
 #include "options.hpp"
 
@@ -115,18 +116,18 @@ std::vector<float> CudaOnebitLamb::k() {
 }
 
 OptimizerState CudaOnebitLamb::state() const {
-  // A step in flight must be folded in first; state() is const in the Optimizer interface.
-  auto* self = const_cast<CudaOnebitLamb*>(this);
-  self->sync();
+  // A step in flight is waited for and reported, not folded in (state() is const): counted by
+  // save_counters, and its worker error read where applied() will commit it.
+  const Outcome o = outcome();
   OptimizerState s;
-  save_common(s);
+  save_counters(s, o);
   s.tensors["m"] = download(m_);
   s.tensors["v"] = download(v_);
   s.tensors["v_fresh"] = download(v_fresh_);
   s.tensors["c_freeze"] = download(c_freeze_);
   s.tensors["last_factor"] = download(last_factor_);
-  s.tensors["k"] = self->k();
-  s.tensors["worker_error"] = allreduce_.worker_error();
+  s.tensors["k"] = k_ready_ ? download(k_) : std::vector<float>{};
+  s.tensors["worker_error"] = allreduce_.worker_error(o.in_flight && o.applied && pending_compression_);
   s.tensors["server_error"] = allreduce_.server_error();
   return s;
 }
@@ -191,12 +192,13 @@ void CudaOnebitAdam::applied() {
 }
 
 OptimizerState CudaOnebitAdam::state() const {
-  const_cast<CudaOnebitAdam*>(this)->sync();
+  // As CudaOnebitLamb::state(): a step in flight is reported, not folded in.
+  const Outcome o = outcome();
   OptimizerState s;
-  save_common(s);
+  save_counters(s, o);
   s.tensors["m"] = download(m_);
   s.tensors["v"] = download(v_);
-  s.tensors["worker_error"] = allreduce_.worker_error();
+  s.tensors["worker_error"] = allreduce_.worker_error(o.in_flight && o.applied && pending_compression_);
   s.tensors["server_error"] = allreduce_.server_error();
   return s;
 }

@@ -1,0 +1,62 @@
+// Launch details of onebit/cuda_kernels.hpp that are not user API: a DevicePartition's device
+// arrays (for the launchers in this folder), and the per-layer scalar math that only onebit's own
+// device optimizers (optim/cuda) run. Not installed; onebit's device code reaches this folder through
+// the onebit_cuda_private CMake target. Needs no CUDA headers.
+#pragma once
+#include <cstddef>
+#include <cstdint>
+
+#include "onebit/cuda_kernels.hpp"
+#include "onebit/kernels.hpp"
+
+namespace onebit::cuda {
+
+namespace detail {
+
+// A DevicePartition's device arrays (DevicePartition befriends this struct).
+struct PartitionArrays {
+  using P = DevicePartition;
+  static const void* pieces(const P& p) { return p.pieces_.data(); }  // in kernels::Piece layout
+  static const uint32_t* block_first(const P& p) { return p.block_first_.data(); }  // num_blocks + 1
+  static const uint32_t* layer_first(const P& p) { return p.layer_first_.data(); }  // num_layers + 1 piece indices
+  static const uint32_t* all_pieces(const P& p) { return p.all_pieces_.data(); }    // {0, num_pieces}
+  static const uint64_t* layer_start(const P& p) { return p.layer_start_.data(); }  // num_layers + 1
+  static double* lanes(const P& p) { return p.lanes_.data(); }  // 4 * num_pieces * 16 partial sums
+  static int* flag(const P& p) { return p.flag_.data(); }       // a skip flag for callers that pass none
+};
+
+}  // namespace detail
+
+// --- per-layer scalar math, on the device so a step needs no host round trip -------------------
+
+// LAMB trust ratios (spec §3), as Optimizer::lamb_ratios then the coefficient loop: if any layer's
+// w_sq or u_sq is not finite, sets *skip and writes nothing. Otherwise coef[l] = lr * ratio (or
+// lr when trust_ratio is false: 1-bit Adam's warmup), and, when c_freeze is given, the 1-bit LAMB
+// warmup average c_freeze <- coeff_beta*c_freeze + (1-coeff_beta)*ratio for ratio != 1.
+struct LambCoefArgs {
+  const double* w_sq;
+  const double* u_sq;
+  size_t layers;
+  float lr, min_coeff, max_coeff;
+  bool trust_ratio;
+  float* coef;
+  float* c_freeze;  // may be null
+  float coeff_beta;
+};
+void lamb_coefficients(const LambCoefArgs& a, int* skip, Stream stream);
+
+// 1-bit LAMB §4 step 8: the factor per layer, last_factor, and coef = lr * (c_freeze * factor).
+struct OnebitCoefArgs {
+  kernels::OnebitLambSums sums;  // device arrays
+  size_t layers;
+  float lr, weight_decay, factor_min, factor_max, factor_threshold;
+  const float* c_freeze;
+  float* last_factor;
+  float* coef;
+};
+void onebit_lamb_coefficients(const OnebitCoefArgs& a, Stream stream, const int* skip = nullptr);
+
+// 1-bit LAMB §4 step 1: k_l = mean_l(s_l) / s_l with s_l = ||m_l|| / sqrt(n_l), from m_sq.
+void momentum_scales(const DevicePartition& part, const double* m_sq, float* k, Stream stream);
+
+}  // namespace onebit::cuda
