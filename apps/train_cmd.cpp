@@ -78,6 +78,11 @@ void add_shared(CLI::App* c, TrainOptions& o) {
       ->capture_default_str();
   c->add_option("--backend", o.backend, "gloo | mpi | nccl")->check(CLI::IsMember({"gloo", "mpi", "nccl"}))->capture_default_str();
   c->add_option("--device", o.device, "cpu | cuda")->check(CLI::IsMember({"cpu", "cuda"}))->capture_default_str();
+  c->add_option("--precision", o.precision,
+                "fp32 | bf16: the model's forward and backward under autocast to bf16 (weights, gradients, "
+                "optimizer and exchange stay fp32)")
+      ->check(CLI::IsMember({"fp32", "bf16"}))
+      ->capture_default_str();
   c->add_option("--threads", o.threads, "CPU threads per worker (0: cores / local workers)")->capture_default_str();
   c->add_option("--timeout", o.timeout, "seconds any rendezvous or collective may wait")->capture_default_str();
   c->add_option("--eval-every", o.eval_every, "held-out loss every K steps (0: about 20 times per run)")->capture_default_str();

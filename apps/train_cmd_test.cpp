@@ -36,6 +36,7 @@ TEST(TrainCommand, ParsesBackEverySettingTheLauncherPasses) {
   in.micro_batch = 3;
   in.log_layers = true;
   in.warmup_exchange = "fp16";
+  in.precision = "bf16";
   const TrainOptions parsed = parsed_back(in);
   EXPECT_EQ(options_json(parsed), options_json(in));
   EXPECT_EQ(parsed.progress, false);

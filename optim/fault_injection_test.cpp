@@ -16,6 +16,7 @@
 #include <sstream>
 
 #include "onebit/compressed_allreduce.hpp"
+#include "../tests/error_of.hpp"
 #include "onebit/error.hpp"
 #include "onebit/half_allreduce.hpp"
 #include "onebit/local_comm.hpp"
@@ -38,14 +39,7 @@ std::span<const std::byte> bytes_of(const std::vector<T>& v, size_t first, size_
   return std::as_bytes(std::span(v)).subspan(first * sizeof(T), count * sizeof(T));
 }
 
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "(no error)";
-}
+using test::error_of;
 
 TEST(FaultPlan, ParsesRankStepItemsAndNamesTheFirstBadOne) {
   EXPECT_EQ(parse_fault_plan("1:2"), (FaultPlan{{1, 2}}));

@@ -6,6 +6,7 @@
 
 #include <string>
 
+#include "../tests/error_of.hpp"
 #include "onebit/error.hpp"
 #include "onebit/local_comm.hpp"
 #include "options.hpp"
@@ -13,14 +14,7 @@
 namespace onebit {
 namespace {
 
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "";
-}
+using test::error_of;
 
 Settings settings(const AnyOptions& o) {
   return std::visit([](const auto& x) { return settings_of(x); }, o);

@@ -18,7 +18,7 @@ LAYERS = {"kernels": 0, "comm": 1, "optim": 2, "torch": 3, "proc": 3, "lan": 4, 
 OWNERS = {
     "kernels": ["aligned", "error", "fnv1a", "kernels", "thread_pool", "cuda_kernels"],
     "comm": ["communicator", "compressed_allreduce", "half_allreduce", "local_comm", "mpi_comm", "nccl_comm",
-             "stream_communicator", "fault_injection"],
+             "stream_communicator", "fault_injection", "cuda_compressed_allreduce"],
     "optim": ["checkpoint", "flat_layout", "freeze_schedule", "optimizer_registry", "optimizers", "cuda_optimizers"],
     "torch": ["torch_c10d", "torch_optimizers", "torch_watchdog"],
 }

@@ -17,24 +17,6 @@
 namespace onebit {
 namespace {
 
-#ifdef ONEBIT_HAVE_CUDA
-// The CUDA twin of the registry's CPU optimizer for `options`: the same results, bit for bit, on
-// device buffers, on `stream`.
-std::unique_ptr<Optimizer> make_cuda_optimizer(const FlatLayout& layout, Communicator& comm, cuda::Stream stream,
-                                               const AnyOptions& options) {
-  return std::visit(
-      [&](const auto& o) -> std::unique_ptr<Optimizer> {
-        using O = std::decay_t<decltype(o)>;
-        if constexpr (std::is_same_v<O, LambOptions>) return std::make_unique<cuda::CudaLamb>(layout, comm, stream, o);
-        if constexpr (std::is_same_v<O, OnebitLambOptions>)
-          return std::make_unique<cuda::CudaOnebitLamb>(layout, comm, stream, o);
-        if constexpr (std::is_same_v<O, OnebitAdamOptions>)
-          return std::make_unique<cuda::CudaOnebitAdam>(layout, comm, stream, o);
-      },
-      options);
-}
-#endif
-
 // One core step on the flat buffers, wherever they live.
 bool core_step(Optimizer& core, TorchFlatParams& flat, torch_cuda::DeviceStream* device) {
 #ifdef ONEBIT_HAVE_CUDA
@@ -90,7 +72,7 @@ TorchOptimizer::TorchOptimizer(std::vector<at::Tensor> params, const AnyOptions&
   if (flat_.device().is_cuda()) {
     device_ = std::make_shared<torch_cuda::DeviceStream>(flat_.device());
     torch_cuda::DeviceScope scope(device_->device());
-    core_ = make_cuda_optimizer(flat_.layout(), *comm_, device_->get(), options);
+    core_ = cuda::make_optimizer(flat_.layout(), *comm_, device_->get(), options);
     return;
   }
 #endif

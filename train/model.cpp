@@ -8,33 +8,35 @@
 
 namespace onebit::train {
 
+namespace {
+// name, hidden, layers, heads, intermediate, vocab, seq, dropout, lr.
+// tiny: the vocabulary is 1024 pieces: a tiny run sees ~8K tokens per step, and in a larger table
+// most rows are rare in any one step; 1-bit compression gives every element of a tensor about the
+// same magnitude, so such rows carry sign noise scaled up by 1/sqrt(v). Measured on the default
+// compare (120 steps): 1-bit LAMB / LAMB held-out loss 1.010 with 1024 pieces, 1.016 with 4096.
+// Short runs on a few cores underfit; dropout would only slow them down, so tiny has none.
+struct Preset {
+  const char* name;
+  int hidden, layers, heads, intermediate, vocab, seq;
+  double dropout, lr;
+};
+constexpr Preset kPresets[] = {
+    {"tiny", 128, 2, 2, 512, 1024, 64, 0.0, 1e-2},     {"mini", 256, 4, 4, 1024, 8192, 128, 0.1, 3e-3},
+    {"small", 512, 4, 8, 2048, 16384, 128, 0.1, 2e-3}, {"base", 768, 12, 12, 3072, 30522, 128, 0.1, 1.5e-3},
+    {"large", 1024, 24, 16, 4096, 30522, 128, 0.1, 1e-3},
+};
+}  // namespace
+
 BertConfig bert_preset(const std::string& name) {
-  BertConfig c;
-  c.name = name;
-  if (name == "tiny") {
-    // 1024 pieces: a tiny run sees ~8K tokens per step, and in a larger table most rows are rare in
-    // any one step; 1-bit compression gives every element of a tensor about the same magnitude, so
-    // such rows carry sign noise scaled up by 1/sqrt(v). Measured on the default compare (120 steps):
-    // 1-bit LAMB / LAMB held-out loss 1.010 with 1024 pieces, 1.016 with 4096.
-    c.hidden = 128, c.layers = 2, c.heads = 2, c.intermediate = 512, c.vocab = 1024, c.seq = 64;
-    // Short runs on a few cores underfit; dropout would only slow them down.
-    c.dropout = 0.0, c.lr = 1e-2;
-  } else if (name == "mini") {
-    c.hidden = 256, c.layers = 4, c.heads = 4, c.intermediate = 1024, c.vocab = 8192, c.seq = 128;
-    c.dropout = 0.1, c.lr = 3e-3;
-  } else if (name == "small") {
-    c.hidden = 512, c.layers = 4, c.heads = 8, c.intermediate = 2048, c.vocab = 16384, c.seq = 128;
-    c.dropout = 0.1, c.lr = 2e-3;
-  } else if (name == "base") {
-    c.hidden = 768, c.layers = 12, c.heads = 12, c.intermediate = 3072, c.vocab = 30522, c.seq = 128;
-    c.dropout = 0.1, c.lr = 1.5e-3;
-  } else if (name == "large") {
-    c.hidden = 1024, c.layers = 24, c.heads = 16, c.intermediate = 4096, c.vocab = 30522, c.seq = 128;
-    c.dropout = 0.1, c.lr = 1e-3;
-  } else {
-    ONEBIT_CHECK(false, "onebit train: --model must be tiny, mini, small, base or large, not '" << name << "'");
-  }
-  return c;
+  for (const Preset& p : kPresets)
+    if (name == p.name) {
+      BertConfig c;
+      c.name = name;
+      c.hidden = p.hidden, c.layers = p.layers, c.heads = p.heads, c.intermediate = p.intermediate;
+      c.vocab = p.vocab, c.seq = p.seq, c.dropout = p.dropout, c.lr = p.lr;
+      return c;
+    }
+  throw Error("onebit train: --model must be tiny, mini, small, base or large, not '" + name + "'");
 }
 
 BertForMlmImpl::BertForMlmImpl(const BertConfig& c) : cfg_(c) {
@@ -113,9 +115,12 @@ torch::Tensor BertForMlmImpl::mlm_loss(const torch::Tensor& ids, const torch::Te
   auto hidden = encode(ids).reshape({-1, cfg_.hidden});
   auto flat_labels = labels.reshape({-1});
   auto where = flat_labels.ne(-100).nonzero().squeeze(1);
-  auto h = head_norm_(torch::gelu(head_dense_(hidden.index_select(0, where))));
+  // LayerNorm in fp32: under --precision bf16 the dense layer's output is bf16, which torch 1.13's CPU
+  // LayerNorm refuses next to fp32 weights (a no-op in fp32).
+  auto h = head_norm_(torch::gelu(head_dense_(hidden.index_select(0, where))).to(torch::kFloat));
   auto logits = torch::matmul(h, word_->weight.t()) + head_bias_;
-  return torch::nn::functional::cross_entropy(logits, flat_labels.index_select(0, where));
+  // fp32 loss under --precision bf16 too (a no-op in fp32).
+  return torch::nn::functional::cross_entropy(logits.to(torch::kFloat), flat_labels.index_select(0, where));
 }
 
 }  // namespace onebit::train

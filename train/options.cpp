@@ -44,6 +44,7 @@ std::vector<std::string> to_args(const TrainOptions& o) {
   add("--workers", std::to_string(o.workers));
   add("--backend", o.backend);
   add("--device", o.device);
+  add("--precision", o.precision);
   add("--threads", std::to_string(o.threads));
   add("--timeout", exact(o.timeout));
   add("--out", o.out);
@@ -99,6 +100,8 @@ void validate_options(const TrainOptions& o) {
   ONEBIT_CHECK(one_of(o.backend, {"gloo", "mpi", "nccl"}), "onebit train: --backend must be gloo, mpi or nccl, not '" << o.backend << "'");
   ONEBIT_CHECK(one_of(o.device, {"cpu", "cuda"}), "onebit train: --device must be cpu or cuda, not '" << o.device << "'");
   ONEBIT_CHECK(!(o.backend == "nccl" && o.device != "cuda"), "onebit train: --backend nccl needs --device cuda");
+  ONEBIT_CHECK(one_of(o.precision, {"fp32", "bf16"}),
+               "onebit train: --precision must be fp32 or bf16, not '" << o.precision << "'");
   ONEBIT_CHECK(o.steps >= 1, "onebit train: --steps must be at least 1, not " << o.steps);
   ONEBIT_CHECK(o.batch >= 1, "onebit train: --batch must be at least 1, not " << o.batch);
   ONEBIT_CHECK(o.workers >= 1, "onebit train: --workers must be at least 1, not " << o.workers);
@@ -135,7 +138,7 @@ nlohmann::json options_json(const TrainOptions& o) {
           {"optimizer", o.optimizer}, {"batch", o.batch}, {"micro_batch", o.micro_batch}, {"steps", o.steps}, {"freeze_step", o.freeze_step}, {"refresh_interval", o.refresh_interval}, {"track_scales", o.track_scales}, {"scale_group", o.scale_group},
           {"warmup_exchange", o.warmup_exchange}, {"warmup_steps", o.warmup_steps}, {"lr", o.lr}, {"clip", o.clip}, {"weight_decay", o.weight_decay},
           {"beta2", o.beta2}, {"dropout", o.dropout}, {"seed", o.seed}, {"workers", o.workers},
-          {"backend", o.backend}, {"device", o.device}, {"threads", o.threads}, {"timeout", o.timeout},
+          {"backend", o.backend}, {"device", o.device}, {"precision", o.precision}, {"threads", o.threads}, {"timeout", o.timeout},
           {"out", o.out}, {"eval_every", o.eval_every}, {"eval_samples", o.eval_samples},
           {"save_every", o.save_every}, {"log_layers", o.log_layers}, {"resume", o.resume}, {"reset_errors_on_resize", o.reset_errors_on_resize}};
 }

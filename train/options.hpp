@@ -53,6 +53,8 @@ struct TrainOptions {
   int workers = 1;                   // processes to start on this machine (ignored when joining a job)
   std::string backend = "gloo";      // gloo | mpi | nccl
   std::string device = "cpu";        // cpu | cuda
+  std::string precision = "fp32";    // fp32 | bf16: the model's forward and backward under autocast to bf16
+                                     // (fp32 weights, gradients, optimizer state and exchange)
   int threads = 0;                   // intra-op threads per worker; 0: cores / workers (at least 1)
   double timeout = 60;               // seconds any collective or rendezvous may wait
   // --- output ---

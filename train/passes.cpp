@@ -1,6 +1,9 @@
 // Forward, backward and evaluation of the model on one rank (see passes.hpp).
 #include "train/passes.hpp"
 
+#include <ATen/autocast_mode.h>
+#include <torch/version.h>
+
 #include <algorithm>
 
 #include "onebit/error.hpp"
@@ -19,8 +22,38 @@ void flush_denormals_in_torch_threads() {
 FlushDenormals::FlushDenormals() { at::globalContext().setFlushDenormal(true); }
 FlushDenormals::~FlushDenormals() { at::globalContext().setFlushDenormal(false); }
 
-double forward_backward(BertForMlm& model, const Batch& b, int micro, const torch::Device& device) {
+Autocast::Autocast(const torch::Device& device, bool bf16) : type_(device.type()), on_(bf16) {
+  if (!on_) return;
+#if TORCH_VERSION_MAJOR >= 2
+  at::autocast::set_autocast_dtype(type_, at::kBFloat16);
+  at::autocast::set_autocast_enabled(type_, true);
+#else
+  if (device.is_cuda()) {
+    at::autocast::set_autocast_gpu_dtype(at::kBFloat16);
+    at::autocast::set_enabled(true);
+  } else {
+    at::autocast::set_autocast_cpu_dtype(at::kBFloat16);
+    at::autocast::set_cpu_enabled(true);
+  }
+#endif
+}
+
+Autocast::~Autocast() {
+  if (!on_) return;
+#if TORCH_VERSION_MAJOR >= 2
+  at::autocast::set_autocast_enabled(type_, false);
+#else
+  if (type_ == torch::kCUDA)
+    at::autocast::set_enabled(false);
+  else
+    at::autocast::set_cpu_enabled(false);
+#endif
+  at::autocast::clear_cache();
+}
+
+double forward_backward(BertForMlm& model, const Batch& b, int micro, const torch::Device& device, bool bf16) {
   const FlushDenormals flush;
+  const Autocast autocast(device, bf16);
   const int64_t n = b.ids.size(0);
   if (micro <= 0 || micro >= n) {
     at::Tensor loss = model->mlm_loss(b.ids.to(device), b.labels.to(device));
@@ -42,8 +75,9 @@ double forward_backward(BertForMlm& model, const Batch& b, int micro, const torc
 }
 
 double evaluate(BertForMlm& model, const MlmData& data, Communicator& comm, int samples, int batch,
-                const torch::Device& device) {
+                const torch::Device& device, bool bf16) {
   const FlushDenormals flush;
+  const Autocast autocast(device, bf16);
   const int64_t n = std::min<int64_t>(samples, data.heldout_sequences());
   const int64_t p = comm.size(), r = comm.rank();
   const int64_t first = n * r / p, last = n * (r + 1) / p;

@@ -27,13 +27,28 @@ class FlushDenormals {
   FlushDenormals& operator=(const FlushDenormals&) = delete;
 };
 
+// --precision bf16: for its lifetime, the forward (and so the backward) on `device` runs under
+// autocast to bf16, as torch.autocast does: matrix products in bf16, reductions and the loss in
+// fp32. Weights, gradients, the optimizer and its exchange stay fp32. Off: nothing changes.
+class Autocast {
+ public:
+  Autocast(const torch::Device& device, bool bf16);
+  ~Autocast();
+  Autocast(const Autocast&) = delete;
+  Autocast& operator=(const Autocast&) = delete;
+
+ private:
+  torch::DeviceType type_;
+  bool on_;
+};
+
 // Forward and backward of this rank's batch in micro-batches of `micro` sequences (0 or more than
 // the batch: one pass), each loss weighted by its share of the batch's masked tokens, so the
 // accumulated gradient is the whole batch's up to fp32 summation order. Returns the batch's loss.
-double forward_backward(BertForMlm& model, const Batch& b, int micro, const torch::Device& device);
+double forward_backward(BertForMlm& model, const Batch& b, int micro, const torch::Device& device, bool bf16 = false);
 
 // Mean masked-LM loss over the first `samples` held-out sequences (sharded over the ranks).
 double evaluate(BertForMlm& model, const MlmData& data, Communicator& comm, int samples, int batch,
-                const torch::Device& device);
+                const torch::Device& device, bool bf16 = false);
 
 }  // namespace onebit::train

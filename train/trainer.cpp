@@ -34,7 +34,7 @@ double since(Clock::time_point t) { return std::chrono::duration<double>(Clock::
 // Settings that change the trajectory: a resume must match them all.
 constexpr const char* kMathSettings[] = {"model", "data", "vocab", "seq", "heldout", "optimizer", "batch", "steps",
                                          "freeze_step", "refresh_interval", "track_scales", "scale_group", "warmup_steps", "lr", "clip", "weight_decay", "beta2",
-                                         "dropout", "seed", "backend", "device"};
+                                         "dropout", "seed", "backend", "device", "precision"};
 
 // Running totals of a run, carried across resumes in the checkpoint.
 struct Totals {
@@ -98,6 +98,7 @@ struct Rank {
   PreparedCorpus corpus;
   BertConfig cfg;
   torch::Device device = torch::Device(torch::kCPU);
+  bool bf16 = false;  // --precision bf16
   BertForMlm model{nullptr};
   std::vector<at::Tensor> params;
   std::vector<std::string> names;
@@ -132,6 +133,7 @@ void set_up(Rank& r, const TrainOptions& o, const std::optional<JobInfo>& job) {
                                 : torch::Device(torch::kCPU);
   torch::manual_seed(o.seed);  // the same initial weights on every rank
   r.model = BertForMlm(r.cfg);
+  r.bf16 = o.precision == "bf16";
   r.model->to(r.device);
   for (auto& p : r.model->named_parameters()) r.names.push_back(p.key()), r.params.push_back(p.value());
   // Faults are planted in what this rank sends, by a decorator of the communicator the optimizer
@@ -231,7 +233,7 @@ Step train_step(const TrainOptions& o, Rank& r, int64_t step) {
   st.stage = r.opt->core().next_stage();
   Batch b = r.data->train_batch(step, o.batch, r.rank, r.world);
   if (o.dropout > 0) torch::manual_seed(mix(o.seed, static_cast<uint64_t>(step), static_cast<uint64_t>(r.rank)));
-  const double local_loss = forward_backward(r.model, b, o.micro_batch, r.device);
+  const double local_loss = forward_backward(r.model, b, o.micro_batch, r.device, r.bf16);
   // With the 1-bit optimizers only the local gradient exists before the exchange, so every
   // optimizer clips this rank's own gradient (the same rule for all, for a fair comparison).
   st.grad_norm = o.clip > 0 ? torch::nn::utils::clip_grad_norm_(r.params, o.clip)
@@ -279,7 +281,7 @@ void run_steps(const TrainOptions& o, Rank& r, Session& s, Logs& logs) {
   const int eval_batch = std::max(r.local_batch, 32);
   if (s.start == 0) {
     // The untrained model's held-out loss: every curve starts from the same point.
-    s.heldout = evaluate(r.model, *r.data, *r.comm, o.eval_samples, eval_batch, r.device);
+    s.heldout = evaluate(r.model, *r.data, *r.comm, o.eval_samples, eval_batch, r.device, r.bf16);
     if (r.rank == 0)
       logs.metrics->write({{"step", 0}, {"samples", 0}, {"heldout_loss", s.heldout}, {"total_bytes_sent", 0}});
   }
@@ -291,7 +293,7 @@ void run_steps(const TrainOptions& o, Rank& r, Session& s, Logs& logs) {
     s.totals.skipped += st.applied ? 0 : 1;
 
     const bool eval_now = step % o.eval_every == 0 || step == o.steps;
-    if (eval_now) s.heldout = evaluate(r.model, *r.data, *r.comm, o.eval_samples, eval_batch, r.device);
+    if (eval_now) s.heldout = evaluate(r.model, *r.data, *r.comm, o.eval_samples, eval_batch, r.device, r.bf16);
     s.totals.bytes_sent = s.base_sent + r.comm->stats().bytes_sent;
     s.totals.bytes_received = s.base_received + r.comm->stats().bytes_received;
     const double sps =
@@ -344,7 +346,7 @@ void train_rank(const TrainOptions& in, const std::optional<JobInfo>& job) {
   if (r.rank == 0) open_logs(logs, o, r, s, info);
   run_steps(o, r, s, logs);
   if (s.start >= o.steps)
-    s.heldout = evaluate(r.model, *r.data, *r.comm, o.eval_samples, std::max(r.local_batch, 32), r.device);
+    s.heldout = evaluate(r.model, *r.data, *r.comm, o.eval_samples, std::max(r.local_batch, 32), r.device, r.bf16);
   check_ranks_identical(*r.opt, *r.comm, "at the end");
   if (r.rank == 0) write_summary(o, r, s, info, t_start);
   r.comm->barrier();  // rank 0 hosts the rendezvous store: leave together

@@ -1,4 +1,4 @@
-// The compressed allreduce of spec §2 on the GPU: comm/compressed_allreduce.cpp step for step, with
+// The compressed allreduce of docs/algorithm.md §2 on the GPU: comm/compressed_allreduce.cpp step for step, with
 // scales kept on the device and the non-finite check decided there.
 #include <algorithm>
 

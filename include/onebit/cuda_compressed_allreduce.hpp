@@ -1,4 +1,4 @@
-// The compressed allreduce of spec §2 with its error state and math on the GPU: the same results as
+// The compressed allreduce of docs/algorithm.md §2 with its error state and math on the GPU: the same results as
 // onebit::CompressedAllreduce (onebit/compressed_allreduce.hpp), bit for bit. Works over any
 // Communicator: NCCL (device memory, stream-ordered) or a host backend, through pinned staging
 // buffers. Needs no CUDA headers.
@@ -16,7 +16,7 @@ namespace onebit::cuda {
 
 class DeviceCollectives;  // comm/cuda/device_collectives.hpp
 
-// Averages one device buffer of n floats over all ranks (spec §2). Owns the error state on the
+// Averages one device buffer of n floats over all ranks (docs/algorithm.md §2). Owns the error state on the
 // device. run() is the whole call; the optimizers use the enqueue-only halves.
 class CudaCompressedAllreduce {
  public:
@@ -47,7 +47,7 @@ class CudaCompressedAllreduce {
   const uint8_t* bits() const { return result_bits_.data(); }
   const float* chunk_scales() const { return server_scales_.data(); }
 
-  // Error state as plain errors on the host (spec §1), as CompressedAllreduce. Synchronous.
+  // Error state as plain errors on the host (docs/algorithm.md §1), as CompressedAllreduce. Synchronous.
   // uncommitted: the worker error that the last compress*() left and commit(true) would make
   // current, for a reader that knows the step was applied but has not committed it.
   std::vector<float> worker_error(bool uncommitted = false) const;

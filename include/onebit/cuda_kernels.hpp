@@ -120,7 +120,7 @@ struct SumOut {
   float* scale = nullptr;
 };
 
-// --- compression (spec §1, §2); as kernels::compress etc., with device scalars ----------------
+// --- compression (docs/algorithm.md §1, §2); as kernels::compress etc., with device scalars ----------------
 // Bit buffers are 4-byte aligned; element i is bit i%8 of byte i/8 (the CPU layout).
 
 void compress(const DevicePartition& part, const float* x, const float* prev, const float* prev_scale,
@@ -140,7 +140,7 @@ void server_average(const DevicePartition& part, const uint8_t* worker_bits, siz
 void decode(const DevicePartition& part, const uint8_t* bits, const float* chunk_scales, float* out,
             Stream stream, const int* skip = nullptr);
 
-// --- optimizers (spec §3-§5); per-layer outputs are device arrays of num_layers() -------------
+// --- optimizers (docs/algorithm.md §3-§5); per-layer outputs are device arrays of num_layers() -------------
 
 void lamb_norms(const DevicePartition& part, const float* g, const float* m, const float* v,
                 const float* w, const kernels::MomentParams& p, double* w_sq, double* u_sq,

@@ -1,7 +1,7 @@
 // Lamb / OnebitLamb / OnebitAdam (§3-§5) with state and math on the GPU: the same results as
 // optimizers.hpp, bit for bit, and the same checkpoint tensors, so a run can move between CPU and
 // GPU. Works over any Communicator: NCCL (device memory, stream-ordered) or a host backend, through
-// pinned staging buffers. The compressed allreduce they use (spec §2) is
+// pinned staging buffers. The compressed allreduce they use (docs/algorithm.md §2) is
 // onebit/cuda_compressed_allreduce.hpp, included here.
 #pragma once
 #include <memory>
@@ -12,6 +12,7 @@
 
 #include "onebit/cuda_compressed_allreduce.hpp"
 #include "onebit/cuda_kernels.hpp"
+#include "onebit/optimizer_registry.hpp"
 #include "onebit/optimizers.hpp"
 
 typedef struct CUevent_st* cudaEvent_t;
@@ -149,5 +150,10 @@ class CudaOnebitAdam : public CudaOptimizer {
   DeviceArray<float> m_, v_;
   bool pending_compression_ = false;
 };
+
+// The registry's CUDA constructor: the twin of onebit::make_optimizer's optimizer for `options`
+// (onebit/optimizer_registry.hpp), on device buffers and `stream`, the same results bit for bit.
+std::unique_ptr<Optimizer> make_optimizer(const FlatLayout& layout, Communicator& comm, Stream stream,
+                                          const AnyOptions& options);
 
 }  // namespace onebit::cuda

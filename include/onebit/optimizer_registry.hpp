@@ -1,8 +1,8 @@
 // Every optimizer onebit builds, in one table: its name, its options with their defaults and docs,
 // its constructor, and what it can do. The command line, the Python module, the torch bridge, the
-// trainer and the benchmarks read this table; none of them compares optimizer names. Adding an
+// trainer and the benchmarks read this table instead of listing the optimizers themselves. Adding an
 // optimizer means its math, its kernels, its entry in optim/registry.cpp (and its CUDA twin's line
-// in optim/cuda), and its tests.
+// in optim/cuda/cuda_registry.cpp), and its tests.
 #pragma once
 #include <map>
 #include <memory>

@@ -1,4 +1,4 @@
-// CUDA compression kernels of spec §1-§2 (worker compress, server average, decode): the formulas of
+// CUDA compression kernels of docs/algorithm.md §1-§2 (worker compress, server average, decode): the formulas of
 // kernels/cpu/piece_impl.hpp, operation for operation, with sign bits packed by warp votes.
 #include "launch.cuh"
 

@@ -29,7 +29,7 @@ struct PartitionArrays {
 
 // --- per-layer scalar math, on the device so a step needs no host round trip -------------------
 
-// LAMB trust ratios (spec §3), as Optimizer::lamb_ratios then the coefficient loop: if any layer's
+// LAMB trust ratios (docs/algorithm.md §3), as Optimizer::lamb_ratios then the coefficient loop: if any layer's
 // w_sq or u_sq is not finite, sets *skip and writes nothing. Otherwise coef[l] = lr * ratio (or
 // lr when trust_ratio is false: 1-bit Adam's warmup), and, when c_freeze is given, the 1-bit LAMB
 // warmup average c_freeze <- coeff_beta*c_freeze + (1-coeff_beta)*ratio for ratio != 1.

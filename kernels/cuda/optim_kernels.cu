@@ -1,4 +1,4 @@
-// CUDA optimizer passes of spec §3-§5 (LAMB norms and update, the 1-bit LAMB compression-stage pass,
+// CUDA optimizer passes of docs/algorithm.md §3-§5 (LAMB norms and update, the 1-bit LAMB compression-stage pass,
 // the frozen-variance update) and small helpers: the formulas of kernels/cpu/piece_impl.hpp.
 #include "launch.cuh"
 

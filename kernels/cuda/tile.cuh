@@ -63,6 +63,19 @@ __device__ __forceinline__ void store_row_bits(Op& op, size_t row, size_t end, u
   }
 }
 
+// One element's slots into the lane's sums (sum of squares) and its max slot.
+template <int S, int MaxSlot>
+__device__ __forceinline__ void accumulate(double (&acc)[S], float& mx, const float (&v)[S]) {
+#pragma unroll
+  for (int s = 0; s < S; ++s) {
+    if (s == MaxSlot) {
+      mx = max_lane(v[s], mx);
+    } else {
+      acc[s] += sq(v[s]);
+    }
+  }
+}
+
 template <class Op>
 __global__ void __launch_bounds__(kChainThreads, 4)
 tile_kernel(PartView part, Op op, double* lanes, const int* skip, size_t num_blocks) {
@@ -93,16 +106,7 @@ tile_kernel(PartView part, Op op, double* lanes, const int* skip, size_t num_blo
     }
     mx = 0.0f;
   };
-  auto take = [&](const float (&v)[S]) {
-#pragma unroll
-    for (int s = 0; s < S; ++s) {
-      if (s == Op::kMaxSlot) {
-        mx = max_lane(v[s], mx);
-      } else {
-        acc[s] += sq(v[s]);
-      }
-    }
-  };
+  auto take = [&](const float (&v)[S]) { accumulate<S, Op::kMaxSlot>(acc, mx, v); };
   auto vote = [&](size_t row, bool bit, bool has) {
     const unsigned word = __ballot_sync(0xffffffffu, bit);
     if (col == 0 && has) store_row_bits(op, row, end, (word >> (threadIdx.x & 16)) & 0xffffu);

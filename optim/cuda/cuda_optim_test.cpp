@@ -179,7 +179,7 @@ OnebitAdamOptions adam1_options() {
   return o;
 }
 
-// A mask on the second layer: every other element zero (spec §4's momentum mask).
+// A mask on the second layer: every other element zero (docs/algorithm.md §4's momentum mask).
 Vec mask_for(const FlatLayout& layout) {
   Vec m(layout[1].size);
   for (size_t i = 0; i < m.size(); ++i) m[i] = i % 2 ? 0.0f : 1.0f;

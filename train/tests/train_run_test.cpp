@@ -10,6 +10,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -417,6 +418,36 @@ TEST_F(TrainRun, MpiBackendMatchesGlooBitForBit) {
   }
   EXPECT_TRUE(same_bits(read_tensor(root + "/gloo/checkpoints/step_00000004/model.pt", "params"),
                         read_tensor(root + "/mpi/checkpoints/step_00000004/model.pt", "params")));
+}
+
+TEST_F(TrainRun, Bf16PrecisionTrainsTheSameModelInBf16AndResumesOnlyAsBf16) {
+  const std::string root = test::tmp_dir("bf16");
+  const std::vector<std::string> common{"--optimizer", "onebit-lamb", "--steps", "4", "--freeze-step", "2"};
+  auto fp32_args = tiny(root + "/fp32", common);
+  auto bf16_args = tiny(root + "/bf16", common);
+  bf16_args.insert(bf16_args.end(), {"--precision", "bf16"});
+  Proc fp32 = start(fp32_args, root + "/fp32.log");
+  ASSERT_EQ(wait_for(fp32, 120), 0) << slurp(fp32.log);
+  Proc bf16 = start(bf16_args, root + "/bf16.log");
+  ASSERT_EQ(wait_for(bf16, 120), 0) << slurp(bf16.log);
+  const auto a = metrics(root + "/fp32"), b = metrics(root + "/bf16");
+  ASSERT_EQ(b.size(), 4u);
+  bool differs = false;
+  for (size_t i = 0; i < 4; ++i) {
+    const double la = a[i]["loss"].get<double>(), lb = b[i]["loss"].get<double>();
+    EXPECT_TRUE(std::isfinite(lb)) << "step " << i + 1;
+    EXPECT_NEAR(lb, la, 0.05 * la) << "step " << i + 1;  // the same model, computed in bf16
+    differs = differs || la != lb;
+    EXPECT_EQ(a[i]["bytes_sent"], b[i]["bytes_sent"]) << "step " << i + 1;  // the exchange stays fp32
+  }
+  EXPECT_TRUE(differs) << "--precision bf16 changed no loss: autocast was not on";
+  EXPECT_EQ(nlohmann::json::parse(slurp(root + "/bf16/config.json"))["options"]["precision"], "bf16");
+  // The checkpoint names its precision: resuming it in fp32 is refused.
+  auto resume = tiny(root + "/resumed", {"--optimizer", "onebit-lamb", "--steps", "4", "--freeze-step", "2",
+                                         "--resume", root + "/bf16"});
+  Proc r = start(resume, root + "/resumed.log");
+  EXPECT_EQ(wait_for(r, 120), 1);
+  EXPECT_NE(slurp(r.log).find("precision"), std::string::npos) << slurp(r.log);
 }
 
 TEST_F(TrainRun, UnusableBackendIsAClearError) {
