@@ -12,6 +12,8 @@ build/onebit bench allreduce --backend mpi --workers 4 --elements 25000000 --jso
 for opt in lamb onebit-lamb onebit-adam; do
   build/onebit bench step --optimizer "$opt" --params 100000000 --threads 1 --json --out "$out/step_$opt.json" >/dev/null
 done
+# --precision bf16 against fp32 in the same run (training samples/s and held-out loss).
+/usr/bin/python3 bench/precision.py --onebit build/onebit --out "$out/precision.json"
 # LAMB vs 1-bit LAMB (the run directories stay in out/; the results and the picture are kept).
 build/onebit compare --out out/compare --no-progress
 mkdir -p "$out/compare"

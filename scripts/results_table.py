@@ -38,6 +38,15 @@ def rows_for(machine_dir):
                          f"memcpy {r['seconds']['memcpy']*1e3:.1f} ms",
                          f"{r['time_ratio']:.2f}x memcpy ({r['bytes_per_param']['step']:g} B/param, bytes moved: "
                          f"{r['floor_time_ratio']:.2f}x)", name))
+        elif kind == "precision":
+            st, md = r["settings"], r["median"]
+            rows.append((f"`onebit train --precision bf16`: {st['model']} BERT, {st['workers']} worker, "
+                         f"{st['steps']} steps x {st['batch']}",
+                         f"bf16: {md['bf16']['samples_per_second']:.1f} samples/s, held-out loss "
+                         f"{md['bf16']['heldout_loss']:.4f}",
+                         f"fp32: {md['fp32']['samples_per_second']:.1f} samples/s, held-out loss "
+                         f"{md['fp32']['heldout_loss']:.4f}",
+                         f"{r['speedup']:.2f}x faster, loss ratio {r['heldout_loss_ratio']:.5f}", name))
     for path in sorted(glob.glob(os.path.join(machine_dir, "*", "compare.json"))):
         r, name = load(path), os.path.relpath(path, ROOT)
         st, a, b = r["settings"], r["lamb"], r["onebit_lamb"]
@@ -81,11 +90,16 @@ def table():
             continue
         first = load(sorted(glob.glob(os.path.join(machine_dir, "*.json")))[0])
         m = first.get("machine", {})
-        out.append(f"Machine `{os.path.basename(machine_dir)}`: {m.get('cpu', '?')}, {m.get('cores', '?')} cores.\n")
+        out.append(f"Machine `{os.path.basename(machine_dir)}`: {m.get('cpu', '?')}, {m.get('cores', '?')} cores "
+                   "(a row that ran on another CPU of the same class names it; losses and bytes are the same "
+                   "bits on any CPU).\n")
         out.append("| benchmark | onebit | baseline, same run | ratio | source |")
         out.append("|---|---|---|---|---|")
         for row in rows:
-            out.append("| " + " | ".join(row[:4]) + f" | [{os.path.basename(row[4])}]({row[4]}) |")
+            cpu = load(os.path.join(ROOT, row[4])).get("machine", {}).get("cpu")
+            where = f" (on {cpu})" if cpu and cpu != m.get("cpu") else ""
+            out.append("| " + row[0] + where + " | " + " | ".join(row[1:4]) +
+                       f" | [{os.path.basename(row[4])}]({row[4]}) |")
         out.append("")
     return "\n".join(out)
 
