@@ -26,6 +26,9 @@
 #endif
 
 #include "onebit/error.hpp"
+#ifdef ONEBIT_HAVE_CUDA
+#include "onebit/cuda_kernels.hpp"
+#endif
 #include "onebit/mpi_comm.hpp"
 #include "onebit/torch_c10d.hpp"
 #include "onebit/torch_watchdog.hpp"
@@ -115,8 +118,12 @@ std::shared_ptr<Communicator> join_nccl(const JobInfo& job, std::chrono::millise
   c10::intrusive_ptr<c10d::ProcessGroup> pg =
       c10::make_intrusive<c10d::ProcessGroupNCCL>(store, job.rank, job.size, opts);
   const int devices = static_cast<int>(torch::cuda::device_count());
+  ONEBIT_CHECK(job.local_rank < devices, "onebit train --backend nccl on rank "
+                                             << job.rank << ": it is local rank " << job.local_rank << " on a machine with "
+                                             << devices << " GPU(s), and NCCL refuses two ranks on one GPU; "
+                                             << "use --backend gloo to share GPUs (host staging)");
   std::shared_ptr<Communicator> comm =
-      make_c10d_communicator(pg, c10::Device(c10::kCUDA, static_cast<c10::DeviceIndex>(job.local_rank % devices)));
+      make_c10d_communicator(pg, c10::Device(c10::kCUDA, static_cast<c10::DeviceIndex>(job.local_rank)));
   comm->set_timeout(timeout);
   return watch_ranks(std::move(comm), tcp_store_connector(job.master_addr, job.master_port, timeout));
 #else
@@ -156,9 +163,27 @@ std::optional<JobInfo> detect_job() {
   return j;
 }
 
-void check_engine_available(const std::string& backend, const std::string& device) {
+void check_precision_available(const std::string& precision, const std::string& device) {
+  if (precision != "bf16" || device != "cuda") return;
+#ifdef ONEBIT_HAVE_CUDA
+  for (int d = 0; d < static_cast<int>(torch::cuda::device_count()); ++d) {
+    const int cc = cuda::compute_capability(d);
+    ONEBIT_CHECK(cc >= 80, "onebit train --precision bf16: GPU " << d << " (" << cuda::device_name(d)
+                               << ", compute capability " << cc / 10 << "." << cc % 10
+                               << ") has no bf16 arithmetic (8.0 or later: A100, H100); use --precision fp32");
+  }
+#endif
+}
+
+void check_engine_available(const std::string& backend, const std::string& device, int local_workers) {
   if (device == "cuda")
     ONEBIT_CHECK(torch::cuda::is_available(), "onebit train --device cuda: no CUDA device is visible to this libtorch");
+  if (backend == "nccl" && device == "cuda") {
+    const auto gpus = static_cast<int>(torch::cuda::device_count());
+    ONEBIT_CHECK(local_workers <= gpus, "onebit train --backend nccl: " << local_workers << " workers on this machine, "
+                                            << gpus << " GPU(s), and NCCL refuses two ranks on one GPU; use "
+                                            << "--backend gloo to share GPUs (host staging)");
+  }
 #if !ONEBIT_NCCL_GROUP
   ONEBIT_CHECK(backend != "nccl", "onebit train --backend nccl: not available with this libtorch (" << TORCH_VERSION
                                       << (ONEBIT_TORCH_NCCL ? ": 2.x process groups are not supported yet"

@@ -27,8 +27,11 @@ std::optional<JobInfo> detect_job();
 std::shared_ptr<Communicator> join_job(const JobInfo& job, const std::string& backend, const std::string& device,
                                        std::chrono::milliseconds timeout);
 
-// Throws onebit::Error when this build or machine cannot run `backend` on `device` (no CUDA, no NCCL
-// in libtorch, no MPI), so a launch fails before starting any worker.
-void check_engine_available(const std::string& backend, const std::string& device);
+// Throws onebit::Error when this build or machine cannot run `backend` on `device` with
+// `local_workers` workers on this machine (no CUDA, no NCCL in libtorch, more NCCL workers than
+// GPUs, no MPI), so a launch fails before starting any worker.
+void check_engine_available(const std::string& backend, const std::string& device, int local_workers = 1);
+// Throws onebit::Error when --precision bf16 cannot run on `device` (a GPU before compute capability 8.0).
+void check_precision_available(const std::string& precision, const std::string& device);
 
 }  // namespace onebit::train

@@ -133,6 +133,7 @@ void set_up(Rank& r, const TrainOptions& o, const std::optional<JobInfo>& job) {
                                 : torch::Device(torch::kCPU);
   torch::manual_seed(o.seed);  // the same initial weights on every rank
   r.model = BertForMlm(r.cfg);
+  check_precision_available(o.precision, o.device);
   r.bf16 = o.precision == "bf16";
   r.model->to(r.device);
   for (auto& p : r.model->named_parameters()) r.names.push_back(p.key()), r.params.push_back(p.value());
@@ -356,7 +357,8 @@ void train(const TrainOptions& in) {
   if (auto job = detect_job()) return train_rank(in, job);
   const TrainOptions o = resolve_options(in);
   validate_options(o);
-  check_engine_available(o.backend, o.device);
+  check_engine_available(o.backend, o.device, o.workers);
+  check_precision_available(o.precision, o.device);
   if (o.workers == 1 && o.backend != "mpi") return train_rank(in, std::nullopt);
   // Learn the tokenizer once here, so the workers start from the cache instead of all at once.
   prepare_corpus(CorpusOptions{o.data, o.vocab, o.heldout, o.cache_dir, true});

@@ -35,6 +35,8 @@ struct PartitionArrays;  // kernels/cuda/launchers.hpp
 // True when a CUDA device can be used (tests skip otherwise).
 bool device_available();
 std::string device_name(int device = 0);
+// major * 10 + minor (90 for an H100); bf16 arithmetic needs 80 or more.
+int compute_capability(int device = 0);
 // Waits for all work on `stream`, polling, and throws onebit::Error naming `what` after `timeout_ms`.
 void wait_stream(Stream stream, int64_t timeout_ms, const std::string& what);
 

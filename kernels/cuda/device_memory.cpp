@@ -24,6 +24,12 @@ std::string device_name(int device) {
   return prop.name;
 }
 
+int compute_capability(int device) {
+  cudaDeviceProp prop{};
+  CUDA_CHECK(cudaGetDeviceProperties(&prop, device));
+  return prop.major * 10 + prop.minor;
+}
+
 void wait_stream(Stream stream, int64_t timeout_ms, const std::string& what) {
   const auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(timeout_ms);
   for (int spins = 0;; ++spins) {
