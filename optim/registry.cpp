@@ -46,7 +46,7 @@ template <class T>
 T count_of(const OptionValue& v, const std::string& who) {
   const double d = number_of(v, who);
   ONEBIT_CHECK(std::isfinite(d) && d == std::floor(d) && d >= static_cast<double>(std::numeric_limits<T>::min()) &&
-                   d <= static_cast<double>(std::numeric_limits<T>::max()),
+                   d < static_cast<double>(std::numeric_limits<T>::max()) + 1.0,  // 2^31, 2^63: exact
                who << " must be a whole number, got " << shortest(d));
   return static_cast<T>(d);
 }

@@ -81,6 +81,8 @@ TEST(Registry, BadInputIsNamed) {
   EXPECT_NE(error_of([&] { lamb.parse({{"lr", "fast"}}); }).find("lamb: lr must be a number, got 'fast'"), std::string::npos);
   EXPECT_NE(error_of([&] { lamb.parse({{"threads", 1.5}}); }).find("lamb: threads must be a whole number, got 1.5"),
             std::string::npos);
+  EXPECT_NE(error_of([&] { lamb.parse({{"threads", 3e9}}); }).find("lamb: threads must be a whole number, got 3e+09"),
+            std::string::npos);  // past int
   EXPECT_NE(error_of([&] { lamb.parse({{"warmup_exchange", 16.0}}); }).find("must be fp32, bf16 or fp16"),
             std::string::npos);
   EXPECT_NE(error_of([&] { lamb.parse({{"beta1", 1.0}}); }).find("beta1 must be in [0, 1)"), std::string::npos);
