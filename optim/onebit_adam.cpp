@@ -1,4 +1,5 @@
-// 1-bit Adam (docs/algorithm.md §5): Adam warmup without bias correction, then frozen variance and compressed momentum.
+// 1-bit Adam (docs/algorithm.md §5): Adam warmup without bias correction, then frozen variance and
+// compressed momentum.
 #include "onebit/optimizers.hpp"
 #include "options.hpp"
 

@@ -143,7 +143,7 @@ INSTANTIATE_TEST_SUITE_P(Cases, Trajectory,
                                   (info.param.weight_decay > 0 ? "_wd" : "");
                          });
 
-// Spec §4 (differs from the reference): with freeze_step >= the number of steps, 1-bit LAMB is
+// docs/algorithm.md §4 (differs from the reference): with freeze_step >= the number of steps, 1-bit LAMB is
 // LAMB, bit for bit.
 TEST(OnebitLamb, WithoutCompressionIsLambBitForBit) {
   for (int P : {1, 2}) {

@@ -74,7 +74,7 @@ class RefOptimizer {
     if (t == o.freeze_step) vf = v;
   }
 
-  // Spec §2 over all ranks' inputs.
+  // docs/algorithm.md §2 over all ranks' inputs.
   DVec allreduce(const std::vector<DVec>& x) {
     std::vector<DVec> q(static_cast<size_t>(P), DVec(N));
     for (int p = 0; p < P; ++p) {

@@ -18,7 +18,7 @@ namespace onebit::train {
 std::unique_ptr<TorchOptimizer> make_optimizer(const TrainOptions& o, const std::vector<at::Tensor>& params,
                                                std::shared_ptr<Communicator> comm, int threads);
 
-// Spec §4: rows of the position table at or beyond --seq, token-type rows other than 0 and the key
+// docs/algorithm.md §4: rows of the position table at or beyond --seq, token-type rows other than 0 and the key
 // biases never get a gradient, and 1-bit compression cannot send an exact zero (with v = 0 such an
 // element's update would be m/eps), so 1-bit LAMB masks their momentum. Returns the masked tensors.
 int set_momentum_masks(TorchOptimizer& opt, const std::vector<std::string>& names, int seq);

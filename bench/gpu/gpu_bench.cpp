@@ -213,7 +213,7 @@ json time_onebit_lamb_step(Communicator& comm, const FlatLayout& layout, const T
   OnebitLambOptions opt;
   opt.freeze_step = 1;
   CudaOnebitLamb lamb1(layout, comm, timer.stream, opt);
-  // Sequence length 128: rows 128..511 of the position embedding never get a gradient (spec §4).
+  // Sequence length 128: rows 128..511 of the position embedding never get a gradient (docs/algorithm.md §4).
   std::vector<float> mask(layout[1].size, 0.0f);
   std::fill(mask.begin(), mask.begin() + std::min<size_t>(mask.size(), 128 * layout[1].size / 512), 1.0f);
   lamb1.set_momentum_mask(1, mask);

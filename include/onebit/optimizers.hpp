@@ -1,5 +1,6 @@
-// Lamb, OnebitLamb and OnebitAdam over a FlatLayout (docs/algorithm.md §3-§5). They own all communication:
-// hand them this rank's local gradient and they average it (warmup) or compress the momentum.
+// Lamb, OnebitLamb and OnebitAdam over a FlatLayout (docs/algorithm.md §3-§5). They own all
+// communication: hand them this rank's local gradient and they average it (warmup) or compress
+// the momentum.
 #pragma once
 #include <cstdint>
 #include <map>
@@ -39,7 +40,8 @@ inline constexpr int64_t kAutoRefreshInterval = 16;
 inline constexpr int64_t kAutoScaleGroup = 2048;
 
 struct OnebitLambOptions : LambOptions {
-  int64_t freeze_step = kAutoFreeze;  // >= 1: steps 1..freeze_step are LAMB warmup (docs/algorithm.md §4); or kAutoFreeze
+  // >= 1: steps 1..freeze_step are LAMB warmup (docs/algorithm.md §4); or kAutoFreeze.
+  int64_t freeze_step = kAutoFreeze;
   AutoFreezeOptions auto_freeze{};  // used only with freeze_step = kAutoFreeze
   float coeff_beta = 0.9f;         // decay of the frozen trust-ratio average c_freeze
   float factor_max = 4.0f;         // upper clip of the variance-change factor
@@ -57,8 +59,8 @@ struct OnebitLambOptions : LambOptions {
   // 1: k follows each layer's gradient RMS every compression step (one fp32 all-reduce of a value
   // per layer); 0: k is set once, at the first compression step (docs/algorithm.md §4 step 1).
   int track_scales = kWithAutoFreeze;
-  // Elements per compression scale (docs/algorithm.md §12): 0 is docs/algorithm.md §2 (one scale per worker, one
-  // per server chunk); a positive multiple of 64 gives every group of that many elements of each
+  // Elements per compression scale (docs/algorithm.md §12): 0 is §2 (one scale per worker, one per
+  // server chunk); a positive multiple of 64 gives every group of that many elements of each
   // chunk its own worker and server scale, for 4 bytes per group more on the wire.
   // kWithAutoFreeze means kAutoScaleGroup.
   int64_t scale_group = kWithAutoFreeze;
@@ -74,7 +76,7 @@ struct OnebitAdamOptions {
   AutoFreezeOptions auto_freeze{};  // used only with freeze_step = kAutoFreeze
   int threads = 1;             // CPU threads for the kernels on this rank
   WirePrecision warmup_exchange = WirePrecision::kFp32;  // the warmup's gradient exchange
-  int64_t scale_group = 0;     // elements per compression scale, as OnebitLambOptions::scale_group (0: docs/algorithm.md §2)
+  int64_t scale_group = 0;     // elements per compression scale, as OnebitLambOptions::scale_group (0: §2)
 };
 
 // Everything an optimizer needs to continue bit for bit, this rank's error buffers included.
@@ -117,7 +119,7 @@ class Optimizer {
   // Per layer, the multiple of lr the last applied step moved it by (LAMB's trust ratio; 1-bit
   // LAMB's c_freeze x factor in compression); empty where the optimizer has none. For reports.
   virtual std::vector<float> layer_trust() const { return {}; }
-  // Spec §4 momentum mask: a 0/1 mask over layer `layer`'s elements, applied after every
+  // docs/algorithm.md §4 momentum mask: a 0/1 mask over layer `layer`'s elements, applied after every
   // compressed exchange; an empty span removes it. An error for an optimizer without it (its
   // registry entry says momentum_mask = false).
   virtual void set_momentum_mask(size_t layer, std::span<const float> mask);

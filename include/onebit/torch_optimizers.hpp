@@ -91,7 +91,7 @@ class TorchOptimizer : public torch::optim::Optimizer {
   bool last_step_applied() const { return last_applied_; }
   // Hides torch::optim::Optimizer::zero_grad: zeroes the flat gradient, keeping the views.
   void zero_grad(bool set_to_none = false);
-  // Spec §4 momentum mask for parameter `index` (0/1, the parameter's shape); undefined removes it.
+  // docs/algorithm.md §4 momentum mask for parameter `index` (0/1, the parameter's shape); undefined removes it.
   // An error unless the optimizer has masks (its registry entry's momentum_mask).
   void set_momentum_mask(size_t index, const at::Tensor& mask);
 

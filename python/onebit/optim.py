@@ -173,7 +173,7 @@ class _OnebitOptimizer(torch.optim.Optimizer):
         return self._engines[0].skipped
 
     def set_momentum_mask(self, param, mask):
-        """Spec §4: a 0/1 mask of param's shape applied to its momentum after every compressed
+        """docs/algorithm.md §4: a 0/1 mask of param's shape applied to its momentum after every compressed
         exchange (for regions whose gradient is always zero); None removes it. OnebitLamb only."""
         for group, engine in zip(self.param_groups, self._engines):
             for i, p in enumerate(group["params"]):
