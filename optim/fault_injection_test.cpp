@@ -47,7 +47,8 @@ TEST(FaultPlan, ParsesRankStepItemsAndNamesTheFirstBadOne) {
   for (const auto& [spec, bad] : std::vector<std::pair<std::string, std::string>>{
            {"", ""}, {"1", "1"}, {"1:2,", ""}, {"1:2,x:3", "x:3"}, {"1:0", "1:0"}, {"-1:2", "-1:2"},
            {"1:2:3", "1:2:3"}, {"1: 2", "1: 2"}, {"0:5,,1:2", ""}, {"1:2x", "1:2x"}}) {
-    const std::string what = error_of([&] { parse_fault_plan(spec, "--inject-nonfinite"); });
+    const std::string& text = spec;  // clang 14 does not capture structured bindings
+    const std::string what = error_of([&] { parse_fault_plan(text, "--inject-nonfinite"); });
     EXPECT_EQ(what, "--inject-nonfinite: '" + bad + "' is not RANK:STEP (a rank >= 0 and a step >= 1)") << spec;
   }
 }
