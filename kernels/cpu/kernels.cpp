@@ -251,18 +251,17 @@ void decode(const Partition& part, ThreadPool& pool, const uint8_t* bits, const 
 }
 
 namespace {
+// The moment coefficients every step pass takes, from the optimizer's settings.
+template <class Args>
+Args with_moments(Args a, const MomentParams& p) {
+  a.beta1 = p.beta1, a.one_minus_beta1 = 1.0f - p.beta1;
+  a.beta2 = p.beta2, a.one_minus_beta2 = 1.0f - p.beta2;
+  a.eps = p.eps, a.weight_decay = p.weight_decay;
+  return a;
+}
+
 LambArgs lamb_args(const float* g, float* m, float* v, float* w, const MomentParams& p) {
-  return {.g = g,
-          .m = m,
-          .v = v,
-          .w = w,
-          .beta1 = p.beta1,
-          .one_minus_beta1 = 1.0f - p.beta1,
-          .beta2 = p.beta2,
-          .one_minus_beta2 = 1.0f - p.beta2,
-          .eps = p.eps,
-          .weight_decay = p.weight_decay,
-          .coef = 0};
+  return with_moments(LambArgs{.g = g, .m = m, .v = v, .w = w, .coef = 0}, p);
 }
 }  // namespace
 
@@ -305,17 +304,12 @@ void onebit_lamb_norms(const Partition& part, ThreadPool& pool, const Momentum& 
                        const OnebitLambSums& out) {
   std::vector<OnebitSums> sums(part.pieces().size());
   for_pieces(part, pool, [&](size_t idx, const Piece& pc) {
-    const OnebitArgs a{.m = momentum_piece(part, m, pc),
-                       .m_prev = momentum_piece(part, m_prev, pc),
-                       .d = d,
-                       .v_fresh = v_fresh,
-                       .w = w,
-                       .beta1 = p.beta1,
-                       .one_minus_beta1 = 1.0f - p.beta1,
-                       .beta2 = p.beta2,
-                       .one_minus_beta2 = 1.0f - p.beta2,
-                       .eps = p.eps,
-                       .weight_decay = p.weight_decay};
+    const OnebitArgs a = with_moments(OnebitArgs{.m = momentum_piece(part, m, pc),
+                                                 .m_prev = momentum_piece(part, m_prev, pc),
+                                                 .d = d,
+                                                 .v_fresh = v_fresh,
+                                                 .w = w},
+                                      p);
     sums[idx] = K().onebit_norms(pc.begin, pc.end, a);
   });
   const size_t L = part.num_layers();

@@ -52,7 +52,9 @@ struct LambArgs {
   float* m;
   float* v;
   float* w;
-  float beta1, one_minus_beta1, beta2, one_minus_beta2, eps, weight_decay, coef;
+  // Filled by with_moments (kernels.cpp) from the optimizer's MomentParams.
+  float beta1 = 0, one_minus_beta1 = 0, beta2 = 0, one_minus_beta2 = 0, eps = 0, weight_decay = 0;
+  float coef;
 };
 
 struct OnebitArgs {
@@ -60,7 +62,8 @@ struct OnebitArgs {
   const float* d;  // sqrt(v) + eps
   float* v_fresh;
   const float* w;
-  float beta1, one_minus_beta1, beta2, one_minus_beta2, eps, weight_decay;
+  // Filled by with_moments (kernels.cpp) from the optimizer's MomentParams.
+  float beta1 = 0, one_minus_beta1 = 0, beta2 = 0, one_minus_beta2 = 0, eps = 0, weight_decay = 0;
 };
 
 struct FrozenArgs {
