@@ -175,6 +175,13 @@ const std::vector<Field<O>>& fields() {
   return f;
 }
 
+template <class O>
+const Field<O>* find_field(std::string_view key) {
+  for (const auto& f : fields<O>())
+    if (key == f.key) return &f;
+  return nullptr;
+}
+
 const OptimizerKind kKinds[] = {
     {"lamb", "LAMB: Adam's moments with a layer-wise trust ratio; every step exchanges the gradient", false, true,
      false, LambOptions{}},
@@ -198,11 +205,7 @@ std::vector<OptionInfo> OptimizerKind::options() const {
 
 bool OptimizerKind::has_option(std::string_view key) const {
   return std::visit(
-      [key](const auto& d) {
-        for (const auto& f : fields<std::decay_t<decltype(d)>>())
-          if (key == f.key) return true;
-        return false;
-      },
+      [key](const auto& d) { return find_field<std::decay_t<decltype(d)>>(key) != nullptr; },
       defaults);
 }
 
@@ -212,9 +215,7 @@ AnyOptions OptimizerKind::parse(const OptionValues& values) const {
         using O = std::decay_t<decltype(d)>;
         O o = d;
         for (const auto& [key, value] : values) {
-          const Field<O>* field = nullptr;
-          for (const auto& f : fields<O>())
-            if (key == f.key) field = &f;
+          const Field<O>* field = find_field<O>(key);
           if (!field) {
             std::string known;
             for (const auto& f : fields<O>()) known += (known.empty() ? "" : ", ") + std::string(f.key);

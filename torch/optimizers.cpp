@@ -4,6 +4,7 @@
 #include <ATen/ATen.h>
 #include <torch/csrc/autograd/grad_mode.h>
 
+#include <optional>
 #include <sstream>
 
 #include "onebit/error.hpp"
@@ -180,11 +181,8 @@ void TorchOptimizer::set_momentum_mask(size_t index, const at::Tensor& mask) {
   const std::span<const float> values = m.defined() ? std::span<const float>(m.data_ptr<float>(), m.numel())
                                                     : std::span<const float>();
 #ifdef ONEBIT_HAVE_CUDA
-  if (device_) {
-    torch_cuda::DeviceScope scope(device_->device());
-    core_->set_momentum_mask(index, values);
-    return;
-  }
+  std::optional<torch_cuda::DeviceScope> scope;  // the core's device, for its copy of the mask
+  if (device_) scope.emplace(device_->device());
 #endif
   core_->set_momentum_mask(index, values);
 }

@@ -8,8 +8,6 @@
 #include <algorithm>
 #include <atomic>
 #include <chrono>
-#include <functional>
-#include <set>
 
 #include "c10d_compat.hpp"
 #include "onebit/error.hpp"
