@@ -45,24 +45,31 @@ inline ProcessGroupPtr adopt(::c10d::ProcessGroup* pg) {
   return ProcessGroupPtr::reclaim_copy(pg);
 }
 
-// An NCCL ProcessGroup around its backend (a ProcessGroupNCCL), as torch.distributed builds one:
-// 2.x keeps a group apart from its per-device backends (and from 2.5 takes no options), 1.13's
-// ProcessGroupNCCL is a group itself. A template so that this header needs no CUDA-enabled one.
-template <class NcclBackend>
-ProcessGroupPtr nccl_group(const c10::intrusive_ptr<::c10d::Store>& store, int rank, int size,
-                           c10::intrusive_ptr<NcclBackend> backend) {
+// The engines a group can be built around here.
+enum class Engine { kGloo, kNccl };
+
+// A ProcessGroup around one backend (a ProcessGroupGloo or a ProcessGroupNCCL), as
+// torch.distributed builds one: 2.x keeps a group apart from its per-device backends (and from 2.5
+// takes no options); 1.13's backends are groups themselves. Gloo serves CPU and CUDA tensors, NCCL
+// CUDA ones. A template so that this header needs neither backend's header.
+template <class Backend>
+ProcessGroupPtr group_of(const c10::intrusive_ptr<::c10d::Store>& store, int rank, int size,
+                         c10::intrusive_ptr<Backend> backend, Engine engine) {
 #if TORCH_VERSION_MAJOR >= 2
+  using Type = ::c10d::ProcessGroup::BackendType;
+  const Type type = engine == Engine::kGloo ? Type::GLOO : Type::NCCL;
 #if TORCH_VERSION_MAJOR > 2 || TORCH_VERSION_MINOR >= 5
   auto group = c10::make_intrusive<::c10d::ProcessGroup>(store, rank, size);
-  group->setDefaultBackend(::c10d::ProcessGroup::BackendType::NCCL);
+  group->setDefaultBackend(type);
 #else
-  auto group = c10::make_intrusive<::c10d::ProcessGroup>(store, rank, size,
-                                                         c10::make_intrusive<::c10d::ProcessGroup::Options>("nccl"));
+  auto group = c10::make_intrusive<::c10d::ProcessGroup>(
+      store, rank, size, c10::make_intrusive<::c10d::ProcessGroup::Options>(engine == Engine::kGloo ? "gloo" : "nccl"));
 #endif
-  group->setBackend(c10::DeviceType::CUDA, ::c10d::ProcessGroup::BackendType::NCCL, backend);
+  if (engine == Engine::kGloo) group->setBackend(c10::DeviceType::CPU, type, backend);
+  group->setBackend(c10::DeviceType::CUDA, type, backend);
   return group;
 #else
-  (void)store, (void)rank, (void)size;
+  (void)store, (void)rank, (void)size, (void)engine;
   return backend;
 #endif
 }

@@ -16,15 +16,14 @@
 #include <string>
 
 #ifndef ONEBIT_TORCH_NCCL
-#define ONEBIT_TORCH_NCCL 0  // set by CMake when libtorch was built with CUDA
+#define ONEBIT_TORCH_NCCL 0  // set by CMake when libtorch was built with CUDA and NCCL is found
 #endif
-// torch 2.x splits ProcessGroup from its per-device Backend; the groups here are built the 1.13 way.
-#if ONEBIT_TORCH_NCCL && TORCH_VERSION_MAJOR < 2
-#define ONEBIT_NCCL_GROUP 1
+#if ONEBIT_TORCH_NCCL
 #define USE_C10D_NCCL 1
 #include <torch/csrc/distributed/c10d/ProcessGroupNCCL.hpp>
 #endif
 
+#include "c10d_compat.hpp"
 #include "onebit/error.hpp"
 #ifdef ONEBIT_HAVE_CUDA
 #include "onebit/cuda_kernels.hpp"
@@ -79,13 +78,6 @@ c10::intrusive_ptr<c10d::Store> rendezvous(const JobInfo& job, std::chrono::mill
 }
 
 std::shared_ptr<Communicator> join_gloo(const JobInfo& job, std::chrono::milliseconds timeout) {
-#if TORCH_VERSION_MAJOR >= 2
-  // torch 2.x splits ProcessGroup from its per-device Backend; this trainer builds the 1.13 shape.
-  ONEBIT_CHECK(false, "onebit train --backend gloo: torch " << TORCH_VERSION
-                                                            << " is not supported yet (built for torch 1.13's c10d)");
-  (void)job, (void)timeout;
-  return {};
-#else
   auto store = rendezvous(job, timeout);
   auto opts = c10d::ProcessGroupGloo::Options::create(timeout);
   if (auto ifname = env("GLOO_SOCKET_IFNAME"))
@@ -95,9 +87,11 @@ std::shared_ptr<Communicator> join_gloo(const JobInfo& job, std::chrono::millise
   else
     opts->devices.push_back(c10d::ProcessGroupGloo::createDefaultDevice());
   opts->threads = 1;  // one collective at a time: more threads only compete with the model
-  c10::intrusive_ptr<c10d::ProcessGroup> pg;
+  c10d_compat::ProcessGroupPtr pg;
   try {
-    pg = c10::make_intrusive<c10d::ProcessGroupGloo>(store, job.rank, job.size, opts);
+    pg = c10d_compat::group_of(store, job.rank, job.size,
+                               c10::make_intrusive<c10d::ProcessGroupGloo>(store, job.rank, job.size, opts),
+                               c10d_compat::Engine::kGloo);
   } catch (const std::exception& e) {
     std::string cause = e.what();
     if (auto nl = cause.find('\n'); nl != std::string::npos) cause.resize(nl);
@@ -106,17 +100,17 @@ std::shared_ptr<Communicator> join_gloo(const JobInfo& job, std::chrono::millise
   std::shared_ptr<Communicator> comm = make_c10d_communicator(pg);
   comm->set_timeout(timeout);
   return watch_ranks(std::move(comm), tcp_store_connector(job.master_addr, job.master_port, timeout));
-#endif
 }
 
 std::shared_ptr<Communicator> join_nccl(const JobInfo& job, std::chrono::milliseconds timeout) {
-#if ONEBIT_NCCL_GROUP
+#if ONEBIT_TORCH_NCCL
   ONEBIT_CHECK(torch::cuda::is_available(), "onebit train --backend nccl on rank " << job.rank << ": no CUDA device is visible");
   auto store = rendezvous(job, timeout);
   auto opts = c10d::ProcessGroupNCCL::Options::create();
   opts->timeout = timeout;
-  c10::intrusive_ptr<c10d::ProcessGroup> pg =
-      c10::make_intrusive<c10d::ProcessGroupNCCL>(store, job.rank, job.size, opts);
+  c10d_compat::ProcessGroupPtr pg = c10d_compat::group_of(
+      store, job.rank, job.size, c10::make_intrusive<c10d::ProcessGroupNCCL>(store, job.rank, job.size, opts),
+      c10d_compat::Engine::kNccl);
   const int devices = static_cast<int>(torch::cuda::device_count());
   ONEBIT_CHECK(job.local_rank < devices, "onebit train --backend nccl on rank "
                                              << job.rank << ": it is local rank " << job.local_rank << " on a machine with "
@@ -129,8 +123,7 @@ std::shared_ptr<Communicator> join_nccl(const JobInfo& job, std::chrono::millise
 #else
   (void)timeout;
   ONEBIT_CHECK(false, "onebit train --backend nccl on rank " << job.rank << ": not available with this libtorch ("
-                      << TORCH_VERSION << (ONEBIT_TORCH_NCCL ? ", 2.x groups are not supported yet" : ", built without CUDA")
-                      << "); use --backend gloo");
+                      << TORCH_VERSION << ", built without CUDA or NCCL); use --backend gloo");
   return {};
 #endif
 }
@@ -184,15 +177,9 @@ void check_engine_available(const std::string& backend, const std::string& devic
                                             << gpus << " GPU(s), and NCCL refuses two ranks on one GPU; use "
                                             << "--backend gloo to share GPUs (host staging)");
   }
-#if !ONEBIT_NCCL_GROUP
+#if !ONEBIT_TORCH_NCCL
   ONEBIT_CHECK(backend != "nccl", "onebit train --backend nccl: not available with this libtorch (" << TORCH_VERSION
-                                      << (ONEBIT_TORCH_NCCL ? ": 2.x process groups are not supported yet"
-                                                            : ": built without CUDA, as Debian's is")
-                                      << "); use --backend gloo");
-#endif
-#if TORCH_VERSION_MAJOR >= 2
-  ONEBIT_CHECK(backend != "gloo", "onebit train --backend gloo: torch " << TORCH_VERSION
-                                      << " is not supported yet (the trainer builds torch 1.13's c10d groups)");
+                                      << ": built without CUDA, as Debian's is, or NCCL was not found); use --backend gloo");
 #endif
   if (backend == "mpi")
     ONEBIT_CHECK(mpi_available(), "onebit train --backend mpi: this build has no MPI (configure with MPI installed)");

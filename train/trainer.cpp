@@ -40,16 +40,24 @@ constexpr const char* kMathSettings[] = {"model", "data", "vocab", "seq", "heldo
 struct Totals {
   uint64_t bytes_sent = 0, bytes_received = 0;
   double comm_seconds = 0, compute_seconds = 0, train_seconds = 0;
+  // The step's breakdown: forward and backward, the optimizer's own work, its exchange.
+  double forward_backward_seconds = 0, optimizer_seconds = 0, exchange_seconds = 0;
   int64_t skipped = 0;
   nlohmann::json to_json() const {
     return {{"bytes_sent", bytes_sent}, {"bytes_received", bytes_received}, {"comm_seconds", comm_seconds},
-            {"compute_seconds", compute_seconds}, {"train_seconds", train_seconds}, {"skipped_steps", skipped}};
+            {"compute_seconds", compute_seconds}, {"train_seconds", train_seconds},
+            {"forward_backward_seconds", forward_backward_seconds}, {"optimizer_seconds", optimizer_seconds},
+            {"exchange_seconds", exchange_seconds}, {"skipped_steps", skipped}};
   }
   static Totals from_json(const nlohmann::json& j) {
     Totals t;
     t.bytes_sent = j.at("bytes_sent"), t.bytes_received = j.at("bytes_received");
     t.comm_seconds = j.at("comm_seconds"), t.compute_seconds = j.at("compute_seconds");
     t.train_seconds = j.at("train_seconds"), t.skipped = j.at("skipped_steps");
+    // Checkpoints from before the breakdown have none: it restarts at zero.
+    t.forward_backward_seconds = j.value("forward_backward_seconds", 0.0);
+    t.optimizer_seconds = j.value("optimizer_seconds", 0.0);
+    t.exchange_seconds = j.value("exchange_seconds", 0.0);
     return t;
   }
 };
@@ -218,6 +226,7 @@ void open_logs(Logs& logs, const TrainOptions& o, const Rank& r, const Session& 
 struct Step {
   int64_t step = 0;
   double lr = 0, grad_norm = 0, loss_avg = 0, wall = 0, comm_s = 0;
+  double forward_backward_s = 0, optimizer_s = 0, exchange_s = 0;  // optimizer_s: without exchange_s
   const char* stage = "";
   bool applied = true;
   CommStats before, after;
@@ -234,13 +243,20 @@ Step train_step(const TrainOptions& o, Rank& r, int64_t step) {
   st.stage = r.opt->core().next_stage();
   Batch b = r.data->train_batch(step, o.batch, r.rank, r.world);
   if (o.dropout > 0) torch::manual_seed(mix(o.seed, static_cast<uint64_t>(step), static_cast<uint64_t>(r.rank)));
-  const double local_loss = forward_backward(r.model, b, o.micro_batch, r.device, r.bf16);
+  const auto t_fb = Clock::now();
+  const double local_loss = forward_backward(r.model, b, o.micro_batch, r.device, r.bf16);  // .item() waits
+  st.forward_backward_s = since(t_fb);
   // With the 1-bit optimizers only the local gradient exists before the exchange, so every
   // optimizer clips this rank's own gradient (the same rule for all, for a fair comparison).
   st.grad_norm = o.clip > 0 ? torch::nn::utils::clip_grad_norm_(r.params, o.clip)
                             : torch::nn::utils::clip_grad_norm_(r.params, INFINITY);
   if (r.faults) r.faults->begin_step(step);  // the decorator's clock for its plan
+  const double exchange0 = r.comm->stats().seconds;
+  const auto t_opt = Clock::now();
   r.opt->step();
+  if (r.device.is_cuda()) torch::cuda::synchronize(r.device.index());  // the step's kernels, timed
+  st.exchange_s = r.comm->stats().seconds - exchange0;
+  st.optimizer_s = since(t_opt) - st.exchange_s;
   r.dead->restore(*r.opt);
   st.applied = r.opt->last_step_applied();
   r.opt->zero_grad();
@@ -260,7 +276,9 @@ void log_step(const TrainOptions& o, const Rank& r, Logs& logs, Progress& progre
   nlohmann::json rec{{"step", step}, {"samples", step * o.batch}, {"loss", s.loss_avg}, {"lr", st.lr},
                      {"stage", st.stage}, {"bytes_sent", st.after.bytes_sent - st.before.bytes_sent},
                      {"total_bytes_sent", s.totals.bytes_sent}, {"compute_seconds", st.wall - st.comm_s},
-                     {"comm_seconds", st.comm_s}, {"grad_norm", st.grad_norm}};
+                     {"comm_seconds", st.comm_s}, {"grad_norm", st.grad_norm},
+                     {"forward_backward_seconds", st.forward_backward_s}, {"optimizer_seconds", st.optimizer_s},
+                     {"exchange_seconds", st.exchange_s}};
   if (!st.applied) rec["skipped"] = true;
   if (eval_now) rec["heldout_loss"] = s.heldout;
   logs.metrics->write(rec);
@@ -291,6 +309,8 @@ void run_steps(const TrainOptions& o, Rank& r, Session& s, Logs& logs) {
     s.loss_avg = st.loss_avg;
     s.totals.comm_seconds += st.comm_s, s.totals.compute_seconds += st.wall - st.comm_s;
     s.totals.train_seconds += st.wall;
+    s.totals.forward_backward_seconds += st.forward_backward_s;
+    s.totals.optimizer_seconds += st.optimizer_s, s.totals.exchange_seconds += st.exchange_s;
     s.totals.skipped += st.applied ? 0 : 1;
 
     const bool eval_now = step % o.eval_every == 0 || step == o.steps;

@@ -28,7 +28,8 @@ c10d_compat::ProcessGroupPtr nccl_group_of_one() {
   auto store = c10::make_intrusive<::c10d::FileStore>(path.string(), 1);
   auto options = ::c10d::ProcessGroupNCCL::Options::create();
   options->timeout = std::chrono::milliseconds(60000);
-  return c10d_compat::nccl_group(store, 0, 1, c10::make_intrusive<::c10d::ProcessGroupNCCL>(store, 0, 1, options));
+  return c10d_compat::group_of(store, 0, 1, c10::make_intrusive<::c10d::ProcessGroupNCCL>(store, 0, 1, options),
+                               c10d_compat::Engine::kNccl);
 }
 
 TEST(TorchCudaC10d, OnebitLambOverProcessGroupNcclEqualsTheCpuBitForBit) {

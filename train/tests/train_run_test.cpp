@@ -129,8 +129,16 @@ TEST_F(TrainRun, TwoWorkersStayIdenticalAndCompressionSendsAboutOneBitPerValue) 
     EXPECT_TRUE(std::isfinite(r["loss"].get<double>()));
     (w ? warm : comp) = std::max<uint64_t>(w ? warm : comp, r["bytes_sent"].get<uint64_t>());
     EXPECT_GE(r["comm_seconds"].get<double>(), 0.0);
+    // The step's breakdown: its parts are real times and fit in the step (compute + comm).
+    const double fb = r["forward_backward_seconds"], opt = r["optimizer_seconds"], ex = r["exchange_seconds"];
+    EXPECT_GT(fb, 0.0);
+    EXPECT_GT(opt, 0.0);
+    EXPECT_GT(ex, 0.0) << "two workers exchange at every step";
+    EXPECT_LE(fb + opt + ex, r["compute_seconds"].get<double>() + r["comm_seconds"].get<double>() + 1e-6);
+    EXPECT_LE(ex, r["comm_seconds"].get<double>() + 1e-9);
   }
   EXPECT_TRUE(m[2].contains("heldout_loss") && m[5].contains("heldout_loss"));
+  EXPECT_GT(summary["totals"]["forward_backward_seconds"].get<double>(), 0.0);
   const auto all = metrics(out, true);
   ASSERT_EQ(all.size(), 7u);
   EXPECT_EQ(all[0]["step"], 0);
