@@ -150,6 +150,27 @@ TEST(HalfAllreduce, ANonFiniteValueOnOneRankShowsOnEveryRank) {
   }
 }
 
+// The overlapped warmup exchange averages the gradient in buckets of whole layers, in any order:
+// the bits are those of one exchange of the whole buffer.
+TEST(HalfAllreduce, AveragingInPiecesGivesTheBitsOfTheWhole) {
+  const int P = 3;
+  const size_t n = 10007;
+  const std::vector<size_t> cuts = {10007, 9000, 4096, 4095, 17, 0};  // pieces from the end, as backward gives them
+  std::vector<Vec> x;
+  for (int p = 0; p < P; ++p) x.push_back(testing::random_vec(n, 5 + p, 2.0f));
+  const Vec want = testing::pinned_half_average(x, to_bf16, from_bf16);
+  std::vector<Vec> got(P);
+  run_local(P, [&](Communicator& comm) {
+    ThreadPool pool(2);
+    HalfAllreduce ar(comm, pool, n, WirePrecision::kBf16);
+    Vec mine = x[static_cast<size_t>(comm.rank())];
+    for (size_t i = 1; i < cuts.size(); ++i)
+      ar.average(std::span<float>(mine).subspan(cuts[i], cuts[i - 1] - cuts[i]));
+    got[static_cast<size_t>(comm.rank())] = mine;
+  });
+  for (int p = 0; p < P; ++p) EXPECT_TRUE(testing::bitwise_equal(got[p], want)) << "rank " << p;
+}
+
 TEST(HalfAllreduce, RefusesFp32AndAWrongSize) {
   run_local(1, [&](Communicator& comm) {
     ThreadPool pool(1);

@@ -73,6 +73,7 @@ class MpiCommunicator final : public Communicator {
   int rank() const override { return rank_; }
   int size() const override { return size_; }
   std::string backend() const override { return "mpi"; }
+  bool any_thread() const override { return false; }  // MPI_THREAD_FUNNELED
 
  protected:
   void do_allreduce_sum(std::span<float> data) override {

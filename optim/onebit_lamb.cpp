@@ -128,7 +128,7 @@ bool OnebitLamb::refresh_step(std::span<float> w, std::span<float> g) {
       x[i] = opt_.beta1 * x[i] + (1 - opt_.beta1) * g[i] + e * inv_k;
     }
   }
-  average_gradients(x);
+  exchange_average(x);
   for (float v : x)
     if (!std::isfinite(v)) return false;  // every rank holds the same average: all skip together
   for (size_t l = 0; l < layout_.num_layers(); ++l)

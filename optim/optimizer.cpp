@@ -2,6 +2,7 @@
 #include <algorithm>
 #include <cmath>
 #include <sstream>
+#include <utility>
 
 #include "onebit/error.hpp"
 #include "onebit/optimizers.hpp"
@@ -29,11 +30,37 @@ void Optimizer::set_momentum_mask(size_t /*layer*/, std::span<const float> /*mas
   throw Error(name() + ": momentum masks are a 1-bit LAMB option (docs/algorithm.md §4)");
 }
 
-void CpuOptimizer::average_gradients(std::span<float> grads) {
+void Optimizer::average_ahead(std::span<float> /*grads*/, size_t /*first*/, size_t /*last*/) {
+  throw Error(name() + ": its next step's exchange cannot run ahead of it (overlap is for LAMB's steps and the warmup's, on the CPU)");
+}
+
+void CpuOptimizer::average_ahead(std::span<float> grads, size_t first, size_t last) {
+  ONEBIT_CHECK(averages_gradient(), name() << " on rank " << comm_.rank() << ": the next step (" << next_stage()
+                                           << ") exchanges more than the gradient, so it cannot run ahead");
+  ONEBIT_CHECK(grads.size() == layout_.total() && first <= last && last <= grads.size() &&
+                   averaged_ahead_ + (last - first) <= layout_.total(),
+               name() << " average_ahead on rank " << comm_.rank() << ": [" << first << ", " << last << ") of "
+                      << grads.size() << " gradients, " << averaged_ahead_ << " of " << layout_.total()
+                      << " already averaged");
+  averaged_ahead_ += last - first;
+  exchange_average(grads.subspan(first, last - first));
+}
+
+void CpuOptimizer::exchange_average(std::span<float> x) {
   if (comm_.size() == 1) return;
-  if (half_) return half_->average(grads);
-  comm_.allreduce_sum(grads);
-  kernels::divide(pool_, grads, static_cast<float>(comm_.size()));
+  if (half_) return half_->average(x);
+  comm_.allreduce_sum(x);
+  kernels::divide(pool_, x, static_cast<float>(comm_.size()));
+}
+
+void CpuOptimizer::average_gradients(std::span<float> grads) {
+  if (averaged_ahead_ != 0) {  // average_ahead did it
+    const size_t done = std::exchange(averaged_ahead_, 0);
+    ONEBIT_CHECK(done == layout_.total(), name() << " step on rank " << comm_.rank() << ": the exchange ahead of it "
+                                                 << "averaged " << done << " of " << layout_.total() << " gradients");
+    return;
+  }
+  exchange_average(grads);
 }
 
 bool CpuOptimizer::lamb_ratios(const float* g, const float* m, const float* v, const float* w,

@@ -243,6 +243,55 @@ TEST(Optimizers, SixteenBitWarmupExchangeIsThePinnedAverage) {
   }
 }
 
+// Overlap with backward: the exchange of LAMB's and the warmup's steps run ahead of step(), one
+// layer at a time from the last (as backward produces them), gives the bits of the step's own
+// exchange (each element's average depends on that element alone, in both precisions here). A
+// compression step's exchange cannot run ahead, and a step after a partial one is an error.
+TEST(Optimizers, AveragingAheadLayerByLayerGivesTheStepsOwnBits) {
+  const int P = 3, steps = 4;
+  for (auto precision : {WirePrecision::kFp32, WirePrecision::kBf16}) {
+    SCOPED_TRACE(to_string(precision));
+    std::vector<std::vector<Vec>> plain(P), ahead(P);
+    run_local(P, [&](Communicator& comm) {
+      auto make = [&](int kind) -> std::unique_ptr<Optimizer> {
+        if (kind == 0) return std::make_unique<Lamb>(kLayout, comm, LambOptions{.warmup_exchange = precision});
+        OnebitLambOptions o;
+        o.warmup_exchange = precision, o.freeze_step = 2;
+        if (kind == 1) return std::make_unique<OnebitLamb>(kLayout, comm, o);
+        return std::make_unique<OnebitAdam>(kLayout, comm, OnebitAdamOptions{.freeze_step = 2, .warmup_exchange = precision});
+      };
+      for (int kind = 0; kind < 3; ++kind) {
+        for (bool run_ahead : {false, true}) {
+          std::unique_ptr<Optimizer> opt = make(kind);
+          Vec w = initial_weights(3);
+          for (int t = 0; t < steps; ++t) {
+            Vec g = gradient(4, t, comm.rank());
+            EXPECT_EQ(opt->averages_gradient(), kind == 0 || t < 2) << opt->name() << " step " << t + 1;
+            if (run_ahead && opt->averages_gradient()) {
+              for (size_t l = kLayout.num_layers(); l-- > 0;)
+                opt->average_ahead(g, kLayout[l].offset, kLayout[l].offset + kLayout[l].size);
+            } else if (run_ahead) {
+              EXPECT_THROW(opt->average_ahead(g, 0, 1), Error);
+            }
+            ASSERT_TRUE(opt->step(w, g));
+          }
+          (run_ahead ? ahead : plain)[static_cast<size_t>(comm.rank())].push_back(w);
+        }
+      }
+    });
+    for (int p = 0; p < P; ++p)
+      for (int kind = 0; kind < 3; ++kind)
+        EXPECT_TRUE(testing::bitwise_equal(ahead[p][kind], plain[p][kind])) << "rank " << p << ", optimizer " << kind;
+  }
+  run_local(2, [&](Communicator& comm) {
+    Lamb opt(kLayout, comm, {});
+    Vec w = initial_weights(3), g = gradient(4, 0, comm.rank());
+    opt.average_ahead(g, 0, kLayout[0].size);
+    EXPECT_THROW(opt.step(w, g), Error);
+    EXPECT_THROW(opt.average_ahead(g, 0, kLayout.total() + 1), Error);
+  });
+}
+
 // An fp16 exchange overflows at 65520: the step skips on every rank, as for a NaN.
 TEST(Lamb, AnFp16OverflowSkipsTheStepEverywhere) {
   run_local(2, [&](Communicator& comm) {

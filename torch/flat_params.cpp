@@ -100,27 +100,29 @@ std::span<float> TorchFlatParams::host_span(const at::Tensor& flat, const char* 
 }
 
 void TorchFlatParams::gather_grads() {
+  for (size_t i = 0; i < params_.size(); ++i) gather_grad(i);
+}
+
+void TorchFlatParams::gather_grad(size_t i) {
   at::NoGradGuard no_grad;
-  for (size_t i = 0; i < params_.size(); ++i) {
-    at::Tensor& p = params_[i];
-    // A parameter whose storage was replaced (model.to(), p.data = ...) is no longer what the
-    // optimizer updates; say so instead of training a stale copy.
-    ONEBIT_CHECK(!view_[i] || p.data_ptr() == static_cast<void*>(flat_.data_ptr<float>() + layout_[i].offset),
-                 "onebit torch optimizer: parameter " << i << " was moved out of the flat buffer after "
-                 "the optimizer was built (model.to(), .data = ...); build the optimizer last");
-    if (view_[i] && grad_is_view(i)) continue;
-    at::Tensor region = flat_view(grad_, i);
-    const at::Tensor& g = p.grad();
-    if (g.defined()) {
-      ONEBIT_CHECK(!g.is_sparse(), "onebit torch optimizer: parameter " << i << " has a sparse gradient");
-      ONEBIT_CHECK(g.sizes() == p.sizes(), "onebit torch optimizer: gradient " << i << " has shape "
-                                                                               << g.sizes() << ", the parameter " << p.sizes());
-      region.copy_(g);
-    } else {
-      region.zero_();
-    }
-    if (view_[i]) p.mutable_grad() = region;
+  at::Tensor& p = params_[i];
+  // A parameter whose storage was replaced (model.to(), p.data = ...) is no longer what the
+  // optimizer updates; say so instead of training a stale copy.
+  ONEBIT_CHECK(!view_[i] || p.data_ptr() == static_cast<void*>(flat_.data_ptr<float>() + layout_[i].offset),
+               "onebit torch optimizer: parameter " << i << " was moved out of the flat buffer after "
+               "the optimizer was built (model.to(), .data = ...); build the optimizer last");
+  if (view_[i] && grad_is_view(i)) return;
+  at::Tensor region = flat_view(grad_, i);
+  const at::Tensor& g = p.grad();
+  if (g.defined()) {
+    ONEBIT_CHECK(!g.is_sparse(), "onebit torch optimizer: parameter " << i << " has a sparse gradient");
+    ONEBIT_CHECK(g.sizes() == p.sizes(), "onebit torch optimizer: gradient " << i << " has shape "
+                                                                             << g.sizes() << ", the parameter " << p.sizes());
+    region.copy_(g);
+  } else {
+    region.zero_();
   }
+  if (view_[i]) p.mutable_grad() = region;
 }
 
 void TorchFlatParams::write_back() {

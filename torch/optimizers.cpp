@@ -10,6 +10,7 @@
 #include "onebit/error.hpp"
 #include "onebit/torch_c10d.hpp"
 #include "onebit/torch_optimizers.hpp"
+#include "overlap.hpp"
 #ifdef ONEBIT_HAVE_CUDA
 #include "cuda_bridge.hpp"
 #include "onebit/cuda_optimizers.hpp"
@@ -80,6 +81,23 @@ TorchOptimizer::TorchOptimizer(std::vector<at::Tensor> params, const AnyOptions&
   core_ = make_optimizer(flat_.layout(), *comm_, options);
 }
 
+TorchOptimizer::~TorchOptimizer() = default;
+
+void TorchOptimizer::enable_overlap(size_t bucket_bytes) {
+  const std::string who = std::string(kind_->name) + " overlap on rank " + std::to_string(comm_->rank());
+  ONEBIT_CHECK(flat_.device().is_cpu(), who << ": the parameters are on " << flat_.device()
+                                            << "; overlap with backward is for CPU parameters");
+  ONEBIT_CHECK(comm_->any_thread(), who << ": the " << comm_->backend() << " communicator may be called from "
+                                        << "one thread only, and the overlapped exchange runs on its own (use Gloo)");
+  ONEBIT_CHECK(!flat_.tensors().empty(), who << ": no parameters");
+  overlap_.reset();  // its hooks go before the new ones come
+  overlap_ = std::make_unique<BackwardOverlap>(flat_, *core_, bucket_bytes);
+}
+
+bool TorchOptimizer::arm_overlap() { return overlap_ && overlap_->arm(); }
+
+OverlapReport TorchOptimizer::finish_overlap() { return overlap_ ? overlap_->finish() : OverlapReport{}; }
+
 at::Tensor TorchOptimizer::step(LossClosure closure) {
   at::Tensor loss;
   if (closure) {
@@ -87,6 +105,7 @@ at::Tensor TorchOptimizer::step(LossClosure closure) {
     loss = closure();
   }
   at::NoGradGuard no_grad;
+  if (overlap_) overlap_->finish();
   flat_.gather_grads();
   core_->set_lr(static_cast<float>(param_groups().front().options().get_lr()));
   last_applied_ = core_step(*core_, flat_, device_.get());

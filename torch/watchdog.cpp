@@ -74,6 +74,7 @@ class WatchedCommunicator final : public Communicator {
   int size() const override { return inner_->size(); }
   std::string backend() const override { return inner_->backend(); }
   bool device_memory() const override { return inner_->device_memory(); }
+  bool any_thread() const override { return inner_->any_thread(); }
 
  protected:
   void do_allreduce_sum(std::span<float> data) override { watched([&] { inner_->allreduce_sum(data); }); }

@@ -27,6 +27,9 @@ class Communicator {
   virtual std::string backend() const = 0;
   // True when the buffers given must be device (GPU) memory.
   virtual bool device_memory() const { return false; }
+  // True when any thread may make the calls, one call at a time (an exchange overlapped with
+  // backward runs on a thread of its own); false for MPI, which onebit initialises FUNNELED.
+  virtual bool any_thread() const { return true; }
 
   // Element-wise sum over all ranks, in place.
   void allreduce_sum(std::span<float> data);

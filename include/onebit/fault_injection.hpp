@@ -54,6 +54,7 @@ class FaultyCommunicator final : public Communicator {
   int size() const override { return inner_->size(); }
   std::string backend() const override { return inner_->backend(); }
   bool device_memory() const override { return inner_->device_memory(); }
+  bool any_thread() const override { return inner_->any_thread(); }
 
   // The caller's clock: what follows belongs to `step`. At a step the plan names for this rank, the
   // next collective this rank sends data in is corrupted (arm_nonfinite). Throws onebit::Error if

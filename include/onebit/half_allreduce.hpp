@@ -66,14 +66,16 @@ inline float from_fp16(uint16_t h) {
   return std::bit_cast<float>(sign | ((e + 112) << 23) | (m << 13));
 }
 
-// Built for a fixed element count n and a 16-bit precision (not kFp32).
+// Built for at most n elements and a 16-bit precision (not kFp32).
 class HalfAllreduce {
  public:
   HalfAllreduce(Communicator& comm, ThreadPool& pool, size_t n, WirePrecision precision);
 
-  // Averages x over all ranks in place: every rank ends with the same bits. A NaN or infinity on
-  // any rank (or an fp16 overflow) shows as a non-finite value in every rank's result. One rank
-  // sends nothing and leaves x as it is, as the fp32 exchange does.
+  // Averages x (at most n elements) over all ranks in place: every rank ends with the same bits.
+  // Each element's result depends on that element alone (the sum runs over ranks in order), so
+  // averaging a buffer in pieces gives the bits of averaging it whole. A NaN or infinity on any
+  // rank (or an fp16 overflow) shows as a non-finite value in every rank's result. One rank sends
+  // nothing and leaves x as it is, as the fp32 exchange does.
   void average(std::span<float> x);
 
   size_t size() const { return n_; }
@@ -82,7 +84,7 @@ class HalfAllreduce {
  private:
   Communicator& comm_;
   ThreadPool& pool_;
-  size_t n_, chunk_;
+  size_t n_;
   WirePrecision precision_;
   std::vector<uint16_t> wire_, received_, mine_;
 };

@@ -123,6 +123,15 @@ class Optimizer {
   // compressed exchange; an empty span removes it. An error for an optimizer without it (its
   // registry entry says momentum_mask = false).
   virtual void set_momentum_mask(size_t layer, std::span<const float> mask);
+  // Overlap with backward: true when the next step's exchange is the average of the gradient alone
+  // (LAMB's steps, the warmup's), which may then run ahead of step(), in pieces, as backward
+  // produces the gradients. False for a compression or refresh step, and on a GPU.
+  virtual bool averages_gradient() const { return false; }
+  // Averages grads[first, last) over the ranks now, on behalf of the next step, which then averages
+  // nothing. Every rank gives the same ranges in the same order, and together they cover the buffer
+  // once before that step. An error unless averages_gradient(). Any thread may call it, while no
+  // other call to this optimizer runs.
+  virtual void average_ahead(std::span<float> grads, size_t first, size_t last);
   int64_t steps() const { return step_; }
   int64_t skipped() const { return skipped_; }
   const FlatLayout& layout() const { return layout_; }
@@ -144,10 +153,14 @@ class CpuOptimizer : public Optimizer {
  public:
   CpuOptimizer(const FlatLayout& layout, Communicator& comm, int threads,
                WirePrecision warmup_exchange = WirePrecision::kFp32);
+  void average_ahead(std::span<float> grads, size_t first, size_t last) override;
 
  protected:
-  // Allreduce-average of the gradients (the warmup exchange), in the warmup_exchange precision.
+  // Allreduce-average of the gradients (the warmup exchange), in the warmup_exchange precision;
+  // nothing when average_ahead has done it.
   void average_gradients(std::span<float> grads);
+  // The exchange itself: x averaged over the ranks in the warmup_exchange precision.
+  void exchange_average(std::span<float> x);
   // Fills the per-layer LAMB trust ratios; false if the gradient was not finite.
   bool lamb_ratios(const float* g, const float* m, const float* v, const float* w,
                    const kernels::MomentParams& p, float min_coeff, float max_coeff,
@@ -159,6 +172,7 @@ class CpuOptimizer : public Optimizer {
   kernels::Partition part_;
   std::vector<double> w_sq_, u_sq_;  // per-layer scratch
   std::unique_ptr<HalfAllreduce> half_;  // a 16-bit warmup exchange; null for fp32
+  size_t averaged_ahead_ = 0;            // gradients average_ahead has done for the next step
 };
 
 class Lamb : public CpuOptimizer {
@@ -168,6 +182,7 @@ class Lamb : public CpuOptimizer {
   OptimizerState state() const override;
   void load_state(const OptimizerState& s) override;
   std::string name() const override { return "lamb"; }
+  bool averages_gradient() const override { return true; }
   void set_lr(float lr) override { opt_.lr = lr; }
   const LambOptions& options() const { return opt_; }
   std::vector<float> layer_trust() const override;
@@ -187,6 +202,7 @@ class OnebitLamb : public CpuOptimizer {
   void load_state(const OptimizerState& s) override;
   std::string name() const override { return "onebit-lamb"; }
   bool in_warmup() const override { return freeze_.in_warmup(step_); }
+  bool averages_gradient() const override { return in_warmup(); }
   const char* next_stage() const override { return in_warmup() ? "warmup" : refresh_due() ? "refresh" : "compression"; }
   int64_t freeze_step() const override { return freeze_.freeze_step(); }
   void set_lr(float lr) override { opt_.lr = lr; }
@@ -241,6 +257,7 @@ class OnebitAdam : public CpuOptimizer {
   void load_state(const OptimizerState& s) override;
   std::string name() const override { return "onebit-adam"; }
   bool in_warmup() const override { return freeze_.in_warmup(step_); }
+  bool averages_gradient() const override { return in_warmup(); }
   const char* next_stage() const override { return in_warmup() ? "warmup" : "compression"; }
   int64_t freeze_step() const override { return freeze_.freeze_step(); }
   void set_lr(float lr) override { opt_.lr = lr; }

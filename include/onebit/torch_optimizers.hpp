@@ -19,6 +19,17 @@ namespace onebit {
 namespace torch_cuda {
 class DeviceStream;
 }
+class BackwardOverlap;
+
+// What overlapping one step's exchange with backward did (TorchOptimizer::finish_overlap).
+struct OverlapReport {
+  int buckets = 0;               // the step's exchange, in this many pieces
+  int started_in_backward = 0;   // of them, started while backward ran
+  double exchange_seconds = 0;   // the exchange's own time, all buckets
+  double waited_seconds = 0;     // the time finish_overlap waited for it, after backward
+  // The part of the exchange that backward's computing hid.
+  double hidden_seconds() const { return exchange_seconds > waited_seconds ? exchange_seconds - waited_seconds : 0.0; }
+};
 
 // The parameters of one optimizer in one flat fp32 buffer, and their gradients in another, on the
 // CPU or, in builds with CUDA, on the GPU that holds the parameters (all on the same one; a mix of
@@ -48,6 +59,8 @@ class TorchFlatParams {
   // tensor (the user replaced it, or zero_grad set it to None) is copied in and the view restored;
   // an undefined .grad counts as zero.
   void gather_grads();
+  // The same for parameter i alone.
+  void gather_grad(size_t i);
   // Writes the flat fp32 weights into the parameters that are not views.
   void write_back();
   // Zeroes all gradients in one pass and keeps the .grad views (set_to_none is not honoured:
@@ -83,6 +96,23 @@ class TorchOptimizer : public torch::optim::Optimizer {
   // The core runs where the parameters are: the CPU optimizer, or its CUDA twin.
   TorchOptimizer(std::vector<at::Tensor> params, const AnyOptions& options,
                  std::shared_ptr<Communicator> comm = nullptr);
+  ~TorchOptimizer() override;
+
+  // Overlap with backward: from now on, a step whose exchange is the average of the gradient alone
+  // (LAMB's steps; the warmup's) may exchange it in buckets of about bucket_bytes, taken from the
+  // last parameter back, each started on a thread of its own as soon as backward has produced its
+  // gradients (autograd hooks, as DDP's). Each bucket's average has the bits the step's own
+  // exchange gives it. CPU parameters, and a communicator any thread may call (not MPI's).
+  void enable_overlap(size_t bucket_bytes = size_t{4} << 20);
+  bool overlap_enabled() const { return overlap_ != nullptr; }
+  // Before the backward whose gradients the next step takes (the last micro-batch's): lets its
+  // buckets start during it. False when overlap is off or the next step cannot overlap (a
+  // compression or refresh step): then nothing is armed, and step() exchanges as usual.
+  bool arm_overlap();
+  // Waits for the armed exchange (starting what backward did not): the gradients, .grad included,
+  // then hold the average over the ranks, to read or clip before step(), which exchanges nothing.
+  // step() calls it itself. An empty report when nothing was armed.
+  OverlapReport finish_overlap();
 
   // Gathers the gradients, runs the core step (which does all communication) and writes back.
   // closure, if given, is called first (under grad mode) and its loss returned.
@@ -116,6 +146,7 @@ class TorchOptimizer : public torch::optim::Optimizer {
   TorchFlatParams flat_;
   std::shared_ptr<torch_cuda::DeviceStream> device_;  // the core's stream; null on the CPU
   std::unique_ptr<onebit::Optimizer> core_;           // declared after device_: destroyed first
+  std::unique_ptr<BackwardOverlap> overlap_;          // declared after core_ and flat_: destroyed first
   bool last_applied_ = true;
 };
 
