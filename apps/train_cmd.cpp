@@ -69,7 +69,10 @@ void add_shared(CLI::App* c, TrainOptions& o) {
   c->add_option("--warmup-steps", o.warmup_steps, "linear learning-rate warmup, then linear decay (-1: 10% of --steps)")
       ->capture_default_str();
   c->add_option("--lr", o.lr, "peak learning rate (0: the preset's LAMB rate, tiny 1e-2; a tenth of it for onebit-adam)")->capture_default_str();
-  c->add_option("--clip", o.clip, "clip each worker's local gradient to this global norm (0: off)")->capture_default_str();
+  c->add_option("--clip", o.clip,
+                "clip each worker's local gradient to this global norm (0: off); with --overlap on, the averaged "
+                "gradient of the steps that overlap, as under DDP")
+      ->capture_default_str();
   c->add_option("--weight-decay", o.weight_decay, "decoupled weight decay")->capture_default_str();
   c->add_option("--beta2", o.beta2, "second-moment decay")->capture_default_str();
   c->add_option("--dropout", o.dropout, "dropout (-1: the preset's, tiny 0, others 0.1)")->capture_default_str();
@@ -83,6 +86,12 @@ void add_shared(CLI::App* c, TrainOptions& o) {
                 "optimizer and exchange stay fp32)")
       ->check(CLI::IsMember({"fp32", "bf16"}))
       ->capture_default_str();
+  c->add_option("--overlap", o.overlap,
+                "on: the exchange of lamb's steps and of the warmup runs during backward, in buckets started as soon as "
+                "their layers' gradients exist (the compression steps exchange after backward either way)")
+      ->check(CLI::IsMember({"on", "off"}))
+      ->capture_default_str();
+  c->add_option("--bucket-mb", o.bucket_mb, "--overlap on: MB of fp32 gradient per bucket")->capture_default_str();
   c->add_option("--threads", o.threads, "CPU threads per worker (0: cores / local workers)")->capture_default_str();
   c->add_option("--timeout", o.timeout, "seconds any rendezvous or collective may wait")->capture_default_str();
   c->add_option("--eval-every", o.eval_every, "held-out loss every K steps (0: about 20 times per run)")->capture_default_str();

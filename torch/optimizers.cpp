@@ -96,6 +96,10 @@ void TorchOptimizer::enable_overlap(size_t bucket_bytes) {
 
 bool TorchOptimizer::arm_overlap() { return overlap_ && overlap_->arm(); }
 
+void TorchOptimizer::disarm_overlap() {
+  if (overlap_) overlap_->disarm();
+}
+
 OverlapReport TorchOptimizer::finish_overlap() { return overlap_ ? overlap_->finish() : OverlapReport{}; }
 
 at::Tensor TorchOptimizer::step(LossClosure closure) {

@@ -1,6 +1,7 @@
 // Overlap with backward (see overlap.hpp).
 #include "overlap.hpp"
 
+#include <torch/csrc/autograd/engine.h>
 #include <torch/csrc/autograd/utils/lambda_post_hook.h>
 #include <torch/csrc/autograd/variable.h>
 
@@ -63,10 +64,18 @@ bool BackwardOverlap::arm() {
   report_ = {};
   report_.buckets = static_cast<int>(buckets_.size());
   error_ = nullptr;
+  callback_queued_ = false;
   armed_ = true;
   launch_ready();  // buckets without a hooked parameter
   report_.started_in_backward = 0;  // those were not backward's doing
   return true;
+}
+
+void BackwardOverlap::disarm() {
+  std::lock_guard<std::mutex> lock(mu_);
+  ONEBIT_CHECK(report_.started_in_backward == 0 && !callback_queued_,
+               "onebit overlap: disarmed after backward started exchanging");
+  armed_ = false;
 }
 
 bool BackwardOverlap::armed() const {
@@ -79,6 +88,10 @@ void BackwardOverlap::on_gradient(size_t param) {
   std::lock_guard<std::mutex> lock(mu_);
   if (!armed_ || ready_[param] || bucket_of_[param] == kNoBucket) return;
   ready_[param] = 1;
+  if (!callback_queued_) {  // this backward ends once the exchange has
+    callback_queued_ = true;
+    torch::autograd::Engine::get_default_engine().queue_callback([this] { finish(); });
+  }
   flat_.gather_grad(param);  // a .grad that is not its view (another dtype, replaced) is copied in now
   --waiting_[bucket_of_[param]];
   const size_t before = launched_;
@@ -94,7 +107,7 @@ void BackwardOverlap::launch_ready() {
 
 OverlapReport BackwardOverlap::finish() {
   std::unique_lock<std::mutex> lock(mu_);
-  if (!armed_) return {};
+  if (!armed_) return std::exchange(finished_, {});
   const auto t0 = Clock::now();
   std::fill(waiting_.begin(), waiting_.end(), 0);  // what backward did not start starts now, in order
   launch_ready();
@@ -102,6 +115,7 @@ OverlapReport BackwardOverlap::finish() {
   report_.waited_seconds = seconds_since(t0);
   armed_ = false;
   if (error_) std::rethrow_exception(std::exchange(error_, nullptr));
+  finished_ = report_;
   return report_;
 }
 

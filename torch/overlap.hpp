@@ -3,6 +3,8 @@
 // produces gradients in about that order), each started on an exchange thread as soon as backward
 // has accumulated every gradient in it. Buckets start strictly in order, so every rank makes the
 // same calls in the same order; each is Optimizer::average_ahead on its range of the flat gradient.
+// The armed backward ends (an autograd final callback, as DDP's) once every bucket is exchanged, so
+// when backward() returns, the gradients hold the average over the ranks.
 #pragma once
 #include <torch/csrc/autograd/function.h>
 
@@ -34,8 +36,12 @@ class BackwardOverlap {
   // does not average the gradient alone. Call it before the backward whose gradients the step uses.
   bool arm();
   bool armed() const;
-  // Starts the buckets backward did not, waits for all, and disarms. The flat gradient then holds
-  // the average, and the core's next step exchanges nothing. Rethrows the exchange's error.
+  // Takes the arming back before the backward it was for (an error once a bucket has started).
+  void disarm();
+  // Armed: starts the buckets backward did not, waits for all, and disarms; the flat gradient then
+  // holds the average, and the core's next step exchanges nothing. Rethrows the exchange's error.
+  // The armed backward calls it as it ends. Returns the report of the exchange finished since the
+  // last call (empty if none).
   OverlapReport finish();
 
   size_t buckets() const { return buckets_.size(); }
@@ -58,12 +64,12 @@ class BackwardOverlap {
 
   mutable std::mutex mu_;
   std::condition_variable cv_;
-  bool armed_ = false, stop_ = false;
+  bool armed_ = false, stop_ = false, callback_queued_ = false;
   std::vector<char> ready_;        // per parameter, this backward
   std::vector<size_t> waiting_;    // per bucket: hooked parameters not ready yet
   size_t launched_ = 0, done_ = 0;
   std::deque<size_t> queue_;
-  OverlapReport report_;
+  OverlapReport report_, finished_;
   std::exception_ptr error_;
   std::thread thread_;  // last: started once the rest exists
 };

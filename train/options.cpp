@@ -45,6 +45,8 @@ std::vector<std::string> to_args(const TrainOptions& o) {
   add("--backend", o.backend);
   add("--device", o.device);
   add("--precision", o.precision);
+  add("--overlap", o.overlap);
+  add("--bucket-mb", exact(o.bucket_mb));
   add("--threads", std::to_string(o.threads));
   add("--timeout", exact(o.timeout));
   add("--out", o.out);
@@ -121,6 +123,11 @@ void validate_options(const TrainOptions& o) {
                "onebit train: --warmup-steps must be in [0, --steps], not " << o.warmup_steps);
   ONEBIT_CHECK(o.lr > 0 && std::isfinite(o.lr), "onebit train: --lr must be positive, not " << o.lr);
   ONEBIT_CHECK(o.clip >= 0, "onebit train: --clip must be >= 0 (0: off), not " << o.clip);
+  ONEBIT_CHECK(one_of(o.overlap, {"on", "off"}), "onebit train: --overlap must be on or off, not '" << o.overlap << "'");
+  ONEBIT_CHECK(o.bucket_mb > 0, "onebit train: --bucket-mb must be > 0, not " << o.bucket_mb);
+  ONEBIT_CHECK(o.overlap == "off" || (o.backend != "mpi" && o.device == "cpu"),
+               "onebit train --overlap on: the overlapped exchange runs on a thread of its own, over Gloo with the "
+               "model on the CPU (not --backend " << o.backend << " --device " << o.device << ")");
   ONEBIT_CHECK(o.weight_decay >= 0, "onebit train: --weight-decay must be >= 0, not " << o.weight_decay);
   ONEBIT_CHECK(o.beta2 >= 0 && o.beta2 < 1, "onebit train: --beta2 must be in [0, 1), not " << o.beta2);
   ONEBIT_CHECK(o.dropout >= 0 && o.dropout < 1, "onebit train: --dropout must be in [0, 1), not " << o.dropout);
@@ -138,7 +145,7 @@ nlohmann::json options_json(const TrainOptions& o) {
           {"optimizer", o.optimizer}, {"batch", o.batch}, {"micro_batch", o.micro_batch}, {"steps", o.steps}, {"freeze_step", o.freeze_step}, {"refresh_interval", o.refresh_interval}, {"track_scales", o.track_scales}, {"scale_group", o.scale_group},
           {"warmup_exchange", o.warmup_exchange}, {"warmup_steps", o.warmup_steps}, {"lr", o.lr}, {"clip", o.clip}, {"weight_decay", o.weight_decay},
           {"beta2", o.beta2}, {"dropout", o.dropout}, {"seed", o.seed}, {"workers", o.workers},
-          {"backend", o.backend}, {"device", o.device}, {"precision", o.precision}, {"threads", o.threads}, {"timeout", o.timeout},
+          {"backend", o.backend}, {"device", o.device}, {"precision", o.precision}, {"overlap", o.overlap}, {"bucket_mb", o.bucket_mb}, {"threads", o.threads}, {"timeout", o.timeout},
           {"out", o.out}, {"eval_every", o.eval_every}, {"eval_samples", o.eval_samples},
           {"save_every", o.save_every}, {"log_layers", o.log_layers}, {"resume", o.resume}, {"reset_errors_on_resize", o.reset_errors_on_resize}};
 }

@@ -45,6 +45,7 @@ struct TrainOptions {
   int warmup_steps = -1;             // linear lr warmup; -1: kDefaultWarmupFraction of steps; then linear decay to 0
   double lr = 0;                     // peak learning rate; 0: the preset's (tiny 1e-2 ... large 1e-3; a tenth for onebit-adam)
   double clip = 1.0;                 // clip this rank's local gradient to this global norm; 0: off
+                                     // (--overlap on: the averaged gradient, in the steps that overlap)
   double weight_decay = 0.01;        // decoupled weight decay (every parameter: the core has one group)
   double beta2 = 0.999;              // second-moment decay
   double dropout = -1;               // -1: the preset's (tiny 0, others 0.1)
@@ -55,6 +56,10 @@ struct TrainOptions {
   std::string device = "cpu";        // cpu | cuda
   std::string precision = "fp32";    // fp32 | bf16: the model's forward and backward under autocast to bf16
                                      // (fp32 weights, gradients, optimizer state and exchange)
+  // Overlap with backward: the exchange of LAMB's and the warmup's steps in buckets of bucket_mb MB
+  // (from the last layer back), each started once backward has produced it; "on" | "off".
+  std::string overlap = "off";
+  double bucket_mb = 4;
   int threads = 0;                   // intra-op threads per worker; 0: cores / workers (at least 1)
   double timeout = 60;               // seconds any collective or rendezvous may wait
   // --- output ---

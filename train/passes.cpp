@@ -51,12 +51,14 @@ Autocast::~Autocast() {
   at::autocast::clear_cache();
 }
 
-double forward_backward(BertForMlm& model, const Batch& b, int micro, const torch::Device& device, bool bf16) {
+double forward_backward(BertForMlm& model, const Batch& b, int micro, const torch::Device& device, bool bf16,
+                        const std::function<void()>& before_last_backward) {
   const FlushDenormals flush;
   const Autocast autocast(device, bf16);
   const int64_t n = b.ids.size(0);
   if (micro <= 0 || micro >= n) {
     at::Tensor loss = model->mlm_loss(b.ids.to(device), b.labels.to(device));
+    if (before_last_backward) before_last_backward();
     loss.backward();
     return loss.item<double>();
   }
@@ -66,6 +68,7 @@ double forward_backward(BertForMlm& model, const Batch& b, int micro, const torc
     const at::Tensor ids = b.ids.slice(0, i, std::min<int64_t>(n, i + micro));
     const at::Tensor labels = b.labels.slice(0, i, std::min<int64_t>(n, i + micro));
     const double share = static_cast<double>(labels.ne(kIgnore).sum().item<int64_t>()) / masked;
+    if (i + micro >= n && before_last_backward) before_last_backward();  // (a skipped last: step() exchanges)
     if (share == 0) continue;
     at::Tensor loss = model->mlm_loss(ids.to(device), labels.to(device)) * share;
     loss.backward();

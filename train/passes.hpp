@@ -3,6 +3,8 @@
 #pragma once
 #include <torch/torch.h>
 
+#include <functional>
+
 #include "onebit/communicator.hpp"
 #include "train/data.hpp"
 #include "train/model.hpp"
@@ -44,8 +46,11 @@ class Autocast {
 
 // Forward and backward of this rank's batch in micro-batches of `micro` sequences (0 or more than
 // the batch: one pass), each loss weighted by its share of the batch's masked tokens, so the
-// accumulated gradient is the whole batch's up to fp32 summation order. Returns the batch's loss.
-double forward_backward(BertForMlm& model, const Batch& b, int micro, const torch::Device& device, bool bf16 = false);
+// accumulated gradient is the whole batch's up to fp32 summation order. before_last_backward, if
+// given, runs before the last micro-batch's backward (--overlap arms the exchange there). Returns
+// the batch's loss.
+double forward_backward(BertForMlm& model, const Batch& b, int micro, const torch::Device& device, bool bf16 = false,
+                        const std::function<void()>& before_last_backward = nullptr);
 
 // Mean masked-LM loss over the first `samples` held-out sequences (sharded over the ranks).
 double evaluate(BertForMlm& model, const MlmData& data, Communicator& comm, int samples, int batch,

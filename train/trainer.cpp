@@ -8,6 +8,7 @@
 #include <cmath>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <iostream>
 
 #include "onebit/error.hpp"
@@ -34,7 +35,7 @@ double since(Clock::time_point t) { return std::chrono::duration<double>(Clock::
 // Settings that change the trajectory: a resume must match them all.
 constexpr const char* kMathSettings[] = {"model", "data", "vocab", "seq", "heldout", "optimizer", "batch", "steps",
                                          "freeze_step", "refresh_interval", "track_scales", "scale_group", "warmup_steps", "lr", "clip", "weight_decay", "beta2",
-                                         "dropout", "seed", "backend", "device", "precision"};
+                                         "dropout", "seed", "backend", "device", "precision", "overlap", "bucket_mb"};
 
 // Running totals of a run, carried across resumes in the checkpoint.
 struct Totals {
@@ -42,12 +43,14 @@ struct Totals {
   double comm_seconds = 0, compute_seconds = 0, train_seconds = 0;
   // The step's breakdown: forward and backward, the optimizer's own work, its exchange.
   double forward_backward_seconds = 0, optimizer_seconds = 0, exchange_seconds = 0;
+  double exchange_hidden_seconds = 0;  // --overlap on: the exchange's time that backward hid
   int64_t skipped = 0;
   nlohmann::json to_json() const {
     return {{"bytes_sent", bytes_sent}, {"bytes_received", bytes_received}, {"comm_seconds", comm_seconds},
             {"compute_seconds", compute_seconds}, {"train_seconds", train_seconds},
             {"forward_backward_seconds", forward_backward_seconds}, {"optimizer_seconds", optimizer_seconds},
-            {"exchange_seconds", exchange_seconds}, {"skipped_steps", skipped}};
+            {"exchange_seconds", exchange_seconds}, {"exchange_hidden_seconds", exchange_hidden_seconds},
+            {"skipped_steps", skipped}};
   }
   static Totals from_json(const nlohmann::json& j) {
     Totals t;
@@ -58,6 +61,7 @@ struct Totals {
     t.forward_backward_seconds = j.value("forward_backward_seconds", 0.0);
     t.optimizer_seconds = j.value("optimizer_seconds", 0.0);
     t.exchange_seconds = j.value("exchange_seconds", 0.0);
+    t.exchange_hidden_seconds = j.value("exchange_hidden_seconds", 0.0);
     return t;
   }
 };
@@ -153,6 +157,7 @@ void set_up(Rank& r, const TrainOptions& o, const std::optional<JobInfo>& job) {
     opt_comm = r.faults = std::make_shared<FaultyCommunicator>(
         r.comm, parse_fault_plan(o.inject_nonfinite, "onebit train: --inject-nonfinite"), &std::cerr);
   r.opt = make_optimizer(o, r.params, opt_comm, r.threads);
+  if (o.overlap == "on") r.opt->enable_overlap(static_cast<size_t>(o.bucket_mb * (1 << 20)));
   r.masked = set_momentum_masks(*r.opt, r.names, o.seq);
   r.dead.emplace(*r.opt, r.names, o.seq);  // before any resume: the initial values
   check_ranks_identical(*r.opt, *r.comm, "at start");
@@ -227,10 +232,15 @@ struct Step {
   int64_t step = 0;
   double lr = 0, grad_norm = 0, loss_avg = 0, wall = 0, comm_s = 0;
   double forward_backward_s = 0, optimizer_s = 0, exchange_s = 0;  // optimizer_s: without exchange_s
+  OverlapReport overlap;  // --overlap on, a step that overlapped: its buckets and what backward hid
   const char* stage = "";
   bool applied = true;
   CommStats before, after;
 };
+
+// The step's time outside the exchange it waited for: its wall time less its communication, the
+// part that backward hid (--overlap on) given back.
+double compute_seconds(const Step& st) { return st.wall - st.comm_s + st.overlap.hidden_seconds(); }
 
 // One optimizer step on this rank's part of the batch, and the loss averaged over the ranks.
 Step train_step(const TrainOptions& o, Rank& r, int64_t step) {
@@ -243,20 +253,26 @@ Step train_step(const TrainOptions& o, Rank& r, int64_t step) {
   st.stage = r.opt->core().next_stage();
   Batch b = r.data->train_batch(step, o.batch, r.rank, r.world);
   if (o.dropout > 0) torch::manual_seed(mix(o.seed, static_cast<uint64_t>(step), static_cast<uint64_t>(r.rank)));
+  if (r.faults) r.faults->begin_step(step);  // the decorator's clock for its plan
   const auto t_fb = Clock::now();
-  const double local_loss = forward_backward(r.model, b, o.micro_batch, r.device, r.bf16);  // .item() waits
-  st.forward_backward_s = since(t_fb);
-  // With the 1-bit optimizers only the local gradient exists before the exchange, so every
-  // optimizer clips this rank's own gradient (the same rule for all, for a fair comparison).
+  // --overlap on: the exchange of a step that can overlap starts during the last backward, which
+  // returns with the average over the ranks in the gradients.
+  const std::function<void()> arm = [&] { r.opt->arm_overlap(); };
+  const double local_loss =
+      forward_backward(r.model, b, o.micro_batch, r.device, r.bf16, r.opt->overlap_enabled() ? arm : nullptr);
+  st.overlap = r.opt->finish_overlap();
+  st.forward_backward_s = since(t_fb) - st.overlap.waited_seconds;  // .item() waited for the device
+  // Without overlap only the local gradient exists before the 1-bit optimizers' exchange, so every
+  // optimizer clips this rank's own gradient (the same rule for all, for a fair comparison); a step
+  // that overlapped holds the average by now and clips it, as under DDP.
   st.grad_norm = o.clip > 0 ? torch::nn::utils::clip_grad_norm_(r.params, o.clip)
                             : torch::nn::utils::clip_grad_norm_(r.params, INFINITY);
-  if (r.faults) r.faults->begin_step(step);  // the decorator's clock for its plan
-  const double exchange0 = r.comm->stats().seconds;
+  const double comm_before_step = r.comm->stats().seconds;
   const auto t_opt = Clock::now();
   r.opt->step();
   if (r.device.is_cuda()) torch::cuda::synchronize(r.device.index());  // the step's kernels, timed
-  st.exchange_s = r.comm->stats().seconds - exchange0;
-  st.optimizer_s = since(t_opt) - st.exchange_s;
+  st.optimizer_s = since(t_opt) - (r.comm->stats().seconds - comm_before_step);
+  st.exchange_s = r.comm->stats().seconds - st.before.seconds;  // during backward and in the step
   r.dead->restore(*r.opt);
   st.applied = r.opt->last_step_applied();
   r.opt->zero_grad();
@@ -275,11 +291,17 @@ void log_step(const TrainOptions& o, const Rank& r, Logs& logs, Progress& progre
   const int64_t step = st.step;
   nlohmann::json rec{{"step", step}, {"samples", step * o.batch}, {"loss", s.loss_avg}, {"lr", st.lr},
                      {"stage", st.stage}, {"bytes_sent", st.after.bytes_sent - st.before.bytes_sent},
-                     {"total_bytes_sent", s.totals.bytes_sent}, {"compute_seconds", st.wall - st.comm_s},
+                     {"total_bytes_sent", s.totals.bytes_sent}, {"compute_seconds", compute_seconds(st)},
                      {"comm_seconds", st.comm_s}, {"grad_norm", st.grad_norm},
                      {"forward_backward_seconds", st.forward_backward_s}, {"optimizer_seconds", st.optimizer_s},
                      {"exchange_seconds", st.exchange_s}};
   if (!st.applied) rec["skipped"] = true;
+  if (st.overlap.buckets > 0) {
+    rec["buckets"] = st.overlap.buckets;
+    rec["exchange_hidden_seconds"] = st.overlap.hidden_seconds();
+    rec["exchange_hidden_fraction"] =
+        st.overlap.exchange_seconds > 0 ? st.overlap.hidden_seconds() / st.overlap.exchange_seconds : 0.0;
+  }
   if (eval_now) rec["heldout_loss"] = s.heldout;
   logs.metrics->write(rec);
   if (logs.layers) logs.layers->write(layer_record(step, st.stage, r.opt->core()));
@@ -307,7 +329,8 @@ void run_steps(const TrainOptions& o, Rank& r, Session& s, Logs& logs) {
   for (int64_t step = s.start + 1; step <= o.steps; ++step) {
     const Step st = train_step(o, r, step);
     s.loss_avg = st.loss_avg;
-    s.totals.comm_seconds += st.comm_s, s.totals.compute_seconds += st.wall - st.comm_s;
+    s.totals.comm_seconds += st.comm_s, s.totals.compute_seconds += compute_seconds(st);
+    s.totals.exchange_hidden_seconds += st.overlap.hidden_seconds();
     s.totals.train_seconds += st.wall;
     s.totals.forward_backward_seconds += st.forward_backward_s;
     s.totals.optimizer_seconds += st.optimizer_s, s.totals.exchange_seconds += st.exchange_s;

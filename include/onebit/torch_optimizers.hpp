@@ -106,12 +106,15 @@ class TorchOptimizer : public torch::optim::Optimizer {
   void enable_overlap(size_t bucket_bytes = size_t{4} << 20);
   bool overlap_enabled() const { return overlap_ != nullptr; }
   // Before the backward whose gradients the next step takes (the last micro-batch's): lets its
-  // buckets start during it. False when overlap is off or the next step cannot overlap (a
-  // compression or refresh step): then nothing is armed, and step() exchanges as usual.
+  // buckets start during it, and that backward returns once all are exchanged, with the average
+  // over the ranks in the gradients (.grad included), to read or clip before step(), which then
+  // exchanges nothing. False when overlap is off or the next step cannot overlap (a compression or
+  // refresh step): then nothing is armed, and step() exchanges as usual.
   bool arm_overlap();
-  // Waits for the armed exchange (starting what backward did not): the gradients, .grad included,
-  // then hold the average over the ranks, to read or clip before step(), which exchanges nothing.
-  // step() calls it itself. An empty report when nothing was armed.
+  // Takes the arming back, before the backward it was for (a micro-batch that is not the last).
+  void disarm_overlap();
+  // Finishes an armed exchange whose backward never ran (step() does it too), and returns the
+  // report of the exchange finished since the last call; empty when there was none.
   OverlapReport finish_overlap();
 
   // Gathers the gradients, runs the core step (which does all communication) and writes back.

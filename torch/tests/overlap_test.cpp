@@ -33,10 +33,11 @@ at::Tensor loss_of(const std::vector<at::Tensor>& ps, int64_t s, int m, int r) {
 struct RankRun {
   at::Tensor weights;
   std::vector<OverlapReport> reports;  // one per step; empty where nothing was armed
+  std::vector<at::Tensor> grads;       // per step, as backward left them
 };
 
 // Four steps of two micro-batches each; with overlap, the buckets (each about two layers) may start
-// during the second micro-batch's backward.
+// during the second micro-batch's backward (the first's arming is taken back).
 RankRun train(Communicator& comm, const AnyOptions& options, bool overlap) {
   auto ps = mlp_params();
   std::shared_ptr<Communicator> borrowed(&comm, [](Communicator*) {});
@@ -45,10 +46,12 @@ RankRun train(Communicator& comm, const AnyOptions& options, bool overlap) {
   RankRun run;
   for (int64_t s = 0; s < 4; ++s) {
     opt.zero_grad();
+    if (opt.arm_overlap()) opt.disarm_overlap();
     loss_of(ps, s, 0, comm.rank()).backward();
     const bool armed = opt.arm_overlap();
     EXPECT_EQ(armed, overlap && opt.core().averages_gradient()) << "step " << s + 1;
     loss_of(ps, s, 1, comm.rank()).backward();
+    run.grads.push_back(opt.flat().grads().clone());
     run.reports.push_back(opt.finish_overlap());
     opt.step();
   }
@@ -85,6 +88,8 @@ TEST(TorchOverlap, BucketsStartDuringBackwardAndTheStepsKeepTheirBits) {
           continue;
         }
         EXPECT_EQ(rep.buckets, 3) << "step " << s + 1;  // two of the six layers a bucket
+        // Backward returned with the average: the same bits on every rank.
+        EXPECT_TRUE(bitwise_equal(overlapped[0].grads[s], overlapped[static_cast<size_t>(r)].grads[s]));
         // The last layers' gradients come first: their buckets start while backward goes on.
         EXPECT_GE(rep.started_in_backward, 1) << "step " << s + 1;
         EXPECT_GT(rep.exchange_seconds, 0.0);

@@ -241,6 +241,44 @@ TEST_F(TrainRun, ResumeContinuesBitForBitInBothStagesOn4Workers) {
 
 // A checkpoint of 2 workers resumed by 4: an error naming both counts and the flag; with the flag,
 // a warning, and the 4 workers go on identically from the same step.
+// --overlap on: the warmup's bf16 exchange runs during backward, bucket by bucket, and the run is
+// bit for bit the run without overlap (4 workers; --clip 0, since an overlapped step clips the
+// average). The compression steps exchange after backward either way. metrics.jsonl says how much
+// of each overlapped exchange backward hid.
+TEST_F(TrainRun, OverlapWithBackwardKeepsEveryBitAndSaysWhatItHid) {
+  const std::string root = test::tmp_dir("overlap");
+  auto with = [&](const std::string& out, const std::string& overlap) {
+    return tiny(root + "/" + out, {"--optimizer", "onebit-lamb", "--steps", "8", "--freeze-step", "4", "--clip", "0",
+                                   "--eval-every", "8", "--overlap", overlap, "--bucket-mb", "0.05"}, 4);
+  };
+  Proc off = start(with("off", "off"), root + "/off.log");
+  ASSERT_EQ(wait_for(off, 240), 0) << slurp(off.log);
+  Proc on = start(with("on", "on"), root + "/on.log");
+  ASSERT_EQ(wait_for(on, 240), 0) << slurp(on.log);
+  expect_same_checkpoint(root + "/off/checkpoints/step_00000008", root + "/on/checkpoints/step_00000008", 4);
+  const auto m = metrics(root + "/on"), m_off = metrics(root + "/off");
+  ASSERT_EQ(m.size(), 8u);
+  for (size_t i = 0; i < 8; ++i) {
+    SCOPED_TRACE("step " + std::to_string(i + 1));
+    EXPECT_EQ(m[i]["loss"].get<double>(), m_off[i]["loss"].get<double>());
+    EXPECT_FALSE(m_off[i].contains("buckets"));
+    if (i >= 4) {
+      EXPECT_FALSE(m[i].contains("buckets")) << "a compression step does not overlap";
+      continue;
+    }
+    EXPECT_GT(m[i]["buckets"].get<int>(), 4);
+    const double hidden = m[i]["exchange_hidden_fraction"];
+    EXPECT_GE(hidden, 0.0);
+    EXPECT_LE(hidden, 1.0);
+    EXPECT_GE(m[i]["exchange_hidden_seconds"].get<double>(), 0.0);
+  }
+  // Where it cannot work, it says why before any worker starts.
+  Proc mpi = start(tiny(root + "/mpi", {"--backend", "mpi", "--overlap", "on"}), root + "/mpi.log");
+  EXPECT_EQ(wait_for(mpi, 60), 1);
+  EXPECT_NE(slurp(mpi.log).find("--overlap on: the overlapped exchange runs on a thread of its own"), std::string::npos)
+      << slurp(mpi.log);
+}
+
 TEST_F(TrainRun, AnotherWorkerCountNeedsResetErrorsOnResize) {
   const std::string root = test::tmp_dir("resize");
   const std::vector<std::string> common{"--optimizer", "onebit-lamb", "--steps", "6", "--freeze-step", "2",
