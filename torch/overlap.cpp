@@ -73,6 +73,7 @@ bool BackwardOverlap::arm() {
 
 void BackwardOverlap::disarm() {
   std::lock_guard<std::mutex> lock(mu_);
+  if (!armed_) return;
   ONEBIT_CHECK(report_.started_in_backward == 0 && !callback_queued_,
                "onebit overlap: disarmed after backward started exchanging");
   armed_ = false;
@@ -124,7 +125,7 @@ void BackwardOverlap::exchange_loop() {
   std::unique_lock<std::mutex> lock(mu_);
   for (;;) {
     cv_.wait(lock, [&] { return stop_ || !queue_.empty(); });
-    if (queue_.empty()) return;  // stop_
+    if (stop_) return;  // the owner is going: no new exchange starts
     const Bucket b = buckets_[queue_.front()];
     queue_.pop_front();
     const bool failed = error_ != nullptr;  // after an error the rest is skipped: finish() rethrows it

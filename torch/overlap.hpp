@@ -27,7 +27,8 @@ class BackwardOverlap {
   // Hooks every parameter of `flat` that takes a gradient (a post hook of its grad accumulator);
   // buckets hold about bucket_bytes of fp32 gradient (at least one parameter each).
   BackwardOverlap(TorchFlatParams& flat, Optimizer& core, size_t bucket_bytes);
-  // Removes the hooks and joins the exchange thread (after the bucket it is exchanging, if any).
+  // Removes the hooks and joins the exchange thread (after the bucket it is exchanging, if any; the
+  // buckets still queued are dropped).
   ~BackwardOverlap();
   BackwardOverlap(const BackwardOverlap&) = delete;
   BackwardOverlap& operator=(const BackwardOverlap&) = delete;

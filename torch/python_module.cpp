@@ -272,9 +272,33 @@ void def_communicator_factories(py::module_& m) {
 
 }
 
+// Overlap with backward (TorchOptimizer::enable_overlap), for the optimizers' overlap=True.
+template <class Class>
+void def_overlap(Class& engine) {
+  engine.def("enable_overlap", &TorchOptimizer::enable_overlap, py::arg("bucket_bytes"))
+      .def("arm_overlap", &TorchOptimizer::arm_overlap)
+      .def("disarm_overlap", &TorchOptimizer::disarm_overlap)
+      .def("finish_overlap", [](TorchOptimizer& o) {
+        onebit::OverlapReport r;
+        {
+          py::gil_scoped_release release;  // an armed exchange whose backward never ran is waited for
+          r = o.finish_overlap();
+        }
+        py::dict d;
+        d["buckets"] = r.buckets;
+        d["started_in_backward"] = r.started_in_backward;
+        d["exchange_seconds"] = r.exchange_seconds;
+        d["waited_seconds"] = r.waited_seconds;
+        d["hidden_seconds"] = r.hidden_seconds();
+        return d;
+      });
+}
+
 // The Engine the Python optimizer classes drive: a TorchOptimizer over any registered optimizer.
 void def_engine(py::module_& m) {
-  py::class_<TorchOptimizer, std::shared_ptr<TorchOptimizer>>(m, "Engine")
+  py::class_<TorchOptimizer, std::shared_ptr<TorchOptimizer>> engine(m, "Engine");
+  def_overlap(engine);
+  engine
       .def(py::init([](const std::string& kind, std::vector<at::Tensor> params, const py::dict& options,
                        std::shared_ptr<Communicator> comm) {
              return std::make_shared<TorchOptimizer>(std::move(params), parse_options(kind, options), std::move(comm));

@@ -3,6 +3,7 @@
 Each step takes every parameter's .grad as this rank's LOCAL gradient and does all communication
 itself over torch.distributed (no DDP, no gradient averaging by the caller).
 """
+import contextlib
 import numbers
 import warnings
 
@@ -86,6 +87,15 @@ class _OnebitOptimizer(torch.optim.Optimizer):
     ranks keep in the TCPStore the default process group rendezvoused through (tcp:// or env://, as
     torchrun does); watch=(host, port) names another TCPStore. It is off by default: on the GPU test
     machine (torch 2.11, a statically linked C++ runtime) its test aborted, not yet understood.
+
+    overlap=True (CPU parameters, a process group any thread may call: Gloo): the exchange of the
+    steps that average the gradient (Lamb's; the warmup's) starts during backward, in buckets of
+    about bucket_mb MB taken from the last parameter back, each as soon as backward has produced
+    its gradients, as DDP does; backward() returns with the average over the ranks in .grad, which
+    is where clip_grad_norm_ then clips. The results are those without overlap: bit for bit with a
+    16-bit warmup_exchange, and up to the order of the fp32 sums otherwise. For gradient
+    accumulation, run the backward passes before the last under `with opt.no_sync():`. The
+    compression steps exchange in step() either way. last_overlap: what the last step's overlap did.
     """
 
     _kind = None
@@ -95,10 +105,16 @@ class _OnebitOptimizer(torch.optim.Optimizer):
     # step whose gradient overflowed is decided by all ranks together (see step()).
     _step_supports_amp_scaling = True
 
-    def __init__(self, params, defaults, process_group, momentum_masks, threads, timeout, watch):
+    def __init__(self, params, defaults, process_group, momentum_masks, threads, timeout, watch, overlap=False,
+                 bucket_mb=4.0):
         self._engines = []
         self._built_with = []
         self._comm = None
+        if bucket_mb <= 0:
+            raise ValueError("onebit: bucket_mb must be > 0, not %r" % (bucket_mb,))
+        self._bucket_bytes = int(bucket_mb * 2**20) if overlap else 0
+        self._no_sync = 0
+        self.last_overlap = None
         super().__init__(params, defaults)
         given = isinstance(process_group, _onebit.Communicator)
         self._comm = _communicator(process_group, timeout, _device_of(self.param_groups))
@@ -110,11 +126,33 @@ class _OnebitOptimizer(torch.optim.Optimizer):
         self.last_step_skipped = False
         for param, mask in (momentum_masks or {}).items():
             self.set_momentum_mask(param, mask)
+        self._arm()
 
     def _engine(self, group):
         engine = _onebit.Engine(self._kind, group["params"], self._core_options(group, self._threads), self._comm)
+        if self._bucket_bytes:
+            engine.enable_overlap(self._bucket_bytes)
         self._built_with.append({k: group[k] for k in self._fixed if k in group})  # step() checks them
         return engine
+
+    def _arm(self):
+        """overlap=True: the next backward may start the exchange (not inside no_sync)."""
+        if self._bucket_bytes and not self._no_sync:
+            for engine in self._engines:
+                engine.arm_overlap()
+
+    @contextlib.contextmanager
+    def no_sync(self):
+        """overlap=True with gradient accumulation, as DDP's no_sync: the backward passes inside only
+        accumulate; the next one outside exchanges. Without overlap it changes nothing."""
+        self._no_sync += 1
+        for engine in self._engines:
+            engine.disarm_overlap()
+        try:
+            yield
+        finally:
+            self._no_sync -= 1
+            self._arm()
 
     def _check_fixed(self, group, built_with):
         for key, value in built_with.items():
@@ -144,6 +182,8 @@ class _OnebitOptimizer(torch.optim.Optimizer):
             self.param_groups.pop()
             del self._built_with[len(self._engines):]
             raise
+        if self._bucket_bytes and not self._no_sync:
+            self._engines[-1].arm_overlap()
 
     @property
     def rank(self):
@@ -208,10 +248,14 @@ class _OnebitOptimizer(torch.optim.Optimizer):
         skipped = False
         for group, built_with in zip(self.param_groups, self._built_with):
             self._check_fixed(group, built_with)
+        if self._bucket_bytes:
+            reports = [engine.finish_overlap() for engine in self._engines]
+            self.last_overlap = {k: sum(r[k] for r in reports) for k in reports[0]} if reports[0]["buckets"] else None
         for group, engine in zip(self.param_groups, self._engines):
             engine.set_lr(float(group["lr"]))
             skipped |= not engine.step()
         self.last_step_skipped = skipped
+        self._arm()
         if grad_scaler is not None:
             self._record_overflow(grad_scaler, skipped)
         return loss
@@ -355,10 +399,10 @@ class Lamb(_OnebitOptimizer):
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, max_coeff=10.0,
                  min_coeff=0.01, *, warmup_exchange="fp32", process_group=None, threads=1, timeout=60.0,
-                 watch=False):
+                 watch=False, overlap=False, bucket_mb=4.0):
         defaults = dict(lr=lr, betas=_check_betas(betas), eps=eps, weight_decay=weight_decay,
                         max_coeff=max_coeff, min_coeff=min_coeff, warmup_exchange=_exchange(warmup_exchange))
-        super().__init__(params, defaults, process_group, None, threads, timeout, watch)
+        super().__init__(params, defaults, process_group, None, threads, timeout, watch, overlap, bucket_mb)
 
 
 class OnebitLamb(_OnebitOptimizer):
@@ -386,7 +430,7 @@ class OnebitLamb(_OnebitOptimizer):
                  max_coeff=10.0, min_coeff=0.01, coeff_beta=0.9, factor_max=4.0, factor_min=0.5,
                  factor_threshold=0.1, process_group=None, *, auto_freeze=None, refresh_interval=None,
                  track_scales=None, scale_group=None, warmup_exchange="fp32", momentum_masks=None, threads=1,
-                 timeout=60.0, watch=False):
+                 timeout=60.0, watch=False, overlap=False, bucket_mb=4.0):
         defaults = dict(lr=lr, freeze_step=_freeze_step(freeze_step), auto_freeze=_auto_freeze(auto_freeze),
                         betas=_check_betas(betas), eps=eps, weight_decay=weight_decay, max_coeff=max_coeff,
                         min_coeff=min_coeff, coeff_beta=coeff_beta, factor_max=factor_max, factor_min=factor_min,
@@ -394,7 +438,8 @@ class OnebitLamb(_OnebitOptimizer):
                         refresh_interval=-1 if refresh_interval is None else int(refresh_interval),
                         track_scales=-1 if track_scales is None else int(bool(track_scales)),
                         scale_group=_scale_group(scale_group), warmup_exchange=_exchange(warmup_exchange))
-        super().__init__(params, defaults, process_group, momentum_masks, threads, timeout, watch)
+        super().__init__(params, defaults, process_group, momentum_masks, threads, timeout, watch, overlap,
+                         bucket_mb)
 
 
 class OnebitAdam(_OnebitOptimizer):
@@ -408,8 +453,8 @@ class OnebitAdam(_OnebitOptimizer):
 
     def __init__(self, params, lr=1e-3, freeze_step="auto", betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
                  process_group=None, *, auto_freeze=None, scale_group=0, warmup_exchange="fp32", threads=1,
-                 timeout=60.0, watch=False):
+                 timeout=60.0, watch=False, overlap=False, bucket_mb=4.0):
         defaults = dict(lr=lr, freeze_step=_freeze_step(freeze_step), auto_freeze=_auto_freeze(auto_freeze),
                         betas=_check_betas(betas), eps=eps, weight_decay=weight_decay,
                         scale_group=_scale_group(scale_group, auto=0), warmup_exchange=_exchange(warmup_exchange))
-        super().__init__(params, defaults, process_group, None, threads, timeout, watch)
+        super().__init__(params, defaults, process_group, None, threads, timeout, watch, overlap, bucket_mb)

@@ -103,6 +103,27 @@ def warmup(rank, world, outdir, steps, batch):
     return {"history": history, "in_warmup": opt.in_warmup}
 
 
+def overlap(rank, world, outdir, steps, overlap):
+    """OnebitLamb (bf16 warmup exchange, frozen after step 3) on this rank's shard, two micro-batches
+    a step (the first under no_sync), with or without the exchange overlapped with backward."""
+    model = mlp()
+    opt = onebit.OnebitLamb(model.parameters(), lr=0.02, freeze_step=3, weight_decay=0.01, warmup_exchange="bf16",
+                            overlap=overlap, bucket_mb=0.0001)
+    history, reports, grads = [], [], []
+    for s in range(steps):
+        x, y = regression_data(32, seed=100 + s)
+        shard = [slice(rank * 32 // world + h * 16 // world, rank * 32 // world + (h + 1) * 16 // world) for h in (0, 1)]
+        opt.zero_grad()
+        with opt.no_sync():
+            torch.nn.functional.mse_loss(model(x[shard[0]]), y[shard[0]]).backward()
+        torch.nn.functional.mse_loss(model(x[shard[1]]), y[shard[1]]).backward()
+        grads.append(torch.cat([p.grad.reshape(-1) for p in model.parameters()]).clone())
+        opt.step()
+        history.append(cat(model.parameters()).clone())
+        reports.append(opt.last_overlap)
+    return {"history": history, "reports": reports, "grads": grads}
+
+
 def resume(rank, world, outdir, phase, options, first, second):
     """phase 'first': `first` steps, save model + optimizer state, then `second` more steps.
     phase 'second': a fresh model and optimizer load the saved state and run the `second` steps."""

@@ -94,6 +94,25 @@ def test_another_world_size_needs_reset_errors_on_resize(tmp_path):
         assert torch.equal(res["params"], results[0]["params"])
 
 
+@pytest.mark.parametrize("world", [2, 4])
+def test_overlap_with_backward_keeps_every_bit(world, tmp_path):
+    """overlap=True: the warmup's bf16 exchange starts during the last backward, bucket by bucket,
+    and backward returns with the average; the steps are bit for bit those without overlap."""
+    plain = run_ranks("overlap", world, tmp_path, steps=5, overlap=False)
+    overlapped = run_ranks("overlap", world, tmp_path, steps=5, overlap=True)
+    assert_ranks_identical(overlapped)
+    for a, b in zip(plain, overlapped):
+        for s in range(5):
+            assert torch.equal(a["history"][s], b["history"][s]), "step %d differs" % (s + 1)
+    for s, report in enumerate(overlapped[0]["reports"]):
+        if s < 3:  # the warmup: overlapped, and the gradients after backward are the average already
+            assert report["buckets"] >= 3 and report["started_in_backward"] >= 1, report
+            assert torch.equal(overlapped[0]["grads"][s], overlapped[-1]["grads"][s])
+        else:  # compression: exchanged in step()
+            assert report is None
+    assert all(r is None for r in plain[0]["reports"])
+
+
 def test_training_on_4_ranks_lowers_the_held_out_loss(tmp_path):
     results = run_ranks("train", 4, tmp_path, steps=150, freeze_step=30)
     assert not results[0]["in_warmup"]

@@ -60,6 +60,22 @@ def test_half_precision_parameters_and_gradients_use_fp32_master_weights(dtype):
     assert "master_params" in opt.state_dict()["onebit"][0]["tensors"]
 
 
+def test_overlap_alone_reports_its_buckets_and_a_bad_bucket_is_an_error():
+    with pytest.raises(ValueError, match="bucket_mb"):
+        onebit.Lamb(sc.mlp().parameters(), overlap=True, bucket_mb=0)
+    model = sc.mlp()
+    opt = onebit.OnebitLamb(model.parameters(), lr=0.02, freeze_step=2, overlap=True, bucket_mb=0.0001)
+    reports = []
+    for s in range(3):
+        x, y = sc.regression_data(16, seed=s)
+        opt.zero_grad()
+        torch.nn.functional.mse_loss(model(x), y).backward()
+        opt.step()
+        reports.append(opt.last_overlap)
+    assert reports[0]["buckets"] == 4 and reports[1]["buckets"] == 4  # the warmup: 4 buckets of 1 tensor
+    assert reports[2] is None  # compression: exchanged in step()
+
+
 def test_parameters_and_gradients_are_views_of_the_flat_buffers():
     model = sc.mlp()
     opt = onebit.Lamb(model.parameters())
