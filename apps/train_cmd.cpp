@@ -14,6 +14,27 @@
 namespace onebit::train {
 namespace {
 
+// Where and how the workers run: processes, engine, device, precision, overlap, threads, timeout.
+void add_parallelism(CLI::App* c, TrainOptions& o) {
+  c->add_option("--workers", o.workers, "worker processes to start on this machine (ignored under mpirun/srun/RANK)")
+      ->capture_default_str();
+  c->add_option("--backend", o.backend, "gloo | mpi | nccl")->check(CLI::IsMember({"gloo", "mpi", "nccl"}))->capture_default_str();
+  c->add_option("--device", o.device, "cpu | cuda")->check(CLI::IsMember({"cpu", "cuda"}))->capture_default_str();
+  c->add_option("--precision", o.precision,
+                "fp32 | bf16: the model's forward and backward under autocast to bf16 (weights, gradients, "
+                "optimizer and exchange stay fp32)")
+      ->check(CLI::IsMember({"fp32", "bf16"}))
+      ->capture_default_str();
+  c->add_option("--overlap", o.overlap,
+                "on: the exchange of lamb's steps and of the warmup runs during backward, in buckets started as soon as "
+                "their layers' gradients exist (the compression steps exchange after backward either way)")
+      ->check(CLI::IsMember({"on", "off"}))
+      ->capture_default_str();
+  c->add_option("--bucket-mb", o.bucket_mb, "--overlap on: MB of fp32 gradient per bucket")->capture_default_str();
+  c->add_option("--threads", o.threads, "CPU threads per worker (0: cores / local workers)")->capture_default_str();
+  c->add_option("--timeout", o.timeout, "seconds any rendezvous or collective may wait")->capture_default_str();
+}
+
 // Everything but --optimizer, --out and --resume, which differ between the two commands.
 void add_shared(CLI::App* c, TrainOptions& o) {
   c->add_option("--model", o.model, "tiny | mini | small | base | large (BERT shapes; tiny: H128 L2, trains in minutes on 2 cores)")
@@ -77,23 +98,7 @@ void add_shared(CLI::App* c, TrainOptions& o) {
   c->add_option("--beta2", o.beta2, "second-moment decay")->capture_default_str();
   c->add_option("--dropout", o.dropout, "dropout (-1: the preset's, tiny 0, others 0.1)")->capture_default_str();
   c->add_option("--seed", o.seed, "seed of the initial weights, the data order, the masks and dropout")->capture_default_str();
-  c->add_option("--workers", o.workers, "worker processes to start on this machine (ignored under mpirun/srun/RANK)")
-      ->capture_default_str();
-  c->add_option("--backend", o.backend, "gloo | mpi | nccl")->check(CLI::IsMember({"gloo", "mpi", "nccl"}))->capture_default_str();
-  c->add_option("--device", o.device, "cpu | cuda")->check(CLI::IsMember({"cpu", "cuda"}))->capture_default_str();
-  c->add_option("--precision", o.precision,
-                "fp32 | bf16: the model's forward and backward under autocast to bf16 (weights, gradients, "
-                "optimizer and exchange stay fp32)")
-      ->check(CLI::IsMember({"fp32", "bf16"}))
-      ->capture_default_str();
-  c->add_option("--overlap", o.overlap,
-                "on: the exchange of lamb's steps and of the warmup runs during backward, in buckets started as soon as "
-                "their layers' gradients exist (the compression steps exchange after backward either way)")
-      ->check(CLI::IsMember({"on", "off"}))
-      ->capture_default_str();
-  c->add_option("--bucket-mb", o.bucket_mb, "--overlap on: MB of fp32 gradient per bucket")->capture_default_str();
-  c->add_option("--threads", o.threads, "CPU threads per worker (0: cores / local workers)")->capture_default_str();
-  c->add_option("--timeout", o.timeout, "seconds any rendezvous or collective may wait")->capture_default_str();
+  add_parallelism(c, o);
   c->add_option("--eval-every", o.eval_every, "held-out loss every K steps (0: about 20 times per run)")->capture_default_str();
   c->add_option("--eval-samples", o.eval_samples, "held-out sequences per evaluation (the same ones every time)")
       ->capture_default_str();
