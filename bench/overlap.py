@@ -76,8 +76,9 @@ def main():
         results[rate]["speedup_onebit_over_lamb"] = {
             s: results[rate][s]["onebit_lamb"]["samples_per_second"] / results[rate][s]["lamb"]["samples_per_second"]
             for s in ("off", "on")}
-    doc = {"bench": "overlap with backward on a shaped link", "machine": platform.node(),
-           "cpu": next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?"),
+    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), "?")
+    doc = {"bench": "overlap", "what": "onebit compare --rate R with --overlap off and on",
+           "machine": {"cpu": cpu, "cores": os.cpu_count(), "host": platform.node()},
            "compare_args": COMPARE + ["--bucket-mb", a.bucket_mb],
            "network": "onebit lan: one namespace per worker, tc tbf on each veth, both directions",
            "results": results}

@@ -47,6 +47,17 @@ def rows_for(machine_dir):
                          f"fp32: {md['fp32']['samples_per_second']:.1f} samples/s, held-out loss "
                          f"{md['fp32']['heldout_loss']:.4f}",
                          f"{r['speedup']:.2f}x faster, loss ratio {r['heldout_loss_ratio']:.5f}", name))
+        elif kind == "overlap":
+            for rate, x in r["results"].items():
+                on, off, ratio = x["on"], x["off"], x["ratios_on_over_off"]
+                rows.append((f"`onebit compare --overlap on`: mini BERT, 4 workers (gloo, {rate} links), 60 steps x 8",
+                             f"on: LAMB {on['lamb']['samples_per_second']:.1f}, 1-bit LAMB "
+                             f"{on['onebit_lamb']['samples_per_second']:.1f} samples/s",
+                             f"off: LAMB {off['lamb']['samples_per_second']:.1f}, 1-bit LAMB "
+                             f"{off['onebit_lamb']['samples_per_second']:.1f} samples/s",
+                             f"LAMB {ratio['lamb']['samples_per_second']:.2f}x, 1-bit LAMB "
+                             f"{ratio['onebit_lamb']['samples_per_second']:.2f}x (medians of "
+                             f"{len(on['lamb']['samples_per_second_runs'])})", name))
     for path in sorted(glob.glob(os.path.join(machine_dir, "*", "compare.json"))):
         r, name = load(path), os.path.relpath(path, ROOT)
         st, a, b = r["settings"], r["lamb"], r["onebit_lamb"]

@@ -3,6 +3,9 @@
 #
 # The caller sets ROOT, BUILD, PHASE (the phase's name, for the log and the summary), BUDGET_S and
 # START (date +%s); TORCH_VERSION and GPU_NAME, once known, name the machine in the summary.
+# JOBS (default: the cores) and PYTHON (default python3, the interpreter whose torch is used).
+JOBS="${JOBS:-$(nproc)}"
+PYTHON="${PYTHON:-python3}"
 mkdir -p "$BUILD/reports"
 LOG="$BUILD/$PHASE.log"
 SUMMARY="$BUILD/$PHASE.summary"
@@ -90,4 +93,12 @@ find_gpu_torch() {
   GEN=()
   command -v ninja >/dev/null && GEN=(-G Ninja)
   return 0
+}
+
+# configure_against_torch CMAKE_FLAGS...: the "configure" step of BUILD against that torch (after
+# find_gpu_torch), Release, CUDA, no MPI, with the caller's flags added.
+configure_against_torch() {
+  step "configure" 120 cmake -S "$ROOT" -B "$BUILD" "${GEN[@]}" -DCMAKE_BUILD_TYPE=Release \
+    "${CUDA_CMAKE_FLAGS[@]}" -DONEBIT_WITH_TORCH=ON -DONEBIT_PYTHON="$(command -v "$PYTHON")" \
+    -DONEBIT_WITH_MPI=OFF -DCMAKE_PREFIX_PATH="$PREFIX" -DCMAKE_POLICY_VERSION_MINIMUM=3.5 "$@"
 }

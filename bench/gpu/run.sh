@@ -4,8 +4,9 @@
 # device copy floor; writes bench/results/<gpu-name>.json. Meant for the GPU machine (no network,
 # NCCL only inside the Python package nvidia.nccl); finishes within about 8 minutes.
 #
-#   bash bench/gpu/run.sh            # everything
+#   bash bench/gpu/run.sh            # the kernels: build, tests, benchmark
 #   SKIP_TESTS=1 bash bench/gpu/run.sh   # build and benchmark only
+#   PHASES="torch train" bash bench/gpu/run.sh   # then torch_phase.sh and train_phase.sh (training)
 #
 # Environment: BUILD (build folder, default build-gpu), CUDA_ARCH (default 90), JOBS, OUT (if set,
 # logs and results are copied there too), BENCH_ARGS (extra flags for onebit_gpu_bench).
@@ -81,4 +82,9 @@ for name, t in list(r["results"].items()) + [("kernel " + k, v) for k, v in r["k
 if "cpu_check" in r:
     print("  bitwise equal to the CPU at full size:", r["cpu_check"])
 PY
+# --- the phases against the machine's torch, as asked: PHASES="torch train" -----------------------
+for phase in ${PHASES:-}; do
+  say "phase $phase"
+  OUT="${OUT:-}" bash "$ROOT/bench/gpu/${phase}_phase.sh" || say "phase $phase: exit status $?"
+done
 [ "${TESTS_RC:-0}" -eq 0 ] || { say "the CUDA tests FAILED (see above)"; exit 1; }

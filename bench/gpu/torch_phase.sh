@@ -14,8 +14,6 @@
 set -uo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 BUILD="${BUILD_TORCH:-$ROOT/build-gpu-torch}"
-JOBS="${JOBS:-$(nproc)}"
-PYTHON="${PYTHON:-python3}"
 BUDGET_S="${BUDGET_S:-300}"
 START=$(date +%s)
 PHASE=torch_phase
@@ -25,10 +23,7 @@ source "$ROOT/bench/gpu/phase_lib.sh"
 find_gpu_torch || exit 0
 
 # --- configure: the torch targets only (train/ needs SentencePiece, which this machine may lack) -----
-if ! step "configure" 120 cmake -S "$ROOT" -B "$BUILD" "${GEN[@]}" -DCMAKE_BUILD_TYPE=Release \
-    "${CUDA_CMAKE_FLAGS[@]}" -DONEBIT_WITH_TORCH=ON -DONEBIT_PYTHON="$(command -v "$PYTHON")" \
-    -DONEBIT_BUILD_TRAIN=OFF -DONEBIT_WITH_MPI=OFF -DONEBIT_BUILD_TESTS=ON -DCMAKE_PREFIX_PATH="$PREFIX" \
-    -DCMAKE_POLICY_VERSION_MINIMUM=3.5; then
+if ! configure_against_torch -DONEBIT_BUILD_TRAIN=OFF -DONEBIT_BUILD_TESTS=ON; then
   record "build, tests" "NOT RUN: configure failed (nlohmann-json, CLI11, GoogleTest missing? run bench/gpu/pack_deps.sh where they are and carry build-deps/)"
   exit 0
 fi

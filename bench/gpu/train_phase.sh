@@ -25,8 +25,6 @@
 set -uo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 BUILD="${BUILD_TRAIN:-$ROOT/build-gpu-train}"
-JOBS="${JOBS:-$(nproc)}"
-PYTHON="${PYTHON:-python3}"
 BUDGET_S="${BUDGET_S:-600}"
 TRAIN_STEPS="${TRAIN_STEPS:-1000}"
 TRAIN_BATCH="${TRAIN_BATCH:-1024}"
@@ -35,10 +33,7 @@ PHASE=train_phase
 source "$ROOT/bench/gpu/phase_lib.sh"
 
 find_gpu_torch || exit 0
-if ! step "configure" 120 cmake -S "$ROOT" -B "$BUILD" "${GEN[@]}" -DCMAKE_BUILD_TYPE=Release \
-    "${CUDA_CMAKE_FLAGS[@]}" -DONEBIT_WITH_TORCH=ON -DONEBIT_PYTHON="$(command -v "$PYTHON")" \
-    -DONEBIT_BUILD_TRAIN=ON -DONEBIT_WITH_MPI=OFF -DONEBIT_BUILD_TESTS=OFF -DCMAKE_PREFIX_PATH="$PREFIX" \
-    -DCMAKE_POLICY_VERSION_MINIMUM=3.5; then
+if ! configure_against_torch -DONEBIT_BUILD_TRAIN=ON -DONEBIT_BUILD_TESTS=OFF; then
   record "training" "NOT RUN: configure failed (SentencePiece, Gloo headers, nlohmann-json or CLI11 missing? run bench/gpu/pack_deps.sh where they are and carry build-deps/)"
   exit 0
 fi
