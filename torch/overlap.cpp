@@ -40,6 +40,8 @@ BackwardOverlap::BackwardOverlap(TorchFlatParams& flat, Optimizer& core, size_t 
         })));
     accumulators_.push_back(std::move(acc));
   }
+  ONEBIT_CHECK(!accumulators_.empty(), "onebit overlap: no parameter takes a gradient (requires_grad), so no "
+                                        "backward can start the exchange");
   waiting_.assign(buckets_.size(), 0);
   thread_ = std::thread([this] { exchange_loop(); });
 }

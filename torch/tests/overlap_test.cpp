@@ -123,6 +123,13 @@ TEST(TorchOverlap, WhereItCannotWorkItSaysWhy) {
   } catch (const Error& e) {
     EXPECT_NE(std::string(e.what()).find("one thread only"), std::string::npos) << e.what();
   }
+  std::vector<at::Tensor> frozen = {at::ones({4})};  // no autograd
+  try {
+    TorchLamb(frozen).enable_overlap();
+    ADD_FAILURE() << "overlap without a parameter that takes a gradient";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("requires_grad"), std::string::npos) << e.what();
+  }
   TorchLamb opt(ps);
   EXPECT_THROW(opt.enable_overlap(2), Error);  // a bucket smaller than one gradient
   opt.enable_overlap();
