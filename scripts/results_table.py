@@ -102,8 +102,9 @@ def table():
         first = load(sorted(glob.glob(os.path.join(machine_dir, "*.json")))[0])
         m = first.get("machine", {})
         out.append(f"Machine `{os.path.basename(machine_dir)}`: {m.get('cpu', '?')}, {m.get('cores', '?')} cores "
-                   "(a row that ran on another CPU of the same class names it; losses and bytes are the same "
-                   "bits on any CPU).\n")
+                   "(a row that ran on another CPU of the same class names it; bytes are the same on any CPU, "
+                   "and so are LAMB's losses and the warmup's, but 1-bit LAMB's compression steps came out "
+                   "a few ulps apart on an Intel Xeon and an AMD EPYC: see Status).\n")
         out.append("| benchmark | onebit | baseline, same run | ratio | source |")
         out.append("|---|---|---|---|---|")
         for row in rows:
