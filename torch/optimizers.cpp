@@ -89,7 +89,6 @@ void TorchOptimizer::enable_overlap(size_t bucket_bytes) {
                                             << "; overlap with backward is for CPU parameters");
   ONEBIT_CHECK(comm_->any_thread(), who << ": the " << comm_->backend() << " communicator may be called from "
                                         << "one thread only, and the overlapped exchange runs on its own (use Gloo)");
-  ONEBIT_CHECK(!flat_.tensors().empty(), who << ": no parameters");
   overlap_.reset();  // its hooks go before the new ones come
   overlap_ = std::make_unique<BackwardOverlap>(flat_, *core_, bucket_bytes);
 }
@@ -109,7 +108,7 @@ at::Tensor TorchOptimizer::step(LossClosure closure) {
     loss = closure();
   }
   at::NoGradGuard no_grad;
-  if (overlap_) overlap_->finish();
+  finish_overlap();  // an armed exchange whose backward never ran
   flat_.gather_grads();
   core_->set_lr(static_cast<float>(param_groups().front().options().get_lr()));
   last_applied_ = core_step(*core_, flat_, device_.get());

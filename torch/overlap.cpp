@@ -68,8 +68,7 @@ bool BackwardOverlap::arm() {
   error_ = nullptr;
   callback_queued_ = false;
   armed_ = true;
-  launch_ready();  // buckets without a hooked parameter
-  report_.started_in_backward = 0;  // those were not backward's doing
+  launch_ready();  // buckets without a hooked parameter start now (not counted as backward's)
   return true;
 }
 
@@ -79,11 +78,6 @@ void BackwardOverlap::disarm() {
   ONEBIT_CHECK(report_.started_in_backward == 0 && !callback_queued_,
                "onebit overlap: disarmed after backward started exchanging");
   armed_ = false;
-}
-
-bool BackwardOverlap::armed() const {
-  std::lock_guard<std::mutex> lock(mu_);
-  return armed_;
 }
 
 // The backward thread, once a parameter's gradient is accumulated.

@@ -36,7 +36,6 @@ class BackwardOverlap {
   // Lets the next backward start the buckets; false (and nothing armed) when the core's next step
   // does not average the gradient alone. Call it before the backward whose gradients the step uses.
   bool arm();
-  bool armed() const;
   // Takes the arming back before the backward it was for (an error once a bucket has started).
   void disarm();
   // Armed: starts the buckets backward did not, waits for all, and disarms; the flat gradient then
@@ -44,8 +43,6 @@ class BackwardOverlap {
   // The armed backward calls it as it ends. Returns the report of the exchange finished since the
   // last call (empty if none).
   OverlapReport finish();
-
-  size_t buckets() const { return buckets_.size(); }
 
  private:
   struct Bucket {
@@ -63,7 +60,7 @@ class BackwardOverlap {
   std::vector<std::shared_ptr<torch::autograd::Node>> accumulators_;  // kept alive: they hold the hooks
   std::vector<uintptr_t> hook_keys_;
 
-  mutable std::mutex mu_;
+  std::mutex mu_;
   std::condition_variable cv_;
   bool armed_ = false, stop_ = false, callback_queued_ = false;
   std::vector<char> ready_;        // per parameter, this backward

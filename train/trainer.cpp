@@ -8,7 +8,6 @@
 #include <cmath>
 #include <filesystem>
 #include <fstream>
-#include <functional>
 #include <iostream>
 
 #include "onebit/error.hpp"
@@ -257,9 +256,8 @@ Step train_step(const TrainOptions& o, Rank& r, int64_t step) {
   const auto t_fb = Clock::now();
   // --overlap on: the exchange of a step that can overlap starts during the last backward, which
   // returns with the average over the ranks in the gradients.
-  const std::function<void()> arm = [&] { r.opt->arm_overlap(); };
   const double local_loss =
-      forward_backward(r.model, b, o.micro_batch, r.device, r.bf16, r.opt->overlap_enabled() ? arm : nullptr);
+      forward_backward(r.model, b, o.micro_batch, r.device, r.bf16, [&] { r.opt->arm_overlap(); });
   st.overlap = r.opt->finish_overlap();
   st.forward_backward_s = since(t_fb) - st.overlap.waited_seconds;  // .item() waited for the device
   // Without overlap only the local gradient exists before the 1-bit optimizers' exchange, so every

@@ -104,7 +104,6 @@ class TorchOptimizer : public torch::optim::Optimizer {
   // gradients (autograd hooks, as DDP's). Each bucket's average has the bits the step's own
   // exchange gives it. CPU parameters, and a communicator any thread may call (not MPI's).
   void enable_overlap(size_t bucket_bytes = size_t{4} << 20);
-  bool overlap_enabled() const { return overlap_ != nullptr; }
   // Before the backward whose gradients the next step takes (the last micro-batch's): lets its
   // buckets start during it, and that backward returns once all are exchanged, with the average
   // over the ranks in the gradients (.grad included), to read or clip before step(), which then

@@ -135,10 +135,10 @@ class _OnebitOptimizer(torch.optim.Optimizer):
         self._built_with.append({k: group[k] for k in self._fixed if k in group})  # step() checks them
         return engine
 
-    def _arm(self):
+    def _arm(self, engines=None):
         """overlap=True: the next backward may start the exchange (not inside no_sync)."""
         if self._bucket_bytes and not self._no_sync:
-            for engine in self._engines:
+            for engine in self._engines if engines is None else engines:
                 engine.arm_overlap()
 
     @contextlib.contextmanager
@@ -182,8 +182,7 @@ class _OnebitOptimizer(torch.optim.Optimizer):
             self.param_groups.pop()
             del self._built_with[len(self._engines):]
             raise
-        if self._bucket_bytes and not self._no_sync:
-            self._engines[-1].arm_overlap()
+        self._arm(self._engines[-1:])
 
     @property
     def rank(self):
