@@ -1,6 +1,7 @@
 // Host-side launch helpers shared by the kernel files: the device view of a partition, and the
 // tile / element-wise / reduce launches with their error checks.
 #pragma once
+#include <cstddef>
 #include <cstdint>
 
 #include "cuda_check.hpp"
@@ -9,6 +10,14 @@
 #include "tile.cuh"
 
 namespace onebit::cuda::detail {
+
+// The device reads the host's kernels::Piece array as it was uploaded: the two must not drift apart
+// (a field added on the host once shifted every piece the device read).
+static_assert(sizeof(Piece) == sizeof(kernels::Piece) && offsetof(Piece, end) == offsetof(kernels::Piece, end) &&
+                  offsetof(Piece, layer) == offsetof(kernels::Piece, layer) &&
+                  offsetof(Piece, chunk) == offsetof(kernels::Piece, chunk) &&
+                  offsetof(Piece, group) == offsetof(kernels::Piece, group),
+              "kernels/cuda/tile.cuh's Piece must mirror kernels::Piece");
 
 inline PartView view(const DevicePartition& p) {
   using A = PartitionArrays;

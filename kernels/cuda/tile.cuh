@@ -21,11 +21,10 @@ constexpr int kRowsPerBlock = static_cast<int>(kBlock / 16);
 constexpr int kWorkers = 256;       // threads per CUDA block of the element-wise kernel
 constexpr int kChainThreads = 256;  // threads per CUDA block of tile_kernel: 16 Partition blocks
 
-struct Piece {  // kernels::Piece, as laid out on the host
+struct Piece {  // kernels::Piece, as laid out on the host (launch.cuh checks the two agree)
   size_t begin, end;
-  uint32_t layer, chunk;
+  uint32_t layer, chunk, group;
 };
-static_assert(sizeof(Piece) == 24, "kernels::Piece layout");
 
 struct PartView {
   const Piece* pieces;
