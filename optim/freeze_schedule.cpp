@@ -17,17 +17,25 @@ FreezeSchedule::FreezeSchedule(int64_t freeze_step, const AutoFreezeOptions& o, 
   for (const auto& l : layout.layers()) sizes_.push_back(static_cast<int64_t>(l.size));
 }
 
+bool FreezeSchedule::measures(int64_t t) const {
+  return automatic_ && freeze_step_ == kAutoFreeze && t < o_.max_steps && t % o_.window == 0;
+}
+
 bool FreezeSchedule::after_warmup_step(int64_t t, const float* v, float beta2, const kernels::Partition& part,
                                        ThreadPool& pool) {
+  if (measures(t)) kernels::layer_sq_norms(part, pool, v, v_sq_.data());
+  return after_warmup_step(t, v_sq_.data(), beta2);
+}
+
+bool FreezeSchedule::after_warmup_step(int64_t t, const double* v_sq, float beta2) {
   if (!automatic_) return t == freeze_step_;
   if (freeze_step_ != kAutoFreeze) return false;  // decided already (cannot happen: no warmup after it)
   bool freeze = t >= o_.max_steps;
-  if (!freeze && t % o_.window == 0) {
-    kernels::layer_sq_norms(part, pool, v, v_sq_.data());
+  if (measures(t)) {
     const double unbias = 1.0 - std::pow(static_cast<double>(beta2), static_cast<double>(t));
-    std::vector<float> now(v_sq_.size());
+    std::vector<float> now(sizes_.size());
     for (size_t l = 0; l < now.size(); ++l)
-      now[l] = sizes_[l] > 0 ? static_cast<float>(std::sqrt(v_sq_[l] / static_cast<double>(sizes_[l])) / unbias) : 0.0f;
+      now[l] = sizes_[l] > 0 ? static_cast<float>(std::sqrt(v_sq[l] / static_cast<double>(sizes_[l])) / unbias) : 0.0f;
     if (snapshot_step_ > 0) {
       double moved = 0, weight = 0;
       for (size_t l = 0; l < now.size(); ++l) {

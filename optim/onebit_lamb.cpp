@@ -10,21 +10,9 @@
 
 namespace onebit {
 
-namespace {
-// kWithAutoFreeze settled: on with the automatic freeze, off with a given step.
-OnebitLambOptions settled(OnebitLambOptions o) {
-  validate(o, "onebit-lamb");
-  const bool automatic = o.freeze_step == kAutoFreeze;
-  if (o.refresh_interval == kWithAutoFreeze) o.refresh_interval = automatic ? kAutoRefreshInterval : 0;
-  if (o.track_scales == kWithAutoFreeze) o.track_scales = automatic ? 1 : 0;
-  if (o.scale_group == kWithAutoFreeze) o.scale_group = automatic ? kAutoScaleGroup : 0;
-  return o;
-}
-}  // namespace
-
 OnebitLamb::OnebitLamb(const FlatLayout& layout, Communicator& comm, OnebitLambOptions options)
     : CpuOptimizer(layout, comm, options.threads, options.warmup_exchange),
-      opt_(settled(options)),
+      opt_(settled(options, "onebit-lamb")),
       freeze_(opt_.freeze_step, opt_.auto_freeze, layout),
       allreduce_(comm, pool_, layout.total(), layout.boundaries(), static_cast<size_t>(opt_.scale_group)) {
   agree_across_ranks(comm, layout, settings_of(opt_), name());

@@ -80,6 +80,15 @@ void add_auto_freeze(Settings& s, const AutoFreezeOptions& a) {
 }
 }  // namespace
 
+OnebitLambOptions settled(OnebitLambOptions o, const std::string& who) {
+  validate(o, who);
+  const bool automatic = o.freeze_step == kAutoFreeze;
+  if (o.refresh_interval == kWithAutoFreeze) o.refresh_interval = automatic ? kAutoRefreshInterval : 0;
+  if (o.track_scales == kWithAutoFreeze) o.track_scales = automatic ? 1 : 0;
+  if (o.scale_group == kWithAutoFreeze) o.scale_group = automatic ? kAutoScaleGroup : 0;
+  return o;
+}
+
 Settings settings_of(const LambOptions& o) {
   return {{"beta1", o.beta1}, {"beta2", o.beta2}, {"eps", o.eps}, {"weight_decay", o.weight_decay},
           {"max_coeff", o.max_coeff}, {"min_coeff", o.min_coeff},

@@ -16,6 +16,9 @@ namespace onebit {
 void validate(const LambOptions& o, const std::string& who);
 void validate(const OnebitLambOptions& o, const std::string& who);
 void validate(const OnebitAdamOptions& o, const std::string& who);
+// Validated, with every kWithAutoFreeze settled: on with the automatic freeze, off with a given
+// step (the CPU and CUDA 1-bit LAMB alike).
+OnebitLambOptions settled(OnebitLambOptions o, const std::string& who);
 
 // Named hyperparameters that must agree across ranks (not lr, which schedules change, nor threads).
 using Settings = std::vector<std::pair<const char*, double>>;

@@ -71,6 +71,40 @@ def rows_for(machine_dir):
     return rows
 
 
+def bar_text(t):
+    """A step's bar: a fraction of the device's copy bandwidth (older files: a time on an H100)."""
+    met = "met" if t.get("meets_bar") else "not met"
+    if "bar_fraction_of_copy" in t:
+        return f"{t['bar_fraction_of_copy']:g} of copy: {met}"
+    return f"{t['bar_ms']} ms: {met}" if "bar_ms" in t else ""
+
+
+def gpu_train_table(path):
+    """One GPU's training file from bench/gpu/train_phase.sh: the step breakdown and the convergence run."""
+    r = load(path)
+    name = os.path.relpath(path, ROOT)
+    src = f"[{os.path.basename(path)}]({name})"
+    out = [f"Training on GPU `{r['device']}` (`onebit train`, bf16):\n",
+           "| run | result | source |", "|---|---|---|"]
+    for opt, b in r.get("step_breakdown", {}).items():
+        if opt == "adamw_fused":
+            out.append(f"| torch fused AdamW step, {b['parameters']:,} parameters | {b['ms_median']:.2f} ms | {src} |")
+            continue
+        st = b["settings"]
+        peer = f"; optimizer {b['optimizer_over_adamw_fused']:.2f}x fused AdamW" if "optimizer_over_adamw_fused" in b else ""
+        out.append(f"| {opt} step, {st['model']} BERT, {st['workers']} workers, micro-batch {st['micro_batch']} | "
+                   f"{b['step_seconds'] * 1e3:.1f} ms: forward+backward {b['forward_backward_fraction']:.2f}, "
+                   f"optimizer {b['optimizer_fraction']:.2f}, exchange {b['exchange_fraction']:.2f}{peer} | {src} |")
+    c = r.get("convergence")
+    if c:
+        st = r.get("convergence_settings", {})
+        out.append(f"| `onebit compare`: {st.get('model', '?')} BERT, {st.get('workers', '?')} workers, "
+                   f"{st.get('steps', '?')} steps x {st.get('batch', '?')} | 1-bit LAMB's held-out loss {c['gap']:+.2%} "
+                   f"against LAMB's, {c['byte_ratio']:.2f}x fewer bytes | {src} |")
+    out.append("")
+    return out
+
+
 def gpu_table(path):
     """One GPU's file from bench/gpu/run.sh: each step against the device copy bandwidth."""
     r = load(path)
@@ -80,7 +114,7 @@ def gpu_table(path):
            "| step | time | bytes moved | fraction of copy bandwidth | bar | vs reference | source |",
            "|---|---|---|---|---|---|---|"]
     for key, t in r["results"].items():
-        bar = f"{t['bar_ms']} ms: {'met' if t['meets_bar'] else 'not met'}" if "bar_ms" in t else ""
+        bar = bar_text(t)
         ref = f"{r['speedup_vs_reference'][key]:.1f}x faster" if key in r.get("speedup_vs_reference", {}) else ""
         out.append(f"| {key.replace('_', ' ')} | {t['ms_median']:.2f} ms | {t['bytes_per_param']:g} B/param | "
                    f"{t['fraction_of_copy']:.2f} | {bar} | {ref} | [{os.path.basename(path)}]({name}) |")
@@ -93,6 +127,8 @@ def table():
     for path in sorted(glob.glob(os.path.join(ROOT, "bench", "results", "*.json"))):
         if load(path).get("bench") == "gpu":
             out += gpu_table(path)
+        elif path.endswith("-train.json"):
+            out += gpu_train_table(path)
     for machine_dir in sorted(glob.glob(os.path.join(ROOT, "bench", "results", "*"))):
         if not os.path.isdir(machine_dir):
             continue

@@ -49,16 +49,17 @@ cmake -S "$ROOT" -B "$BUILD" "${GEN[@]}" -DCMAKE_BUILD_TYPE=Release \
       "bench/gpu/pack_deps.sh where they are installed and bring build-deps/ along"; exit 1; }
 grep -E "^-- +(CUDA|NCCL|  *nvcc|  *library)" "$LOG" | tee /dev/stderr >/dev/null || true
 say "build ($JOBS jobs)"
-# onebit_cuda_tests builds both CUDA test executables: kernels/cuda's and optim/cuda's.
+# onebit_cuda_tests builds every CUDA test executable: kernels/cuda's, comm/cuda's and optim/cuda's.
 cmake --build "$BUILD" -j "$JOBS" --target onebit_cuda_tests onebit_gpu_bench >>"$LOG" 2>&1 || { tail -60 "$LOG"; exit 1; }
 
-# --- tests: every CUDA kernel (kernels/cuda), the allreduce and the optimizers (optim/cuda) against
+# --- tests: every CUDA kernel (kernels/cuda), the 16-bit exchange (comm/cuda), the allreduce and the optimizers (optim/cuda) against
 # the CPU ------------------------------------------------------------------------------------------
 if [ -z "${SKIP_TESTS:-}" ]; then
   say "tests"
   TESTS_RC=0
   set +e
-  for t in "$BUILD/kernels/cuda/onebit_cuda_kernels_test" "$BUILD/optim/cuda/onebit_cuda_optim_test"; do
+  for t in "$BUILD/kernels/cuda/onebit_cuda_kernels_test" "$BUILD/comm/cuda/onebit_cuda_comm_test" \
+    "$BUILD/optim/cuda/onebit_cuda_optim_test"; do
     timeout 100 "$t" --gtest_output="xml:$BUILD/cuda_tests_$(basename "$t").xml" 2>&1 | tee -a "$LOG" | grep -E "^\[ *(OK|FAILED|SKIPPED|PASSED|==========) |Failure|Expected|Which is|differ"
     rc=${PIPESTATUS[0]}
     [ "$rc" -eq 0 ] || TESTS_RC=$rc
@@ -76,7 +77,7 @@ r = json.load(open(sys.argv[1]))
 print(f"{r['device']}: {r['params']:,} params in {r['layers']} tensors, backend {r['backend']}, "
       f"copy {r['copy']['GBps']:.0f} GB/s ({r['copy']['ms_median']:.2f} ms for 8 B/param)")
 for name, t in list(r["results"].items()) + [("kernel " + k, v) for k, v in r["kernels"].items()]:
-    bar = f"  bar {t['bar_ms']} ms: {'met' if t['meets_bar'] else 'NOT met'}" if "bar_ms" in t else ""
+    bar = f"  bar {t['bar_fraction_of_copy']} of copy: {'met' if t['meets_bar'] else 'NOT met'}" if "meets_bar" in t else ""
     print(f"  {name:40s} {t['ms_median']:8.3f} ms  {t['bytes_per_param']:6.3f} B/param  "
           f"{t['GBps']:7.0f} GB/s  {t['fraction_of_copy']:.2f} of copy{bar}")
 if "cpu_check" in r:

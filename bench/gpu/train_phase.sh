@@ -4,7 +4,8 @@
 #   1. a smoke run: mini BERT, bf16, one worker over NCCL;
 #   2. a smoke run: mini BERT, bf16, two workers sharing the GPU over Gloo (host staging);
 #   3. the step breakdown: BERT-Large (seq 128, bf16, micro-batches of 32, the mini vocabulary),
-#      two workers sharing the GPU over Gloo, LAMB and 1-bit LAMB (frozen after step 2), 6 steps each;
+#      two workers sharing the GPU over Gloo, LAMB and 1-bit LAMB (frozen after step 2), 6 steps each,
+#      and torch's fused AdamW step on the same parameters as the peer line (bench/gpu/adamw_peer.py);
 #   4. the GPU convergence run: `onebit compare` (LAMB against 1-bit LAMB with the defaults), mini
 #      BERT, 4 workers on one GPU over Gloo, TRAIN_STEPS steps of TRAIN_BATCH sequences, bf16;
 #   5. bench/results/<gpu>-train.json from them (bench/gpu/train_results.py): step_breakdown, and
@@ -62,6 +63,10 @@ for opt in lamb onebit-lamb; do
     --workers 2 --optimizer "$opt" "${freeze[@]}" --steps 6 --batch 64 --micro-batch 32 --eval-every 1000 \
     --eval-samples 64 --out "$BUILD/breakdown-$opt" && BREAKDOWN+=(--breakdown "$opt=$BUILD/breakdown-$opt")
 done
+
+# The peer line: torch's fused AdamW step on the same parameters.
+step "breakdown: fused AdamW peer" 60 "$PYTHON" "$ROOT/bench/gpu/adamw_peer.py" "$BUILD/adamw.json" --vocab 8192 &&
+  BREAKDOWN+=(--adamw "$BUILD/adamw.json")
 
 # compare exits 1 when only its picture failed (no matplotlib): the results are kept either way.
 rm -rf "$BUILD/compare"

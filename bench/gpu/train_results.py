@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Writes bench/results/<gpu>-train.json from the GPU runs of bench/gpu/train_phase.sh.
 
-Usage: train_results.py GPU_NAME RESULTS_DIR [--compare DIR] [--breakdown OPTIMIZER=DIR ...]
+Usage: train_results.py GPU_NAME RESULTS_DIR [--compare DIR] [--breakdown OPTIMIZER=DIR ...] [--adamw FILE]
 
 --compare, a run of `onebit compare`: convergence.gap is 1-bit LAMB's final held-out loss over
 LAMB's, minus 1; convergence.byte_ratio the whole run's bytes per worker, LAMB over 1-bit LAMB. The
@@ -10,6 +10,9 @@ summaries are copied to <gpu>-train/.
 --breakdown, runs of `onebit train`: step_breakdown.OPTIMIZER holds the median over the measured
 steps (the first, which allocates and tunes, left out; for 1-bit LAMB its compression steps) of
 forward+backward, the optimizer's own work and its exchange, in seconds and as fractions of the step.
+--adamw, the file bench/gpu/adamw_peer.py wrote: step_breakdown.adamw_fused, torch's fused AdamW
+step on the same parameters (the peer of the optimizer's own work), with each optimizer's own work
+over it.
 """
 import argparse
 import json
@@ -83,6 +86,7 @@ def main():
     ap.add_argument("results_dir")
     ap.add_argument("--compare")
     ap.add_argument("--breakdown", action="append", default=[], metavar="OPTIMIZER=DIR")
+    ap.add_argument("--adamw")
     a = ap.parse_args()
     base = os.path.join(a.results_dir, slug(a.gpu) + "-train")
     out = {"device": a.gpu, "what": "onebit train and compare on one GPU (bench/gpu/train_phase.sh)"}
@@ -107,6 +111,16 @@ def main():
             print(f"{a.gpu}: {name} step {b['step_seconds'] * 1e3:.1f} ms: forward+backward "
                   f"{b['forward_backward_fraction']:.2f}, optimizer {b['optimizer_fraction']:.2f}, "
                   f"exchange {b['exchange_fraction']:.2f}")
+    if a.adamw:
+        with open(a.adamw) as f:
+            peer = json.load(f)
+        sb = out.setdefault("step_breakdown", {})
+        for name, b in sb.items():
+            if b.get("parameters") and b["parameters"] != peer["parameters"]:
+                print(f"{a.gpu}: warning: {name} has {b['parameters']} parameters, the AdamW peer {peer['parameters']}")
+            b["optimizer_over_adamw_fused"] = b["optimizer_seconds"] * 1e3 / peer["ms_median"]
+        sb["adamw_fused"] = peer
+        print(f"{a.gpu}: fused AdamW step {peer['ms_median']:.2f} ms")
     with open(base + ".json", "w") as f:
         json.dump(out, f, indent=2)
         f.write("\n")

@@ -90,17 +90,20 @@ class DeviceArray {
 };
 
 // A Partition uploaded to the device, with the scratch its reductions need. One stream at a time:
-// the scratch is shared by every kernel launched over this partition.
+// the scratch is shared by every kernel launched over this partition. num_groups: how many scales
+// the partition's scale groups index (Piece::group < num_groups; 0: one past the largest group),
+// so that a pass can give every group its scale; a group no piece covers gets scale 0.
 class DevicePartition {
  public:
   DevicePartition() = default;
-  explicit DevicePartition(const kernels::Partition& part);
+  explicit DevicePartition(const kernels::Partition& part, size_t num_groups = 0);
 
   const kernels::Partition& host() const { return host_; }
   size_t size() const { return host_.size(); }
   size_t num_layers() const { return host_.num_layers(); }
   size_t num_pieces() const { return host_.pieces().size(); }
   size_t num_blocks() const { return host_.num_blocks(); }
+  size_t num_groups() const { return num_groups_; }
 
  private:
   // The device arrays below are launch details: the launchers in kernels/cuda reach them through
@@ -108,39 +111,67 @@ class DevicePartition {
   friend struct detail::PartitionArrays;
 
   kernels::Partition host_;
+  size_t num_groups_ = 0;
   DeviceArray<kernels::Piece> pieces_;
-  DeviceArray<uint32_t> block_first_, layer_first_, all_pieces_;
-  DeviceArray<uint64_t> layer_start_;
+  DeviceArray<uint32_t> block_first_, layer_first_, all_pieces_, group_first_;
+  DeviceArray<uint64_t> layer_start_, group_size_;
   DeviceArray<double> lanes_;
   DeviceArray<int> flag_;
 };
 
-// Where a compression pass puts its total: the sum of squares and/or the scale of §1,
-// scale_from_sum(sum, part.size()). Device pointers; either may be null.
-struct SumOut {
+// Where a compression pass puts its scales (device pointers): `scales` receives the scale of §1,
+// scale_from_sum(sum of squares, elements), of the whole buffer (per_group false: one value) or of
+// each scale group (num_groups() values, docs/algorithm.md §12). sum_sq, if given, receives the
+// sum of squares of the whole buffer.
+struct ScalesOut {
+  float* scales = nullptr;
+  bool per_group = false;
   double* sum_sq = nullptr;
-  float* scale = nullptr;
+};
+
+// The scales a pass reads (device pointer): one value for the whole buffer, or one per scale group.
+struct ScalesIn {
+  const float* scales = nullptr;
+  bool per_group = false;
 };
 
 // --- compression (docs/algorithm.md §1, §2); as kernels::compress etc., with device scalars ----------------
 // Bit buffers are 4-byte aligned; element i is bit i%8 of byte i/8 (the CPU layout).
+//
+// A kernels::Momentum here holds device pointers (masks: a device array of num_layers() device
+// pointers, each null or the layer's mask): the momentum as a plain buffer, or as the sign bits and
+// per-group scales of the last exchange (the CPU's form, docs/algorithm.md §4 step 5), read at 1/8
+// byte per element and never written. A Momentum with bits must come with the allreduce's partition.
 
-void compress(const DevicePartition& part, const float* x, const float* prev, const float* prev_scale,
-              float* next, uint8_t* bits, SumOut out, Stream stream, const int* skip = nullptr);
+void compress(const DevicePartition& part, const float* x, const float* prev, ScalesIn prev_scales,
+              float* next, uint8_t* bits, ScalesOut out, Stream stream, const int* skip = nullptr);
 
-// k: per-layer device array, or null for k = 1.
-void compress_momentum(const DevicePartition& part, const float* m, const float* g, float beta1,
-                       const float* k, const float* prev, const float* prev_scale, float* next,
-                       uint8_t* bits, SumOut out, Stream stream, const int* skip = nullptr);
+// x = (beta1*m + (1-beta1)*g) * k[layer], formed on the fly. k: per-layer device array, or null for k = 1.
+void compress_momentum(const DevicePartition& part, const kernels::Momentum& m, const float* g, float beta1,
+                       const float* k, const float* prev, ScalesIn prev_scales, float* next, uint8_t* bits,
+                       ScalesOut out, Stream stream, const int* skip = nullptr);
 
-// worker_scales: `world` device floats. Skips, and sets *set_skip (if given), when one of them is
-// not finite: the non-finite check of §6 without a host round trip.
+// worker_scales: per scale group (per_group) or once, `world` device floats each, rank p's scale of
+// group q at [p * groups + q] (groups = 1 when not per_group). With one scale per worker, skips and
+// sets *set_skip (if given) when one of them is not finite: the non-finite check of §6 without a
+// host round trip. Per group, a rank holds only its chunk's scales: the caller checks finiteness.
 void server_average(const DevicePartition& part, const uint8_t* worker_bits, size_t stride,
-                    const float* worker_scales, int world, float* f, const float* f_scale,
-                    uint8_t* out_bits, SumOut out, Stream stream, int* set_skip = nullptr);
+                    ScalesIn worker_scales, int world, float* f, ScalesIn f_scales, uint8_t* out_bits,
+                    ScalesOut out, Stream stream, int* set_skip = nullptr);
 
-void decode(const DevicePartition& part, const uint8_t* bits, const float* chunk_scales, float* out,
+// out[i] = scales[group of i] * sign(bit i)   (scales: one per scale group).
+void decode(const DevicePartition& part, const uint8_t* bits, const float* scales, float* out,
             Stream stream, const int* skip = nullptr);
+
+// out[i] = m[i], written out.
+void decode_momentum(const DevicePartition& part, const kernels::Momentum& m, float* out, Stream stream,
+                     const int* skip = nullptr);
+
+// Error state rescaled per layer and made plain (tracked scales, docs/algorithm.md §10): every
+// c[i] <- (c[i] - s*sign(c[i])) * (num[layer] / den[layer]), s the scale of i's group and layer the
+// piece's; the caller then takes the scales as 0. num, den: per-layer device arrays.
+void rescale_errors(const DevicePartition& part, float* c, ScalesIn scales, const float* ratio_num,
+                    const float* ratio_den, Stream stream, const int* skip = nullptr);
 
 // --- optimizers (docs/algorithm.md §3-§5); per-layer outputs are device arrays of num_layers() -------------
 
@@ -152,26 +183,25 @@ void lamb_update(const DevicePartition& part, const float* g, float* m, float* v
                  const kernels::MomentParams& p, const float* coef, Stream stream,
                  const int* skip = nullptr);
 
-// masks: null, or a device array of num_layers() device pointers (each null or the layer's mask).
-void onebit_lamb_norms(const DevicePartition& part, const uint8_t* bits, const float* chunk_scales,
-                       const float* k, const float* const* masks, const kernels::MomentParams& p,
-                       float* m, const float* v, float* v_fresh, const float* w,
+// 1-bit LAMB §4 steps 6-7 and the reductions of step 8, one pass (kernels::onebit_lamb_norms), with
+// d = sqrt(v) + eps computed in place of the CPU's stored frozen denominator (the same bits).
+void onebit_lamb_norms(const DevicePartition& part, const kernels::Momentum& m, const kernels::Momentum& m_prev,
+                       const kernels::MomentParams& p, const float* v, float* v_fresh, const float* w,
                        const kernels::OnebitLambSums& out, Stream stream, const int* skip = nullptr);
 
-void frozen_update(const DevicePartition& part, const float* m, const float* v, float* w, float eps,
+// w <- w - coef[layer] * (m/(sqrt(v)+eps) + wd*w).
+void frozen_update(const DevicePartition& part, const kernels::Momentum& m, const float* v, float* w, float eps,
                    float weight_decay, const float* coef, Stream stream, const int* skip = nullptr);
 
-// decode into m, then frozen_update, in one pass (1-bit Adam's compression step; the same bits
-// as decode followed by frozen_update).
-void decode_frozen_update(const DevicePartition& part, const uint8_t* bits, const float* chunk_scales,
-                          float* m, const float* v, float* w, float eps, float weight_decay,
-                          const float* coef, Stream stream, const int* skip = nullptr);
+// Per layer, sum of w^2 and of u^2 with u = m/(sqrt(v)+eps) + wd*w (1-bit LAMB's refresh step).
+void frozen_norms(const DevicePartition& part, const float* m, const float* v, const float* w, float eps,
+                  float weight_decay, double* w_sq, double* u_sq, Stream stream, const int* skip = nullptr);
 
 void layer_sq_norms(const DevicePartition& part, const float* x, double* out, Stream stream,
                     const int* skip = nullptr);
 
 void divide(float* x, size_t n, float d, Stream stream, const int* skip = nullptr);
 void copy(float* dst, const float* src, size_t n, Stream stream, const int* skip = nullptr);
-void fill(float* x, size_t n, float value, Stream stream);
+void fill(float* x, size_t n, float value, Stream stream, const int* skip = nullptr);
 
 }  // namespace onebit::cuda

@@ -12,6 +12,7 @@
 
 #include "onebit/cuda_compressed_allreduce.hpp"
 #include "onebit/cuda_kernels.hpp"
+#include "onebit/freeze_schedule.hpp"
 #include "onebit/optimizer_registry.hpp"
 #include "onebit/optimizers.hpp"
 
@@ -20,6 +21,7 @@ typedef struct CUevent_st* cudaEvent_t;
 namespace onebit::cuda {
 
 class DeviceCollectives;  // comm/cuda/device_collectives.hpp
+class CudaHalfAllreduce;  // comm/cuda/cuda_half_allreduce.hpp
 struct LambCoefArgs;      // kernels/cuda/launchers.hpp
 
 // The Optimizer interface on device buffers: step(params, grads) takes spans over device memory,
@@ -30,7 +32,9 @@ struct LambCoefArgs;      // kernels/cuda/launchers.hpp
 // flight and reports the state after it, but leaves folding it in to the next sync().
 class CudaOptimizer : public Optimizer {
  public:
-  CudaOptimizer(const FlatLayout& layout, Communicator& comm, Stream stream);
+  // warmup_exchange: the precision of average_gradients' exchange (docs/algorithm.md §11).
+  CudaOptimizer(const FlatLayout& layout, Communicator& comm, Stream stream,
+                WirePrecision warmup_exchange = WirePrecision::kFp32);
   ~CudaOptimizer() override;
 
   bool step(std::span<float> params, std::span<float> grads) final;
@@ -60,7 +64,11 @@ class CudaOptimizer : public Optimizer {
 
   // The cross-rank check of optim/options.hpp: settings are (name, value) pairs.
   void check_agreement(const std::vector<std::pair<const char*, double>>& settings);
-  void average_gradients(float* g);  // the fp32 warmup exchange
+  // The warmup exchange: g (the whole layout) averaged over the ranks in the warmup_exchange precision.
+  void average_gradients(float* g);
+  // The exchange itself, on x[0, n) (device memory): fp32 allreduce and divide, or the 16-bit
+  // exchange, whose bits do not depend on how a buffer is cut into calls.
+  void exchange_average(float* x, size_t n);
   void lamb_pass(float* w, float* g, float* m, float* v, const kernels::MomentParams& p,
                  const LambCoefArgs& coef_args);
   std::vector<float> download(const DeviceArray<float>& a) const;
@@ -80,6 +88,8 @@ class CudaOptimizer : public Optimizer {
   int* host_flag_ = nullptr;  // pinned
   cudaEvent_t done_ = nullptr;
   bool pending_ = false, last_applied_ = true;
+  // A 16-bit warmup exchange over *coll_ (declared after it, so it goes first); null for fp32.
+  std::unique_ptr<CudaHalfAllreduce> half_;
 };
 
 class CudaLamb : public CudaOptimizer {
@@ -97,6 +107,26 @@ class CudaLamb : public CudaOptimizer {
   DeviceArray<float> m_, v_;
 };
 
+// The automatic freeze on the device: FreezeSchedule's decision, from v's per-layer sums measured by
+// the warmup step that needs them and read back once the step is known to be applied.
+class DeviceFreeze {
+ public:
+  DeviceFreeze(int64_t freeze_step, const AutoFreezeOptions& o, const FlatLayout& layout);
+  const FreezeSchedule& schedule() const { return schedule_; }
+  FreezeSchedule& schedule() { return schedule_; }
+  // In warmup step `t`: measures v if the decision after t reads it.
+  void measure(int64_t t, const DevicePartition& part, const float* v, Stream stream, const int* skip);
+  // After warmup step t was applied (the stream finished): true when t is the last warmup step.
+  bool decide(int64_t t, float beta2);
+  // The schedule as decide(t) would leave it, changing nothing (for state() of a step in flight).
+  FreezeSchedule after(int64_t t, float beta2) const;
+
+ private:
+  FreezeSchedule schedule_;
+  DeviceArray<double> v_sq_;
+  int64_t measured_ = 0;  // the step whose v was measured
+};
+
 class CudaOnebitLamb : public CudaOptimizer {
  public:
   CudaOnebitLamb(const FlatLayout& layout, Communicator& comm, Stream stream, OnebitLambOptions options);
@@ -104,27 +134,45 @@ class CudaOnebitLamb : public CudaOptimizer {
   OptimizerState state() const override;
   void load_state(const OptimizerState& s) override;
   std::string name() const override { return "onebit-lamb"; }
-  bool in_warmup() const override { return step_ < opt_.freeze_step; }
-  int64_t freeze_step() const override { return opt_.freeze_step; }
+  bool in_warmup() const override { return freeze_.schedule().in_warmup(step_); }
+  const char* next_stage() const override { return in_warmup() ? "warmup" : refresh_due() ? "refresh" : "compression"; }
+  int64_t freeze_step() const override { return freeze_.schedule().freeze_step(); }
   void set_lr(float lr) override { opt_.lr = lr; }
+  const OnebitLambOptions& options() const { return opt_; }
+  int64_t refreshes() { sync(); return refreshes_; }
   // As OnebitLamb::set_momentum_mask (host mask, copied to the device).
-  void set_momentum_mask(size_t layer, std::span<const float> mask);
+  void set_momentum_mask(size_t layer, std::span<const float> mask) override;
   std::vector<float> c_freeze();
   std::vector<float> last_factor();
   std::vector<float> k();
 
  private:
+  enum class Stage { kWarmup, kCompression, kRefresh };
   void enqueue(float* w, float* g) override;
   void applied() override;
   void warmup(float* w, float* g);
   void compression(float* w, float* g);
+  void refresh(float* w, float* g);
+  void track_scales(const float* g);
+  void init_momentum_scale();
+  bool refresh_due() const;
+  kernels::Momentum signs(const uint8_t* bits, const float* scales, const float* k) const;
+  // The synchronized momentum a reader sees: committed, or as the step in flight leaves it.
+  kernels::Momentum momentum(bool in_flight_applied = false) const;
 
   OnebitLambOptions opt_;
+  DeviceFreeze freeze_;
   CudaCompressedAllreduce allreduce_;
-  DeviceArray<float> m_, v_, v_fresh_, c_freeze_, last_factor_, k_;
+  // The momentum lives in m_ through the warmup, the first compression step, a refresh and a load;
+  // after a compressed exchange it is that exchange's signs (allreduce_.committed_bits()), read at
+  // 1/8 byte per element, as on the CPU. x_ is the refresh's new momentum until it is applied.
+  bool m_in_signs_ = false;
+  DeviceArray<float> m_, x_, v_, v_fresh_, c_freeze_, last_factor_, k_, k_prev_, g_rms_, g_sum_;
   DeviceArray<double> u0_sq_, m_sq_;
   DeviceArray<float> max_ratio_;
-  bool k_ready_ = false, pending_compression_ = false;
+  bool k_ready_ = false, g_rms_ready_ = false;
+  Stage stage_ = Stage::kWarmup;  // of the step enqueued last
+  int64_t refreshes_ = 0;
   std::vector<DeviceArray<float>> masks_;
   DeviceArray<const float*> mask_ptrs_;
   bool any_mask_ = false;
@@ -137,16 +185,20 @@ class CudaOnebitAdam : public CudaOptimizer {
   OptimizerState state() const override;
   void load_state(const OptimizerState& s) override;
   std::string name() const override { return "onebit-adam"; }
-  bool in_warmup() const override { return step_ < opt_.freeze_step; }
-  int64_t freeze_step() const override { return opt_.freeze_step; }
+  bool in_warmup() const override { return freeze_.schedule().in_warmup(step_); }
+  const char* next_stage() const override { return in_warmup() ? "warmup" : "compression"; }
+  int64_t freeze_step() const override { return freeze_.schedule().freeze_step(); }
   void set_lr(float lr) override { opt_.lr = lr; }
 
  private:
   void enqueue(float* w, float* g) override;
   void applied() override;
+  kernels::Momentum momentum(bool in_flight_applied = false) const;
 
   OnebitAdamOptions opt_;
+  DeviceFreeze freeze_;
   CudaCompressedAllreduce allreduce_;
+  bool m_in_signs_ = false;  // as CudaOnebitLamb's
   DeviceArray<float> m_, v_;
   bool pending_compression_ = false;
 };

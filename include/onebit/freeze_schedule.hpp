@@ -46,6 +46,11 @@ class FreezeSchedule {
   bool in_warmup(int64_t done_steps) const { return freeze_step_ == kAutoFreeze || done_steps < freeze_step_; }
   // After warmup step t (1-based) has updated v: true when t is the last warmup step.
   bool after_warmup_step(int64_t t, const float* v, float beta2, const kernels::Partition& part, ThreadPool& pool);
+  // The same in two halves, for v that lives elsewhere (the GPU): whether step t's decision reads v,
+  // and then the decision from v's per-layer sums of squares (kernels::layer_sq_norms; read only
+  // when measures(t)).
+  bool measures(int64_t t) const;
+  bool after_warmup_step(int64_t t, const double* v_sq, float beta2);
 
   // The last warmup step: the given one, or the decided one; kAutoFreeze while undecided.
   int64_t freeze_step() const { return freeze_step_; }
@@ -62,7 +67,7 @@ class FreezeSchedule {
   int64_t freeze_step_;
   AutoFreezeOptions o_;
   std::vector<int64_t> sizes_;   // layer sizes
-  std::vector<double> v_sq_;     // scratch: per-layer sum of v^2
+  std::vector<double> v_sq_;     // scratch: per-layer sum of v^2 (the host's v)
   std::vector<float> snapshot_;  // per-layer measure at snapshot_step_ (fp32, so a checkpoint holds it exactly)
   int64_t snapshot_step_ = 0;
   double movement_;

@@ -6,12 +6,64 @@
 // lane, then piece by piece), so they too are bitwise the same for every thread count and ISA: ranks
 // on different machines stay identical.
 #pragma once
+#include <bit>
 #include <cstddef>
 #include <cstdint>
 #include <span>
 #include <vector>
 
 #include "onebit/thread_pool.hpp"
+
+namespace onebit {
+
+// What the warmup exchange puts on the wire (docs/algorithm.md §11; the exchange itself is
+// onebit/half_allreduce.hpp). Here, with the conversions below, because the device twin of the
+// exchange's passes (kernels/cuda) sits below comm/ and must round with these very functions.
+enum class WirePrecision { kFp32, kBf16, kFp16 };
+
+// The pinned conversions: round to nearest, ties to even, in integer arithmetic (independent of
+// the FPU's rounding mode). A NaN stays a (quiet) NaN, and a value past the format's range becomes
+// an infinity of its sign: for fp16, anything of magnitude 65520 or more. constexpr so that the
+// CUDA kernels call these same functions (nvcc's --expt-relaxed-constexpr): one home, one rounding.
+constexpr uint16_t to_bf16(float f) {
+  const uint32_t x = std::bit_cast<uint32_t>(f);
+  if ((x & 0x7FFFFFFFu) > 0x7F800000u) return static_cast<uint16_t>((x >> 16) | 0x0040u);
+  return static_cast<uint16_t>((x + 0x7FFFu + ((x >> 16) & 1u)) >> 16);
+}
+
+constexpr float from_bf16(uint16_t h) { return std::bit_cast<float>(static_cast<uint32_t>(h) << 16); }
+
+constexpr uint16_t to_fp16(float f) {
+  const uint32_t x = std::bit_cast<uint32_t>(f);
+  const auto sign = static_cast<uint16_t>((x >> 16) & 0x8000u);
+  const uint32_t a = x & 0x7FFFFFFFu;
+  if (a > 0x7F800000u) return sign | 0x7E00u;     // NaN
+  if (a >= 0x477FF000u) return sign | 0x7C00u;    // >= 65520 (and infinity): infinity
+  if (a >= 0x38800000u) {                         // >= 2^-14: a normal fp16
+    const uint32_t r = a + 0x0FFFu + ((a >> 13) & 1u);
+    return static_cast<uint16_t>(sign | ((r - 0x38000000u) >> 13));
+  }
+  // Subnormal fp16: the value in units of 2^-24, rounded. a = mantissa * 2^(exponent - 150).
+  const uint32_t e = a >> 23;
+  if (e < 102) return sign;  // below 2^-25: rounds to zero (2^-25 itself is a tie to even 0)
+  const uint32_t mant = (a & 0x7FFFFFu) | 0x800000u;
+  const uint32_t shift = 126 - e;  // 14 .. 24
+  const uint32_t q = mant >> shift, rem = mant & ((1u << shift) - 1), half = 1u << (shift - 1);
+  return static_cast<uint16_t>(sign | (q + (rem > half || (rem == half && (q & 1u)))));
+}
+
+constexpr float from_fp16(uint16_t h) {
+  const uint32_t sign = static_cast<uint32_t>(h & 0x8000u) << 16;
+  const uint32_t e = (h >> 10) & 0x1Fu, m = h & 0x3FFu;
+  if (e == 0x1F) return std::bit_cast<float>(sign | 0x7F800000u | (m << 13));
+  if (e == 0) {
+    const float v = static_cast<float>(m) * 0x1p-24f;  // exact
+    return sign ? -v : v;
+  }
+  return std::bit_cast<float>(sign | ((e + 112) << 23) | (m << 13));
+}
+
+}  // namespace onebit
 
 namespace onebit::kernels {
 

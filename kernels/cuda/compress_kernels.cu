@@ -6,36 +6,46 @@ namespace onebit::cuda {
 namespace detail {
 namespace {
 
+// A ScalesIn at one piece: the buffer's one scale, or its group's.
+__device__ __forceinline__ float scale_at(const ScalesIn& s, const Piece& p) {
+  return s.scales[s.per_group ? p.group : 0];
+}
+
 // c = x + (prev - s*sign(prev)); next <- c; bit <- c >= 0; sums c^2. x is the input, or the scaled
 // local momentum (beta1*m + (1-beta1)*g) * k[layer].
 template <bool kMomentum>
 struct CompressOp {
   static constexpr int kSlots = 1, kMaxSlot = -1;
-  static constexpr bool kBits = true, kPieces = kMomentum;
+  static constexpr bool kBits = true, kPieces = true;
   const float* x;
-  const float* m;
+  MomentumView m;
   const float* g;
   float beta1, one_minus_beta1;
   const float* k_layer;
   float k;
   const float* prev;
-  const float* prev_scale;
+  ScalesIn prev_scales;
   float s;
   float* next;
   uint8_t* bits;
 
   struct In {
-    float a, b, prev;
+    MomentumView::In m;
+    float a, prev;
   };
-  __device__ void begin() { s = *prev_scale; }
-  __device__ void enter(const Piece& p, const PartView&) { k = k_layer ? k_layer[p.layer] : 1.0f; }
+  __device__ void begin() {}
+  __device__ void enter(const Piece& p, const PartView& part) {
+    s = scale_at(prev_scales, p);
+    k = k_layer ? k_layer[p.layer] : 1.0f;
+    if constexpr (kMomentum) m.enter(p, part);
+  }
   __device__ In load(size_t i) const {
-    if constexpr (kMomentum) return {m[i], g[i], prev[i]};
-    return {x[i], 0.0f, prev[i]};
+    if constexpr (kMomentum) return {m.load(i), g[i], prev[i]};
+    return {{}, x[i], prev[i]};
   }
   __device__ bool compute(size_t i, const In& in, float (&v)[1]) const {
     const float err = in.prev - pm(in.prev >= 0.0f, s);
-    const float xv = kMomentum ? (beta1 * in.a + one_minus_beta1 * in.b) * k : in.a;
+    const float xv = kMomentum ? (beta1 * m.value(in.m) + one_minus_beta1 * in.a) * k : in.a;
     const float c = xv + err;
     next[i] = c;
     v[0] = c;
@@ -46,24 +56,30 @@ struct CompressOp {
 // y = (sum over p of +-s_p) / P + (f - fs*sign(f)); f <- y; bit <- y >= 0; sums y^2.
 struct ServerOp {
   static constexpr int kSlots = 1, kMaxSlot = -1;
-  static constexpr bool kBits = true, kPieces = false;
+  static constexpr bool kBits = true, kPieces = true;
   const uint8_t* worker_bits;
   size_t stride;
-  const float* scales;
+  ScalesIn scales_in;
+  size_t groups;  // scales per rank
+  const float* scales;  // the piece's group's scale of rank 0; rank p's is scales[p * groups]
   int world;
   float* f;
-  const float* f_scale;
+  ScalesIn f_scales;
   float fs;
   uint8_t* bits;
 
   struct In {
     float f, sum;
   };
-  __device__ void begin() { fs = *f_scale; }
+  __device__ void begin() {}
+  __device__ void enter(const Piece& p, const PartView&) {
+    scales = scales_in.scales + (scales_in.per_group ? p.group : 0);
+    fs = scale_at(f_scales, p);
+  }
   // The workers' bits are read here, with the other loads, so that rows overlap their latency.
   __device__ In load(size_t i) const {
     float sum = 0.0f;
-    for (int p = 0; p < world; ++p) sum += pm(get_bit(worker_bits + p * stride, i), scales[p]);
+    for (int p = 0; p < world; ++p) sum += pm(get_bit(worker_bits + p * stride, i), scales[p * groups]);
     return {f[i], sum};
   }
   __device__ bool compute(size_t i, const In& in, float (&v)[1]) const {
@@ -74,63 +90,43 @@ struct ServerOp {
   }
 };
 
+// out[i] = m[i] (a momentum in signs: its scale over k, times the mask).
 struct DecodeOp {
   static constexpr bool kPieces = true;
-  const uint8_t* bits;
-  const float* scales;
-  float s;
+  MomentumView m;
   float* out;
 
-  struct In {
-    bool bit;
-  };
+  using In = MomentumView::In;
   __device__ void begin() {}
-  __device__ void enter(const Piece& p, const PartView&) { s = scales[p.chunk]; }
-  __device__ In load(size_t i) const { return {get_bit(bits, i)}; }
-  __device__ void compute(size_t i, const In& in) const { out[i] = pm(in.bit, s); }
+  __device__ void enter(const Piece& p, const PartView& part) { m.enter(p, part); }
+  __device__ In load(size_t i) const { return m.load(i); }
+  __device__ void compute(size_t i, const In& in) const { out[i] = m.value(in); }
 };
 
-// decode into m, then w <- w - coef*(m/(sqrt(v)+eps) + wd*w): decode and frozen_update fused.
-struct DecodeFrozenOp {
+// c <- (c - s*sign(c)) * (num[layer] / den[layer]).
+struct RescaleOp {
   static constexpr bool kPieces = true;
-  const uint8_t* bits;
-  const float* scales;
-  float s;
-  float* m;
-  const float* v;
-  float* w;
-  float eps, weight_decay;
-  const float* coef_layer;
-  float coef;
+  float* c;
+  ScalesIn scales;
+  const float *num, *den;
+  float s, r;
 
   struct In {
-    bool bit;
-    float v, w;
+    float c;
   };
   __device__ void begin() {}
   __device__ void enter(const Piece& p, const PartView&) {
-    s = scales[p.chunk];
-    coef = coef_layer[p.layer];
+    s = scale_at(scales, p);
+    r = num[p.layer] / den[p.layer];
   }
-  __device__ In load(size_t i) const { return {get_bit(bits, i), v[i], w[i]}; }
-  __device__ void compute(size_t i, const In& in) const {
-    const float mv = pm(in.bit, s);
-    m[i] = mv;
-    const float u = mv / (sqrtf(in.v) + eps) + weight_decay * in.w;
-    w[i] = in.w - coef * u;
-  }
+  __device__ In load(size_t i) const { return {c[i]}; }
+  __device__ void compute(size_t i, const In& in) const { c[i] = (in.c - pm(in.c >= 0.0f, s)) * r; }
 };
 
-__global__ void flag_nonfinite_kernel(const float* x, int n, int* skip) {
+__global__ void flag_nonfinite_kernel(const float* x, size_t n, int* skip) {
   if (threadIdx.x != 0 || blockIdx.x != 0) return;
-  for (int i = 0; i < n; ++i)
+  for (size_t i = 0; i < n; ++i)
     if (!isfinite(x[i])) *skip = 1;
-}
-
-void reduce_total(const DevicePartition& part, SumOut out, Stream stream, const int* skip,
-                  const char* what) {
-  SegOut<1> seg{{out.sum_sq}, nullptr, out.scale, part.size()};
-  launch_reduce<1, -1>(part, false, seg, stream, skip, what);
 }
 
 }  // namespace
@@ -138,49 +134,54 @@ void reduce_total(const DevicePartition& part, SumOut out, Stream stream, const 
 
 using namespace detail;
 
-void compress(const DevicePartition& part, const float* x, const float* prev, const float* prev_scale,
-              float* next, uint8_t* bits, SumOut out, Stream stream, const int* skip) {
+void compress(const DevicePartition& part, const float* x, const float* prev, ScalesIn prev_scales,
+              float* next, uint8_t* bits, ScalesOut out, Stream stream, const int* skip) {
   check_word_aligned(bits, "compress");
-  const CompressOp<false> op{x, nullptr, nullptr, 1.0f, 0.0f, nullptr, 1.0f, prev, prev_scale,
-                             0.0f, next, bits};
+  const CompressOp<false> op{x, {}, nullptr, 1.0f, 0.0f, nullptr, 1.0f, prev, prev_scales, 0.0f, next, bits};
   launch_tile(part, op, stream, skip, "compress");
-  reduce_total(part, out, stream, skip, "compress (sum)");
+  launch_scales(part, out, stream, skip, "compress (scales)");
 }
 
-void compress_momentum(const DevicePartition& part, const float* m, const float* g, float beta1,
-                       const float* k, const float* prev, const float* prev_scale, float* next,
-                       uint8_t* bits, SumOut out, Stream stream, const int* skip) {
+void compress_momentum(const DevicePartition& part, const kernels::Momentum& m, const float* g, float beta1,
+                       const float* k, const float* prev, ScalesIn prev_scales, float* next, uint8_t* bits,
+                       ScalesOut out, Stream stream, const int* skip) {
   check_word_aligned(bits, "compress_momentum");
-  const CompressOp<true> op{nullptr, m, g, beta1, 1.0f - beta1, k, 1.0f, prev, prev_scale, 0.0f,
-                            next, bits};
+  const CompressOp<true> op{nullptr, momentum_view(m), g, beta1, 1.0f - beta1, k, 1.0f, prev, prev_scales,
+                            0.0f, next, bits};
   launch_tile(part, op, stream, skip, "compress_momentum");
-  reduce_total(part, out, stream, skip, "compress_momentum (sum)");
+  launch_scales(part, out, stream, skip, "compress_momentum (scales)");
 }
 
 void server_average(const DevicePartition& part, const uint8_t* worker_bits, size_t stride,
-                    const float* worker_scales, int world, float* f, const float* f_scale,
-                    uint8_t* out_bits, SumOut out, Stream stream, int* set_skip) {
+                    ScalesIn worker_scales, int world, float* f, ScalesIn f_scales, uint8_t* out_bits,
+                    ScalesOut out, Stream stream, int* set_skip) {
   check_word_aligned(out_bits, "server_average");
   ONEBIT_CHECK(world >= 1, "cuda server_average: world size " << world);
   int* skip = set_skip ? set_skip : PartitionArrays::flag(part);
   if (!set_skip) CUDA_CHECK(cudaMemsetAsync(skip, 0, sizeof(int), stream));
-  flag_nonfinite_kernel<<<1, 32, 0, stream>>>(worker_scales, world, skip);
-  CUDA_CHECK_LAUNCH("server_average (scale check)");
-  const ServerOp op{worker_bits, stride, worker_scales, world, f, f_scale, 0.0f, out_bits};
+  const size_t groups = worker_scales.per_group ? part.num_groups() : 1;
+  if (!worker_scales.per_group) {
+    flag_nonfinite_kernel<<<1, 32, 0, stream>>>(worker_scales.scales, static_cast<size_t>(world), skip);
+    CUDA_CHECK_LAUNCH("server_average (scale check)");
+  }
+  const ServerOp op{worker_bits, stride, worker_scales, groups, nullptr, world, f, f_scales, 0.0f, out_bits};
   launch_tile(part, op, stream, skip, "server_average");
-  reduce_total(part, out, stream, skip, "server_average (sum)");
+  launch_scales(part, out, stream, skip, "server_average (scales)");
 }
 
-void decode(const DevicePartition& part, const uint8_t* bits, const float* chunk_scales, float* out,
+void decode(const DevicePartition& part, const uint8_t* bits, const float* scales, float* out,
             Stream stream, const int* skip) {
-  launch_elementwise(part, DecodeOp{bits, chunk_scales, 0.0f, out}, stream, skip, "decode");
+  decode_momentum(part, kernels::Momentum{.bits = bits, .scales = scales}, out, stream, skip);
 }
 
-void decode_frozen_update(const DevicePartition& part, const uint8_t* bits, const float* chunk_scales,
-                          float* m, const float* v, float* w, float eps, float weight_decay,
-                          const float* coef, Stream stream, const int* skip) {
-  const DecodeFrozenOp op{bits, chunk_scales, 0.0f, m, v, w, eps, weight_decay, coef, 0.0f};
-  launch_elementwise(part, op, stream, skip, "decode_frozen_update");
+void decode_momentum(const DevicePartition& part, const kernels::Momentum& m, float* out, Stream stream,
+                     const int* skip) {
+  launch_elementwise(part, DecodeOp{momentum_view(m), out}, stream, skip, "decode");
+}
+
+void rescale_errors(const DevicePartition& part, float* c, ScalesIn scales, const float* ratio_num,
+                    const float* ratio_den, Stream stream, const int* skip) {
+  launch_elementwise(part, RescaleOp{c, scales, ratio_num, ratio_den, 0.0f, 0.0f}, stream, skip, "rescale_errors");
 }
 
 }  // namespace onebit::cuda

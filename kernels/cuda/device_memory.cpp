@@ -1,4 +1,5 @@
 // Device memory, the device copy of a Partition, and the polling stream wait every CUDA path uses.
+#include <algorithm>
 #include <chrono>
 #include <thread>
 #include <utility>
@@ -83,7 +84,7 @@ void DeviceMemory::zero(Stream stream) {
   if (bytes_ > 0) CUDA_CHECK(cudaMemsetAsync(ptr_, 0, bytes_, stream));
 }
 
-DevicePartition::DevicePartition(const kernels::Partition& part) : host_(part) {
+DevicePartition::DevicePartition(const kernels::Partition& part, size_t num_groups) : host_(part) {
   const auto& pieces = part.pieces();
   ONEBIT_CHECK(pieces.size() < (size_t{1} << 31),
                "cuda partition: " << pieces.size() << " pieces exceed the 32-bit piece index");
@@ -108,6 +109,24 @@ DevicePartition::DevicePartition(const kernels::Partition& part) : host_(part) {
   for (size_t l = 0; l < L; ++l) starts[l] = part.layer_start(l);
   starts[L] = part.size();
   layer_start_ = DeviceArray<uint64_t>(std::span<const uint64_t>(starts));
+
+  // Scale groups are contiguous in piece order too; a group's size is its pieces' elements.
+  size_t groups = num_groups;
+  for (const auto& p : pieces) {
+    ONEBIT_CHECK(num_groups == 0 || p.group < num_groups,
+                 "cuda partition: a piece of scale group " << p.group << " in a partition of " << num_groups);
+    groups = std::max(groups, size_t{p.group} + 1);
+  }
+  num_groups_ = groups;
+  std::vector<uint32_t> group_first(groups + 1, 0);
+  std::vector<uint64_t> group_size(groups, 0);
+  for (const auto& p : pieces) {
+    ++group_first[p.group + 1];
+    group_size[p.group] += p.end - p.begin;
+  }
+  for (size_t q = 0; q < groups; ++q) group_first[q + 1] += group_first[q];
+  group_first_ = DeviceArray<uint32_t>(std::span<const uint32_t>(group_first));
+  group_size_ = DeviceArray<uint64_t>(std::span<const uint64_t>(group_size));
 
   lanes_ = DeviceArray<double>(4 * 16 * pieces.size());
   flag_ = DeviceArray<int>(1);

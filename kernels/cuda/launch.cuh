@@ -49,16 +49,70 @@ void launch_elementwise(const DevicePartition& part, const Op& op, Stream stream
   CUDA_CHECK_LAUNCH(what);
 }
 
-// Per-segment sums of the lanes the last tile kernel over `part` left: per layer, or total.
+// What launch_reduce adds up: the whole buffer, each layer, or each scale group.
+enum class Segments { kTotal, kLayers, kGroups };
+
+// Per-segment sums of the lanes the last tile kernel over `part` left.
 template <int S, int kMaxSlot>
-void launch_reduce(const DevicePartition& part, bool per_layer, const SegOut<S>& out, Stream stream,
+void launch_reduce(const DevicePartition& part, Segments seg, const SegOut<S>& out, Stream stream,
                    const int* skip, const char* what) {
-  const size_t segments = per_layer ? part.num_layers() : 1;
+  using A = PartitionArrays;
+  const size_t segments = seg == Segments::kLayers ? part.num_layers()
+                          : seg == Segments::kGroups ? part.num_groups()
+                                                     : 1;
   if (segments == 0) return;
+  const uint32_t* first = seg == Segments::kLayers ? A::layer_first(part)
+                          : seg == Segments::kGroups ? A::group_first(part)
+                                                     : A::all_pieces(part);
   reduce_kernel<S, kMaxSlot><<<static_cast<unsigned>(segments), kReduceThreads, 0, stream>>>(
-      PartitionArrays::lanes(part), static_cast<uint32_t>(part.num_pieces()),
-      per_layer ? PartitionArrays::layer_first(part) : PartitionArrays::all_pieces(part), out, skip);
+      A::lanes(part), static_cast<uint32_t>(part.num_pieces()), first, out, skip);
   CUDA_CHECK_LAUNCH(what);
 }
+
+// The scales (and total) of a compression pass from its lanes (ScalesOut, onebit/cuda_kernels.hpp).
+inline void launch_scales(const DevicePartition& part, const ScalesOut& out, Stream stream, const int* skip,
+                          const char* what) {
+  if (out.per_group) {
+    launch_reduce<1, -1>(part, Segments::kGroups, SegOut<1>{{nullptr}, nullptr, out.scales, 0, PartitionArrays::group_size(part)},
+                         stream, skip, what);
+    if (out.sum_sq)
+      launch_reduce<1, -1>(part, Segments::kTotal, SegOut<1>{{out.sum_sq}, nullptr, nullptr, 0, nullptr}, stream, skip,
+                           what);
+  } else {
+    launch_reduce<1, -1>(part, Segments::kTotal, SegOut<1>{{out.sum_sq}, nullptr, out.scales, part.size(), nullptr},
+                         stream, skip, what);
+  }
+}
+
+// kernels::Momentum over one piece, as the CPU's momentum_piece: sk = group scale / k, exact as §4
+// step 5 asks, since (s * sign) / k = sign * (s / k) in IEEE arithmetic.
+struct MomentumView {
+  kernels::Momentum m;
+  float sk;
+  const float* mask;
+  size_t mask_base;
+
+  __device__ void enter(const Piece& p, const PartView& part) {
+    if (m.values) return;
+    sk = m.scales[p.group] / (m.k ? m.k[p.layer] : 1.0f);
+    mask = m.masks ? m.masks[p.layer] : nullptr;
+    mask_base = part.layer_start[p.layer];
+  }
+  struct In {
+    float value;
+    bool bit;
+    float mask;
+  };
+  __device__ In load(size_t i) const {
+    if (m.values) return {m.values[i], false, 1.0f};
+    return {0.0f, get_bit(m.bits, i), mask ? mask[i - mask_base] : 1.0f};
+  }
+  __device__ float value(const In& in) const {
+    if (m.values) return in.value;
+    const float x = pm(in.bit, sk);
+    return mask ? x * in.mask : x;
+  }
+};
+inline MomentumView momentum_view(const kernels::Momentum& m) { return {m, 0.0f, nullptr, 0}; }
 
 }  // namespace onebit::cuda::detail

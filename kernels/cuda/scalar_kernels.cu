@@ -42,6 +42,10 @@ __global__ void __launch_bounds__(kScalarThreads) onebit_coef_kernel(OnebitCoefA
   if (skip && *skip) return;
   const size_t l = blockIdx.x * size_t{kScalarThreads} + threadIdx.x;
   if (l >= a.layers) return;
+  if (a.hold_factor) {
+    a.coef[l] = a.lr * a.c_freeze[l];
+    return;
+  }
   double f = a.sums.max_ratio[l];
   if (a.weight_decay > 0 && a.sums.u_sq[l] > 0) {
     const double rho = min_d(1.0, sqrt(a.sums.u0_sq[l]) / sqrt(a.sums.u_sq[l]));
@@ -55,8 +59,9 @@ __global__ void __launch_bounds__(kScalarThreads) onebit_coef_kernel(OnebitCoefA
 }
 
 // One thread: the mean is a sequential sum in layer order, as on the CPU. Runs once per run.
-__global__ void momentum_scales_kernel(const uint64_t* start, size_t layers, const double* m_sq, float* k) {
-  if (threadIdx.x != 0 || blockIdx.x != 0) return;
+__global__ void momentum_scales_kernel(const uint64_t* start, size_t layers, const double* m_sq, float* k,
+                                       const int* skip) {
+  if (threadIdx.x != 0 || blockIdx.x != 0 || (skip && *skip)) return;
   auto scale = [&](size_t l) {
     const uint64_t n = start[l + 1] - start[l];
     return n ? sqrt(m_sq[l] / static_cast<double>(n)) : 0.0;
@@ -68,6 +73,54 @@ __global__ void momentum_scales_kernel(const uint64_t* start, size_t layers, con
     k[l] = s > 0 ? static_cast<float>(mean / s) : 1.0f;
   }
 }
+
+__global__ void flag_nonfinite_kernel(const double* x, size_t n, int* skip) {
+  if (*skip) return;
+  bool bad = false;
+  for (size_t i = threadIdx.x; i < n; i += kScalarThreads)
+    if (!isfinite(x[i])) bad = true;
+  if (__syncthreads_or(bad) && threadIdx.x == 0) *skip = 1;
+}
+
+// One thread, layers in order (the mean is a sequential double sum), with the CPU's operand types:
+// sum / world is a float division, then a double one.
+__global__ void track_scales_kernel(const uint64_t* start, size_t layers, const float* sum, int world, float beta1,
+                                    float* g_rms, float* k, int* skip) {
+  if (threadIdx.x != 0 || blockIdx.x != 0 || *skip) return;
+  for (size_t l = 0; l < layers; ++l)
+    if (!isfinite(sum[l])) {
+      *skip = 1;
+      return;
+    }
+  double mean = 0;
+  for (size_t l = 0; l < layers; ++l) {
+    const float per_rank = sum[l] / static_cast<float>(world);
+    const float rms = static_cast<float>(sqrt(per_rank / static_cast<double>(start[l + 1] - start[l])));
+    g_rms[l] = g_rms[l] == 0 ? rms : beta1 * g_rms[l] + (1 - beta1) * rms;
+    mean += g_rms[l] / static_cast<double>(layers);
+  }
+  for (size_t l = 0; l < layers; ++l) k[l] = g_rms[l] > 0 ? static_cast<float>(mean / g_rms[l]) : 1.0f;
+}
+
+__global__ void to_float_kernel(const double* x, float* out, size_t n, const int* skip) {
+  if (skip && *skip) return;
+  for (size_t i = threadIdx.x; i < n; i += kScalarThreads) out[i] = static_cast<float>(x[i]);
+}
+
+__global__ void __launch_bounds__(kScalarThreads) refresh_coef_kernel(RefreshCoefArgs a, const int* skip) {
+  if (skip && *skip) return;
+  const size_t l = blockIdx.x * size_t{kScalarThreads} + threadIdx.x;
+  if (l >= a.layers) return;
+  const double w = a.w_sq[l], u = a.u_sq[l];
+  const double r = w > 0 && u > 0 ? clamp_d(sqrt(w) / sqrt(u), static_cast<double>(a.min_coeff),
+                                            static_cast<double>(a.max_coeff))
+                                  : 1.0;
+  a.c_freeze[l] = static_cast<float>(r);
+  a.last_factor[l] = 1.0f;
+  a.coef[l] = a.lr * a.c_freeze[l];
+}
+
+unsigned layer_blocks(size_t layers) { return static_cast<unsigned>((layers + kScalarThreads - 1) / kScalarThreads); }
 
 }  // namespace
 }  // namespace detail
@@ -83,15 +136,40 @@ void lamb_coefficients(const LambCoefArgs& a, int* skip, Stream stream) {
 
 void onebit_lamb_coefficients(const OnebitCoefArgs& a, Stream stream, const int* skip) {
   if (a.layers == 0) return;
-  const unsigned blocks = static_cast<unsigned>((a.layers + kScalarThreads - 1) / kScalarThreads);
-  onebit_coef_kernel<<<blocks, kScalarThreads, 0, stream>>>(a, skip);
+  onebit_coef_kernel<<<layer_blocks(a.layers), kScalarThreads, 0, stream>>>(a, skip);
   CUDA_CHECK_LAUNCH("onebit_lamb_coefficients");
 }
 
-void momentum_scales(const DevicePartition& part, const double* m_sq, float* k, Stream stream) {
+void momentum_scales(const DevicePartition& part, const double* m_sq, float* k, Stream stream, const int* skip) {
   if (part.num_layers() == 0) return;
-  momentum_scales_kernel<<<1, 32, 0, stream>>>(PartitionArrays::layer_start(part), part.num_layers(), m_sq, k);
+  momentum_scales_kernel<<<1, 32, 0, stream>>>(PartitionArrays::layer_start(part), part.num_layers(), m_sq, k, skip);
   CUDA_CHECK_LAUNCH("momentum_scales");
+}
+
+void flag_nonfinite(const double* x, size_t n, int* skip, Stream stream) {
+  if (n == 0) return;
+  flag_nonfinite_kernel<<<1, kScalarThreads, 0, stream>>>(x, n, skip);
+  CUDA_CHECK_LAUNCH("flag_nonfinite");
+}
+
+void track_scales(const DevicePartition& part, const float* sum, int world, float beta1, float* g_rms, float* k,
+                  int* skip, Stream stream) {
+  if (part.num_layers() == 0) return;
+  track_scales_kernel<<<1, 32, 0, stream>>>(PartitionArrays::layer_start(part), part.num_layers(), sum, world, beta1,
+                                            g_rms, k, skip);
+  CUDA_CHECK_LAUNCH("track_scales");
+}
+
+void to_float(const double* x, float* out, size_t n, Stream stream, const int* skip) {
+  if (n == 0) return;
+  to_float_kernel<<<1, kScalarThreads, 0, stream>>>(x, out, n, skip);
+  CUDA_CHECK_LAUNCH("to_float");
+}
+
+void refresh_coefficients(const RefreshCoefArgs& a, Stream stream, const int* skip) {
+  if (a.layers == 0) return;
+  refresh_coef_kernel<<<layer_blocks(a.layers), kScalarThreads, 0, stream>>>(a, skip);
+  CUDA_CHECK_LAUNCH("refresh_coefficients");
 }
 
 }  // namespace onebit::cuda

@@ -187,10 +187,11 @@ constexpr int kReduceThreads = 256;
 
 template <int S>
 struct SegOut {
-  double* sum[S];      // per segment, or null
-  float* max;          // the kMaxSlot result per segment, or null
-  float* scale;        // segment 0's scale_from_sum(sum[0], n), or null
-  size_t n;
+  double* sum[S];  // per segment, or null
+  float* max;      // the kMaxSlot result per segment, or null
+  float* scale;    // per segment, scale_from_sum(sum[0], elements), or null
+  size_t n;                // the elements of a segment, or
+  const uint64_t* counts;  // when not null, those of each segment
 };
 
 template <int S, int kMaxSlot>
@@ -241,9 +242,10 @@ reduce_kernel(const double* lanes, uint32_t num_pieces, const uint32_t* seg_firs
       if (out.max) out.max[blockIdx.x] = mx;
     } else {
       if (out.sum[tid]) out.sum[tid][blockIdx.x] = acc;
-      if (tid == 0 && out.scale)
-        out.scale[blockIdx.x] =
-            out.n == 0 ? 0.0f : static_cast<float>(sqrt(acc / static_cast<double>(out.n)));
+      if (tid == 0 && out.scale) {
+        const uint64_t n = out.counts ? out.counts[blockIdx.x] : out.n;
+        out.scale[blockIdx.x] = n == 0 ? 0.0f : static_cast<float>(sqrt(acc / static_cast<double>(n)));
+      }
     }
   }
 }

@@ -37,13 +37,14 @@ TEST(CudaCompressedAllreduce, MatchesCpuOnEveryRank) {
   ONEBIT_REQUIRE_GPU();
   constexpr int kCalls = 5, kNanCall = 2;
   for (int world : {1, 2, 3, 4}) {
-    for (size_t n : {size_t{1}, size_t{1000}, size_t{100003}}) {
-      SCOPED_TRACE(testing::Message() << "world " << world << ", " << n << " elements");
+    for (size_t n : {size_t{1}, size_t{1000}, size_t{100003}})
+    for (size_t group : {size_t{0}, size_t{256}}) {
+      SCOPED_TRACE(testing::Message() << "world " << world << ", " << n << " elements, scale groups of " << group);
       const auto bounds = random_bounds(n, n + world);
       std::vector<RankRecord> cpu(world), gpu(world);
       run_local(world, [&](Communicator& comm) {
         ThreadPool pool(1);
-        CompressedAllreduce ar(comm, pool, n, bounds);
+        CompressedAllreduce ar(comm, pool, n, bounds, group);
         auto& rec = cpu[comm.rank()];
         for (int c = 0; c < kCalls; ++c) {
           Vec x = input(n, comm.rank(), c, world, kNanCall, 7);
@@ -56,7 +57,7 @@ TEST(CudaCompressedAllreduce, MatchesCpuOnEveryRank) {
       run_local(world, [&](Communicator& comm) {
         ASSERT_EQ(cudaSetDevice(0), cudaSuccess);
         StreamGuard stream;
-        CudaCompressedAllreduce ar(comm, stream.get(), n, bounds);
+        CudaCompressedAllreduce ar(comm, stream.get(), n, bounds, nullptr, group);
         auto& rec = gpu[comm.rank()];
         for (int c = 0; c < kCalls; ++c) {
           DeviceArray<float> x(std::span<const float>(input(n, comm.rank(), c, world, kNanCall, 7)));
@@ -87,7 +88,7 @@ struct Scenario {
 
 Scenario make_setup() {
   // Two Partition blocks and more, tiny and empty layers, a size that is not a multiple of 64.
-  return {FlatLayout(sizes_of(random_bounds(70001, 3))), 7, {1, 5}};
+  return {FlatLayout(sizes_of(random_bounds(70001, 3))), 10, {1, 5}};
 }
 
 Vec grad(const Scenario& s, int rank, int step, int world) {
@@ -171,6 +172,29 @@ OnebitLambOptions lamb1_options() {
   return o;
 }
 
+// What `onebit train` runs by default, shrunk to the scenario: the automatic freeze (here after
+// step 3 at the latest), refresh steps, tracked scales, scale groups and a bf16 warmup exchange.
+OnebitLambOptions lamb1_default_options() {
+  OnebitLambOptions o = lamb1_options();
+  o.freeze_step = kAutoFreeze;
+  o.auto_freeze = {.min_steps = 2, .max_steps = 3, .window = 1, .tolerance = 0.5};
+  o.refresh_interval = 1;
+  o.track_scales = 1;
+  o.scale_group = 64;
+  o.warmup_exchange = WirePrecision::kBf16;
+  return o;
+}
+
+OnebitAdamOptions adam1_grouped_options() {
+  OnebitAdamOptions o;
+  o.lr = 1e-3f;
+  o.freeze_step = kAutoFreeze;
+  o.auto_freeze = {.min_steps = 2, .max_steps = 3, .window = 1, .tolerance = 0.5};
+  o.scale_group = 128;
+  o.warmup_exchange = WirePrecision::kFp16;
+  return o;
+}
+
 OnebitAdamOptions adam1_options() {
   OnebitAdamOptions o;
   o.lr = 1e-3f;
@@ -211,6 +235,29 @@ std::vector<Case> cases() {
        [](const FlatLayout& l, Communicator& c) { return std::make_unique<OnebitAdam>(l, c, adam1_options()); },
        [](const FlatLayout& l, Communicator& c, Stream s) {
          return std::make_unique<CudaOnebitAdam>(l, c, s, adam1_options());
+       }},
+      {"onebit-lamb, train's defaults",
+       [](const FlatLayout& l, Communicator& c) {
+         auto o = std::make_unique<OnebitLamb>(l, c, lamb1_default_options());
+         o->set_momentum_mask(1, mask_for(l));
+         return o;
+       },
+       [](const FlatLayout& l, Communicator& c, Stream s) {
+         auto o = std::make_unique<CudaOnebitLamb>(l, c, s, lamb1_default_options());
+         o->set_momentum_mask(1, mask_for(l));
+         return o;
+       }},
+      {"onebit-adam, auto freeze, scale groups, fp16 warmup",
+       [](const FlatLayout& l, Communicator& c) { return std::make_unique<OnebitAdam>(l, c, adam1_grouped_options()); },
+       [](const FlatLayout& l, Communicator& c, Stream s) {
+         return std::make_unique<CudaOnebitAdam>(l, c, s, adam1_grouped_options());
+       }},
+      {"lamb, bf16 exchange",
+       [](const FlatLayout& l, Communicator& c) {
+         return std::make_unique<Lamb>(l, c, LambOptions{.warmup_exchange = WirePrecision::kBf16});
+       },
+       [](const FlatLayout& l, Communicator& c, Stream s) {
+         return std::make_unique<CudaLamb>(l, c, s, LambOptions{.warmup_exchange = WirePrecision::kBf16});
        }},
   };
 }

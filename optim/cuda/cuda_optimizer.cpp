@@ -3,6 +3,7 @@
 #include <cstring>
 
 #include "cuda_check.hpp"
+#include "cuda_half_allreduce.hpp"
 #include "device_collectives.hpp"
 #include "launchers.hpp"
 #include "onebit/cuda_optimizers.hpp"
@@ -10,7 +11,8 @@
 
 namespace onebit::cuda {
 
-CudaOptimizer::CudaOptimizer(const FlatLayout& layout, Communicator& comm, Stream stream)
+CudaOptimizer::CudaOptimizer(const FlatLayout& layout, Communicator& comm, Stream stream,
+                             WirePrecision warmup_exchange)
     : Optimizer(layout, comm),
       stream_(stream),
       coll_(std::make_unique<DeviceCollectives>(comm, stream)),
@@ -21,6 +23,8 @@ CudaOptimizer::CudaOptimizer(const FlatLayout& layout, Communicator& comm, Strea
       skip_(1) {
   CUDA_CHECK(cudaMallocHost(&host_flag_, sizeof(int)));
   CUDA_CHECK(cudaEventCreateWithFlags(&done_, cudaEventDisableTiming));
+  if (warmup_exchange != WirePrecision::kFp32)
+    half_ = std::make_unique<CudaHalfAllreduce>(*coll_, layout.total(), warmup_exchange);
 }
 
 void CudaOptimizer::drain() noexcept { (void)cudaStreamSynchronize(stream_); }
@@ -82,10 +86,15 @@ void CudaOptimizer::check_agreement(const std::vector<std::pair<const char*, dou
   check_fingerprints(all.download(), settings, comm_.rank(), name());
 }
 
-void CudaOptimizer::average_gradients(float* g) {
+void CudaOptimizer::average_gradients(float* g) { exchange_average(g, layout_.total()); }
+
+// As CpuOptimizer::exchange_average: a non-finite value comes out non-finite either way, and the
+// LAMB pass after it sets skip().
+void CudaOptimizer::exchange_average(float* x, size_t n) {
   if (comm_.size() == 1) return;
-  coll_->allreduce_sum(g, layout_.total());
-  divide(g, layout_.total(), static_cast<float>(comm_.size()), stream_);
+  if (half_) return half_->average(x, n);
+  coll_->allreduce_sum(x, n);
+  divide(x, n, static_cast<float>(comm_.size()), stream_);
 }
 
 void CudaOptimizer::lamb_pass(float* w, float* g, float* m, float* v, const kernels::MomentParams& p,
@@ -112,10 +121,11 @@ void CudaOptimizer::upload(DeviceArray<float>& a, const OptimizerState& s, const
 // --- CudaLamb ---------------------------------------------------------------------------------
 
 CudaLamb::CudaLamb(const FlatLayout& layout, Communicator& comm, Stream stream, LambOptions options)
-    : CudaOptimizer(layout, comm, stream), opt_(options), m_(layout.total()), v_(layout.total()) {
+    : CudaOptimizer(layout, comm, stream, options.warmup_exchange),
+      opt_(options),
+      m_(layout.total()),
+      v_(layout.total()) {
   validate(opt_, "lamb");
-  ONEBIT_CHECK(opt_.warmup_exchange == WirePrecision::kFp32,
-               "lamb on CUDA: the 16-bit gradient exchange is not implemented on the GPU yet; use fp32");
   check_agreement(settings_of(opt_));
   m_.zero(stream_);
   v_.zero(stream_);
