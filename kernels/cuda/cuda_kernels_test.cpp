@@ -25,11 +25,6 @@ class CudaKernels : public ::testing::Test {
   const kernels::MomentParams p_{0.9f, 0.999f, 1e-8f, 0.01f};
 };
 
-template <class T>
-DeviceArray<T> dev(const std::vector<T>& v) {
-  return DeviceArray<T>(std::span<const T>(v));
-}
-
 // The CPU's scales of a compression from its piece sums: one over the buffer, or one per group.
 std::vector<float> cpu_scales(const kernels::Partition& part, const std::vector<double>& piece_sums, size_t groups) {
   if (groups == 0) return {kernels::scale_from_sum(kernels::sum_pieces(piece_sums), part.size())};
@@ -42,55 +37,8 @@ std::vector<float> cpu_scales(const kernels::Partition& part, const std::vector<
   return out;
 }
 
-// Momenta as the optimizers hand them over: plain values, or signs with per-group scales, k and
-// masks on every third layer (0/1 values). Owns the host and device copies.
-struct Momenta {
-  std::vector<float> values, scales, k;
-  std::vector<uint8_t> bits;
-  std::vector<std::vector<float>> masks;
-  std::vector<const float*> mask_ptrs, dmask_ptrs;
-  std::vector<DeviceArray<float>> dmasks;
-  DeviceArray<float> dvalues, dscales, dk;
-  DeviceArray<uint8_t> dbits;
-  DeviceArray<const float*> dptrs;
-
-  Momenta(const kernels::Partition& part, size_t groups, uint64_t seed) {
-    const size_t n = part.size(), L = part.num_layers();
-    values = randn(n, seed, 0.1f);
-    bits = random_bytes((n + 63) / 64 * 8 + 8, seed + 1);
-    scales = randu(groups, seed + 2, 0.01f, 1.0f);
-    k = randu(L, seed + 3, 0.5f, 3.0f);
-    masks.resize(L);
-    mask_ptrs.assign(L, nullptr);
-    dmask_ptrs.assign(L, nullptr);
-    dmasks.resize(L);
-    for (size_t l = 0; l < L; l += 3) {
-      const size_t len = (l + 1 < L ? part.layer_start(l + 1) : n) - part.layer_start(l);
-      masks[l] = randu(len, seed + 100 + l, 0.0f, 1.0f);
-      for (auto& x : masks[l]) x = x < 0.3f ? 0.0f : 1.0f;
-      mask_ptrs[l] = masks[l].data();
-      dmasks[l] = dev(masks[l]);
-      dmask_ptrs[l] = dmasks[l].data();
-    }
-    dvalues = dev(values), dscales = dev(scales), dk = dev(k), dbits = dev(bits), dptrs = dev(dmask_ptrs);
-  }
-  kernels::Momentum host(bool signs) const {
-    if (!signs) return {.values = values.data()};
-    return {.bits = bits.data(), .scales = scales.data(), .k = k.data(), .masks = mask_ptrs.data()};
-  }
-  kernels::Momentum device(bool signs) const {
-    if (!signs) return {.values = dvalues.data()};
-    return {.bits = dbits.data(), .scales = dscales.data(), .k = dk.data(), .masks = dptrs.data()};
-  }
-};
-
 // Scale groups of 128 elements per chunk (docs/algorithm.md §12), or none (0).
 constexpr size_t kGroupLens[] = {0, 128};
-size_t groups_of(const kernels::Partition& part) {
-  size_t g = 1;
-  for (const auto& p : part.pieces()) g = std::max<size_t>(g, p.group + 1);
-  return g;
-}
 
 TEST_F(CudaKernels, CompressMatchesCpu) {
   for (size_t n : kSizes) {
@@ -352,102 +300,6 @@ TEST_F(CudaKernels, LayerNormsDivideCopyMatchCpu) {
     EXPECT_TRUE(same_bits(x, dx.download()));
     EXPECT_TRUE(same_bits(x, dcopy.download()));
   }
-}
-
-// The per-layer scalar kernels against optim/'s expressions, written out again here.
-TEST_F(CudaKernels, LambCoefficientsMatchTheOptimizerMath) {
-  const size_t L = 300;
-  auto w_sq = std::vector<double>(L), u_sq = std::vector<double>(L);
-  const auto a = randu(L, 1, 0.0f, 4.0f), b = randu(L, 2, 0.0f, 4.0f);
-  for (size_t l = 0; l < L; ++l) {
-    w_sq[l] = l % 17 == 0 ? 0.0 : a[l] * a[l] * 1e3;
-    u_sq[l] = l % 19 == 0 ? 0.0 : b[l] * b[l];
-  }
-  const auto c0 = randu(L, 3, 0.0f, 2.0f);
-  const float lr = 1e-3f, min_c = 0.01f, max_c = 10.0f, cb = 0.9f;
-  std::vector<float> coef(L), cf = c0;
-  for (size_t l = 0; l < L; ++l) {
-    const double r = w_sq[l] > 0 && u_sq[l] > 0
-                         ? std::clamp(std::sqrt(w_sq[l]) / std::sqrt(u_sq[l]), double{min_c}, double{max_c})
-                         : 1.0;
-    coef[l] = lr * static_cast<float>(r);
-    if (r != 1.0) cf[l] = static_cast<float>(cb * cf[l] + (1 - cb) * r);
-  }
-  auto dw = dev(w_sq), du = dev(u_sq);
-  auto dcf = dev(c0);
-  DeviceArray<float> dcoef(L);
-  DeviceArray<int> skip(1);
-  skip.zero();
-  lamb_coefficients({dw.data(), du.data(), L, lr, min_c, max_c, true, dcoef.data(), dcf.data(), cb}, skip.data(),
-                    stream_.get());
-  stream_.sync();
-  EXPECT_EQ(skip.download()[0], 0);
-  EXPECT_TRUE(same_bits(coef, dcoef.download()));
-  EXPECT_TRUE(same_bits(cf, dcf.download()));
-
-  // One non-finite layer: the flag is raised and no layer changes.
-  w_sq[L / 2] = std::numeric_limits<double>::infinity();
-  auto dbad = dev(w_sq);
-  auto dcf2 = dev(c0);
-  lamb_coefficients({dbad.data(), du.data(), L, lr, min_c, max_c, true, dcoef.data(), dcf2.data(), cb},
-                    skip.data(), stream_.get());
-  stream_.sync();
-  EXPECT_EQ(skip.download()[0], 1);
-  EXPECT_TRUE(same_bits(c0, dcf2.download()));
-}
-
-TEST_F(CudaKernels, OnebitCoefficientsAndMomentumScalesMatchTheOptimizerMath) {
-  const size_t L = 300;
-  const auto a = randu(L, 1, 0.0f, 3.0f), b = randu(L, 2, 0.1f, 3.0f), c = randu(L, 3, 0.0f, 3.0f);
-  std::vector<double> w_sq(L), u_sq(L), u0_sq(L);
-  for (size_t l = 0; l < L; ++l) {
-    w_sq[l] = a[l];
-    u_sq[l] = l % 13 == 0 ? 0.0 : b[l];
-    u0_sq[l] = c[l];
-  }
-  const auto max_ratio = randu(L, 4, 0.2f, 6.0f), last0 = randu(L, 5, 0.5f, 4.0f), cf = randu(L, 6, 0.0f, 2.0f);
-  const float lr = 2e-3f, wd = 0.01f, fmin = 0.5f, fmax = 4.0f, ft = 0.1f;
-  std::vector<float> last = last0, coef(L);
-  for (size_t l = 0; l < L; ++l) {  // optim/onebit_lamb.cpp, step 8
-    double f = max_ratio[l];
-    if (wd > 0 && u_sq[l] > 0) {
-      const double rho = std::min(1.0, std::sqrt(u0_sq[l]) / std::sqrt(u_sq[l]));
-      f = rho * f + (1 - rho);
-    }
-    f = std::clamp(f, static_cast<double>(fmin), static_cast<double>(fmax));
-    const double prev = last[l];
-    f = std::clamp(f, prev * (1 - ft), prev * (1 + ft));
-    last[l] = static_cast<float>(f);
-    coef[l] = lr * (cf[l] * last[l]);
-  }
-  auto dw = dev(w_sq), du = dev(u_sq), du0 = dev(u0_sq);
-  auto dmax = dev(max_ratio), dlast = dev(last0), dcf = dev(cf);
-  DeviceArray<float> dcoef(L);
-  onebit_lamb_coefficients({{dw.data(), du.data(), du0.data(), dmax.data()}, L, lr, wd, fmin, fmax, ft, dcf.data(),
-                            dlast.data(), dcoef.data(), false},
-                           stream_.get());
-
-  // k from per-layer ||m||^2 (optim/onebit_lamb.cpp, init_momentum_scale), empty layers included.
-  const std::vector<size_t> bounds = {0, 10, 10, 1000, 1001, 5000};
-  const kernels::Partition part(5000, bounds);
-  const DevicePartition dpart(part);
-  const std::vector<double> m_sq = {4.0, 0.0, 17.5, 0.0, 1234.5};
-  std::vector<double> s(5);
-  double mean = 0;
-  for (size_t l = 0; l < 5; ++l) {
-    const size_t len = bounds[l + 1] - bounds[l];
-    s[l] = len ? std::sqrt(m_sq[l] / static_cast<double>(len)) : 0.0;
-    mean += s[l] / 5.0;
-  }
-  std::vector<float> k(5);
-  for (size_t l = 0; l < 5; ++l) k[l] = s[l] > 0 ? static_cast<float>(mean / s[l]) : 1.0f;
-  auto dm_sq = dev(m_sq);
-  DeviceArray<float> dk(5);
-  momentum_scales(dpart, dm_sq.data(), dk.data(), stream_.get());
-  stream_.sync();
-  EXPECT_TRUE(same_bits(last, dlast.download()));
-  EXPECT_TRUE(same_bits(coef, dcoef.download()));
-  EXPECT_TRUE(same_bits(k, dk.download()));
 }
 
 }  // namespace

@@ -4,6 +4,7 @@
 #include <cuda_runtime.h>
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -116,6 +117,12 @@ inline ::testing::AssertionResult same_sum(double a, double b) {
                                        << (rel <= 1e-12 ? ", within 1e-12 but not the pinned order)" : ")");
 }
 
+// A host vector on the device.
+template <class T>
+DeviceArray<T> dev(const std::vector<T>& v) {
+  return DeviceArray<T>(std::span<const T>(v));
+}
+
 template <class T>
 std::vector<T> to_host(const T* dev, size_t n) {
   std::vector<T> v(n);
@@ -124,5 +131,54 @@ std::vector<T> to_host(const T* dev, size_t n) {
   }
   return v;
 }
+
+// The scale groups a partition's pieces index (at least one).
+inline size_t groups_of(const kernels::Partition& part) {
+  size_t g = 1;
+  for (const auto& p : part.pieces()) g = std::max<size_t>(g, p.group + 1);
+  return g;
+}
+
+// Momenta as the optimizers hand them over: plain values, or signs with per-group scales, k and
+// masks on every third layer (0/1 values). Owns the host and device copies.
+struct Momenta {
+  std::vector<float> values, scales, k;
+  std::vector<uint8_t> bits;
+  std::vector<std::vector<float>> masks;
+  std::vector<const float*> mask_ptrs, dmask_ptrs;
+  std::vector<DeviceArray<float>> dmasks;
+  DeviceArray<float> dvalues, dscales, dk;
+  DeviceArray<uint8_t> dbits;
+  DeviceArray<const float*> dptrs;
+
+  Momenta(const kernels::Partition& part, size_t groups, uint64_t seed) {
+    const size_t n = part.size(), L = part.num_layers();
+    values = randn(n, seed, 0.1f);
+    bits = random_bytes((n + 63) / 64 * 8 + 8, seed + 1);
+    scales = randu(groups, seed + 2, 0.01f, 1.0f);
+    k = randu(L, seed + 3, 0.5f, 3.0f);
+    masks.resize(L);
+    mask_ptrs.assign(L, nullptr);
+    dmask_ptrs.assign(L, nullptr);
+    dmasks.resize(L);
+    for (size_t l = 0; l < L; l += 3) {
+      const size_t len = (l + 1 < L ? part.layer_start(l + 1) : n) - part.layer_start(l);
+      masks[l] = randu(len, seed + 100 + l, 0.0f, 1.0f);
+      for (auto& x : masks[l]) x = x < 0.3f ? 0.0f : 1.0f;
+      mask_ptrs[l] = masks[l].data();
+      dmasks[l] = dev(masks[l]);
+      dmask_ptrs[l] = dmasks[l].data();
+    }
+    dvalues = dev(values), dscales = dev(scales), dk = dev(k), dbits = dev(bits), dptrs = dev(dmask_ptrs);
+  }
+  kernels::Momentum host(bool signs) const {
+    if (!signs) return {.values = values.data()};
+    return {.bits = bits.data(), .scales = scales.data(), .k = k.data(), .masks = mask_ptrs.data()};
+  }
+  kernels::Momentum device(bool signs) const {
+    if (!signs) return {.values = dvalues.data()};
+    return {.bits = dbits.data(), .scales = dscales.data(), .k = dk.data(), .masks = dptrs.data()};
+  }
+};
 
 }  // namespace onebit::cuda::test
