@@ -72,6 +72,8 @@ class CudaOptimizer : public Optimizer {
   void lamb_pass(float* w, float* g, float* m, float* v, const kernels::MomentParams& p,
                  const LambCoefArgs& coef_args);
   std::vector<float> download(const DeviceArray<float>& a) const;
+  // The momentum m written out and downloaded, after the work on the stream.
+  std::vector<float> decoded(const DevicePartition& part, const kernels::Momentum& m) const;
   // For derived destructors: their buffers go before this class's destructor could wait.
   void drain() noexcept;
   void upload(DeviceArray<float>& a, const OptimizerState& s, const char* key, size_t n);

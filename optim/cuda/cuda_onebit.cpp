@@ -9,6 +9,17 @@
 #include "options.hpp"
 
 namespace onebit::cuda {
+namespace {
+// The error state of a checkpoint into the allreduce.
+void load_errors(CudaCompressedAllreduce& ar, const OptimizerState& s, const std::string& who) {
+  auto tensor = [&](const char* key) {
+    auto it = s.tensors.find(key);
+    ONEBIT_CHECK(it != s.tensors.end(), who << " load_state: the state has no '" << key << "'");
+    return std::span<const float>(it->second);
+  };
+  ar.set_errors(tensor("worker_error"), tensor("server_error"));
+}
+}  // namespace
 
 // --- DeviceFreeze -------------------------------------------------------------------------------
 
@@ -226,9 +237,7 @@ OptimizerState CudaOnebitLamb::state() const {
   const bool done = o.in_flight && o.applied;
   OptimizerState s;
   save_counters(s, o);
-  DeviceArray<float> m(layout_.total());
-  decode_momentum(allreduce_.partition(), momentum(done), m.data(), stream_);
-  s.tensors["m"] = download(m);
+  s.tensors["m"] = decoded(allreduce_.partition(), momentum(done));
   s.tensors["v"] = download(v_);
   s.tensors["v_fresh"] = download(v_fresh_);
   if (done && stage_ == Stage::kWarmup) {
@@ -272,12 +281,7 @@ void CudaOnebitLamb::load_state(const OptimizerState& s) {
   else g_rms_.upload(std::vector<float>(L, 0.0f));
   const auto refreshes = s.counters.find("refreshes");
   refreshes_ = refreshes == s.counters.end() ? 0 : refreshes->second;
-  auto tensor = [&](const char* key) {
-    auto it = s.tensors.find(key);
-    ONEBIT_CHECK(it != s.tensors.end(), name() << " load_state: the state has no '" << key << "'");
-    return std::span<const float>(it->second);
-  };
-  allreduce_.set_errors(tensor("worker_error"), tensor("server_error"));
+  load_errors(allreduce_, s, name());
 }
 
 // --- CudaOnebitAdam -----------------------------------------------------------------------------
@@ -335,9 +339,7 @@ OptimizerState CudaOnebitAdam::state() const {
   const bool done = o.in_flight && o.applied;
   OptimizerState s;
   save_counters(s, o);
-  DeviceArray<float> m(layout_.total());
-  decode_momentum(allreduce_.partition(), momentum(done), m.data(), stream_);
-  s.tensors["m"] = download(m);
+  s.tensors["m"] = decoded(allreduce_.partition(), momentum(done));
   s.tensors["v"] = download(v_);
   s.tensors["worker_error"] = allreduce_.worker_error(done && pending_compression_);
   s.tensors["server_error"] = allreduce_.server_error();
@@ -353,12 +355,7 @@ void CudaOnebitAdam::load_state(const OptimizerState& s) {
   upload(m_, s, "m", layout_.total());
   m_in_signs_ = false;
   upload(v_, s, "v", layout_.total());
-  auto tensor = [&](const char* key) {
-    auto it = s.tensors.find(key);
-    ONEBIT_CHECK(it != s.tensors.end(), name() << " load_state: the state has no '" << key << "'");
-    return std::span<const float>(it->second);
-  };
-  allreduce_.set_errors(tensor("worker_error"), tensor("server_error"));
+  load_errors(allreduce_, s, name());
 }
 
 }  // namespace onebit::cuda

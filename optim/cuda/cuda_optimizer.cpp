@@ -109,6 +109,12 @@ std::vector<float> CudaOptimizer::download(const DeviceArray<float>& a) const {
   return a.download();
 }
 
+std::vector<float> CudaOptimizer::decoded(const DevicePartition& part, const kernels::Momentum& m) const {
+  DeviceArray<float> out(layout_.total());
+  decode_momentum(part, m, out.data(), stream_);
+  return download(out);
+}
+
 void CudaOptimizer::upload(DeviceArray<float>& a, const OptimizerState& s, const char* key, size_t n) {
   auto it = s.tensors.find(key);
   ONEBIT_CHECK(it != s.tensors.end(), name() << " load_state: the state has no '" << key << "'");
