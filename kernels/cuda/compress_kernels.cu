@@ -45,7 +45,7 @@ struct CompressOp {
   }
   __device__ bool compute(size_t i, const In& in, float (&v)[1]) const {
     const float err = in.prev - pm(in.prev >= 0.0f, s);
-    const float xv = kMomentum ? (beta1 * m.value(in.m) + one_minus_beta1 * in.a) * k : in.a;
+    const float xv = kMomentum ? (beta1 * in.m + one_minus_beta1 * in.a) * k : in.a;
     const float c = xv + err;
     next[i] = c;
     v[0] = c;
@@ -100,7 +100,7 @@ struct DecodeOp {
   __device__ void begin() {}
   __device__ void enter(const Piece& p, const PartView& part) { m.enter(p, part); }
   __device__ In load(size_t i) const { return m.load(i); }
-  __device__ void compute(size_t i, const In& in) const { out[i] = m.value(in); }
+  __device__ void compute(size_t i, const In& in) const { out[i] = in; }
 };
 
 // c <- (c - s*sign(c)) * (num[layer] / den[layer]).

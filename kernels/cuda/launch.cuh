@@ -98,19 +98,13 @@ struct MomentumView {
     mask = m.masks ? m.masks[p.layer] : nullptr;
     mask_base = part.layer_start[p.layer];
   }
-  struct In {
-    float value;
-    bool bit;
-    float mask;
-  };
-  __device__ In load(size_t i) const {
-    if (m.values) return {m.values[i], false, 1.0f};
-    return {0.0f, get_bit(m.bits, i), mask ? mask[i - mask_base] : 1.0f};
-  }
-  __device__ float value(const In& in) const {
-    if (m.values) return in.value;
-    const float x = pm(in.bit, sk);
-    return mask ? x * in.mask : x;
+  // The value itself is the load: one register per row loaded ahead, not a bit, a mask and a value
+  // (with two momenta in one pass, those spilled). The same operations as the CPU's momentum().
+  using In = float;
+  __device__ float load(size_t i) const {
+    if (m.values) return m.values[i];
+    const float x = pm(get_bit(m.bits, i), sk);
+    return mask ? x * mask[i - mask_base] : x;
   }
 };
 inline MomentumView momentum_view(const kernels::Momentum& m) { return {m, 0.0f, nullptr, 0}; }

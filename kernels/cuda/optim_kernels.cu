@@ -87,8 +87,8 @@ struct OnebitNormsOp {
   }
   __device__ In load(size_t i) const { return {m.load(i), m_prev.load(i), v[i], v_fresh[i], w[i]}; }
   __device__ bool compute(size_t i, const In& in, float (&out)[4]) const {
-    const float mv = m.value(in.m);
-    const float gt = (mv - beta1 * m_prev.value(in.m_prev)) / one_minus_beta1;
+    const float mv = in.m;
+    const float gt = (mv - beta1 * in.m_prev) / one_minus_beta1;
     const float vf = beta2 * in.vf + one_minus_beta2 * (gt * gt);
     const float d = sqrtf(in.v) + eps;
     const float u0 = mv / d;
@@ -122,7 +122,7 @@ struct FrozenOp {  // w <- w - coef[layer] * (m/(sqrt(v)+eps) + wd*w)
   }
   __device__ In load(size_t i) const { return {m.load(i), v[i], w[i]}; }
   __device__ void compute(size_t i, const In& in) const {
-    const float u = m.value(in.m) / (sqrtf(in.v) + eps) + weight_decay * in.w;
+    const float u = in.m / (sqrtf(in.v) + eps) + weight_decay * in.w;
     w[i] = in.w - coef * u;
   }
 };
@@ -174,7 +174,7 @@ struct RefreshOp {
   __device__ void compute(size_t i, const In& in) const {
     float e = in.wc - pm(in.wc >= 0.0f, ws);
     if (own) e += world * (in.sc - pm(in.sc >= 0.0f, ss));
-    a.x[i] = a.beta1 * m.value(in.m) + (1 - a.beta1) * in.g + e * inv_k;
+    a.x[i] = a.beta1 * in.m + (1 - a.beta1) * in.g + e * inv_k;
   }
 };
 
