@@ -304,8 +304,9 @@ bool onebit_lamb_equal(Communicator& comm, Stream stream, const FlatLayout& layo
   return same;
 }
 
-// The same full-size inputs through the CPU and the GPU: the compressed allreduce (two calls) and
-// three 1-bit LAMB steps (one warmup, two compression), compared bit for bit.
+// The same full-size inputs through the CPU and the GPU, compared bit for bit: the compressed
+// allreduce (two calls), three 1-bit LAMB steps (one warmup, two compression) and five with
+// `onebit train`'s compression stage (warmup, refresh, compression, refresh, compression).
 json cpu_check(Communicator& comm, Stream stream, const Options& o) {
   const FlatLayout layout = FlatLayout::bert_like(o.params);
   const size_t N = layout.total();
