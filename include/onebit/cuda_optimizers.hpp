@@ -124,6 +124,9 @@ class DeviceFreeze {
   FreezeSchedule after(int64_t t, float beta2) const;
 
  private:
+  // v's per-layer sums for the decision after step t (zeros where t did not measure: not read then).
+  std::vector<double> sums_after(int64_t t) const;
+
   FreezeSchedule schedule_;
   DeviceArray<double> v_sq_;
   int64_t measured_ = 0;  // the step whose v was measured

@@ -123,12 +123,6 @@ struct RescaleOp {
   __device__ void compute(size_t i, const In& in) const { c[i] = (in.c - pm(in.c >= 0.0f, s)) * r; }
 };
 
-__global__ void flag_nonfinite_kernel(const float* x, size_t n, int* skip) {
-  if (threadIdx.x != 0 || blockIdx.x != 0) return;
-  for (size_t i = 0; i < n; ++i)
-    if (!isfinite(x[i])) *skip = 1;
-}
-
 }  // namespace
 }  // namespace detail
 
@@ -160,10 +154,7 @@ void server_average(const DevicePartition& part, const uint8_t* worker_bits, siz
   int* skip = set_skip ? set_skip : PartitionArrays::flag(part);
   if (!set_skip) CUDA_CHECK(cudaMemsetAsync(skip, 0, sizeof(int), stream));
   const size_t groups = worker_scales.per_group ? part.num_groups() : 1;
-  if (!worker_scales.per_group) {
-    flag_nonfinite_kernel<<<1, 32, 0, stream>>>(worker_scales.scales, static_cast<size_t>(world), skip);
-    CUDA_CHECK_LAUNCH("server_average (scale check)");
-  }
+  if (!worker_scales.per_group) flag_nonfinite(worker_scales.scales, static_cast<size_t>(world), skip, stream);
   const ServerOp op{worker_bits, stride, worker_scales, groups, nullptr, world, f, f_scales, 0.0f, out_bits};
   launch_tile(part, op, stream, skip, "server_average");
   launch_scales(part, out, stream, skip, "server_average (scales)");

@@ -2,6 +2,7 @@
 // widen; comm/half_allreduce.cpp's loops with the very same conversion functions (onebit/kernels.hpp).
 #include "cuda_check.hpp"
 #include "half_kernels.hpp"
+#include "tile.cuh"
 
 namespace onebit::cuda {
 namespace detail {
@@ -24,15 +25,9 @@ struct Half {
   }
 };
 
-constexpr int kHalfThreads = 256;
-unsigned half_blocks(size_t n) {
-  const size_t b = (n + kHalfThreads - 1) / kHalfThreads;
-  return static_cast<unsigned>(b < 4096 ? b : 4096);
-}
-
 template <bool kBf16>
 __global__ void round_kernel(const float* x, uint16_t* out, size_t n) {
-  for (size_t i = blockIdx.x * size_t{kHalfThreads} + threadIdx.x; i < n; i += size_t{gridDim.x} * kHalfThreads)
+  for (size_t i = blockIdx.x * size_t{kFlatThreads} + threadIdx.x; i < n; i += size_t{gridDim.x} * kFlatThreads)
     out[i] = Half<kBf16>::round(x[i]);
 }
 
@@ -41,7 +36,7 @@ __global__ void round_kernel(const float* x, uint16_t* out, size_t n) {
 template <bool kBf16>
 __global__ void average_kernel(const uint16_t* received, size_t chunk, int world, uint16_t* out) {
   const float pf = static_cast<float>(world);
-  for (size_t i = blockIdx.x * size_t{kHalfThreads} + threadIdx.x; i < chunk; i += size_t{gridDim.x} * kHalfThreads) {
+  for (size_t i = blockIdx.x * size_t{kFlatThreads} + threadIdx.x; i < chunk; i += size_t{gridDim.x} * kFlatThreads) {
     float s = Half<kBf16>::widen(received[i]);
     for (int p = 1; p < world; ++p) s += Half<kBf16>::widen(received[static_cast<size_t>(p) * chunk + i]);
     out[i] = Half<kBf16>::round(s / pf);
@@ -50,7 +45,7 @@ __global__ void average_kernel(const uint16_t* received, size_t chunk, int world
 
 template <bool kBf16>
 __global__ void widen_kernel(const uint16_t* h, float* out, size_t n) {
-  for (size_t i = blockIdx.x * size_t{kHalfThreads} + threadIdx.x; i < n; i += size_t{gridDim.x} * kHalfThreads)
+  for (size_t i = blockIdx.x * size_t{kFlatThreads} + threadIdx.x; i < n; i += size_t{gridDim.x} * kFlatThreads)
     out[i] = Half<kBf16>::widen(h[i]);
 }
 
@@ -68,9 +63,9 @@ void round_to_half(const float* x, uint16_t* out, size_t n, WirePrecision precis
   const bool bf16 = is_bf16(precision, "round_to_half");
   if (n == 0) return;
   if (bf16)
-    round_kernel<true><<<half_blocks(n), kHalfThreads, 0, stream>>>(x, out, n);
+    round_kernel<true><<<flat_blocks(n), kFlatThreads, 0, stream>>>(x, out, n);
   else
-    round_kernel<false><<<half_blocks(n), kHalfThreads, 0, stream>>>(x, out, n);
+    round_kernel<false><<<flat_blocks(n), kFlatThreads, 0, stream>>>(x, out, n);
   CUDA_CHECK_LAUNCH("round_to_half");
 }
 
@@ -80,9 +75,9 @@ void average_half_chunks(const uint16_t* received, size_t chunk, int world, uint
   ONEBIT_CHECK(world >= 1, "cuda average_half_chunks: world size " << world);
   if (chunk == 0) return;
   if (bf16)
-    average_kernel<true><<<half_blocks(chunk), kHalfThreads, 0, stream>>>(received, chunk, world, out);
+    average_kernel<true><<<flat_blocks(chunk), kFlatThreads, 0, stream>>>(received, chunk, world, out);
   else
-    average_kernel<false><<<half_blocks(chunk), kHalfThreads, 0, stream>>>(received, chunk, world, out);
+    average_kernel<false><<<flat_blocks(chunk), kFlatThreads, 0, stream>>>(received, chunk, world, out);
   CUDA_CHECK_LAUNCH("average_half_chunks");
 }
 
@@ -90,9 +85,9 @@ void widen_half(const uint16_t* h, float* out, size_t n, WirePrecision precision
   const bool bf16 = is_bf16(precision, "widen_half");
   if (n == 0) return;
   if (bf16)
-    widen_kernel<true><<<half_blocks(n), kHalfThreads, 0, stream>>>(h, out, n);
+    widen_kernel<true><<<flat_blocks(n), kFlatThreads, 0, stream>>>(h, out, n);
   else
-    widen_kernel<false><<<half_blocks(n), kHalfThreads, 0, stream>>>(h, out, n);
+    widen_kernel<false><<<flat_blocks(n), kFlatThreads, 0, stream>>>(h, out, n);
   CUDA_CHECK_LAUNCH("widen_half");
 }
 

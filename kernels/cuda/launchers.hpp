@@ -65,6 +65,7 @@ void momentum_scales(const DevicePartition& part, const double* m_sq, float* k, 
 
 // Sets *skip when one of x[0..n) is not finite.
 void flag_nonfinite(const double* x, size_t n, int* skip, Stream stream);
+void flag_nonfinite(const float* x, size_t n, int* skip, Stream stream);
 
 // OnebitLamb::track_scales after the all-reduce of each layer's sum of g^2 over the ranks (`sum`,
 // fp32): sets *skip if one is not finite; otherwise g_rms and k as on the CPU, one thread, layers in

@@ -216,11 +216,6 @@ struct SquareOp {  // sums x^2
   }
 };
 
-constexpr int kFlatThreads = 256;
-unsigned flat_blocks(size_t n) {
-  const size_t b = (n + kFlatThreads - 1) / kFlatThreads;
-  return static_cast<unsigned>(b < 4096 ? b : 4096);
-}
 
 __global__ void divide_kernel(float* x, size_t n, float d, const int* skip) {
   if (skip && *skip) return;

@@ -14,6 +14,14 @@ __device__ double min_d(double a, double b) { return b < a ? b : a; }
 constexpr int kScalarThreads = 512;
 
 // One block: the non-finite check must see every layer before any layer's state changes.
+// LAMB's trust ratio from the per-layer sums of squares: clamp(||w|| / ||u||, min, max), 1 where a
+// norm is 0 (optim/optimizer.cpp's lamb_ratios).
+__device__ double trust_ratio(double w_sq, double u_sq, float min_coeff, float max_coeff) {
+  return w_sq > 0 && u_sq > 0 ? clamp_d(sqrt(w_sq) / sqrt(u_sq), static_cast<double>(min_coeff),
+                                        static_cast<double>(max_coeff))
+                              : 1.0;
+}
+
 __global__ void __launch_bounds__(kScalarThreads) lamb_coef_kernel(LambCoefArgs a, int* skip) {
   if (*skip) return;
   bool bad = false;
@@ -24,10 +32,7 @@ __global__ void __launch_bounds__(kScalarThreads) lamb_coef_kernel(LambCoefArgs 
     return;
   }
   for (size_t l = threadIdx.x; l < a.layers; l += kScalarThreads) {
-    const double w = a.w_sq[l], u = a.u_sq[l];
-    const double ratio = w > 0 && u > 0 ? clamp_d(sqrt(w) / sqrt(u), static_cast<double>(a.min_coeff),
-                                                  static_cast<double>(a.max_coeff))
-                                        : 1.0;
+    const double ratio = trust_ratio(a.w_sq[l], a.u_sq[l], a.min_coeff, a.max_coeff);
     a.coef[l] = a.trust_ratio ? a.lr * static_cast<float>(ratio) : a.lr;
     if (a.c_freeze && ratio != 1.0) {
       // coeff_beta * c_freeze is a float product, (1 - coeff_beta) a float, the rest double.
@@ -74,7 +79,8 @@ __global__ void momentum_scales_kernel(const uint64_t* start, size_t layers, con
   }
 }
 
-__global__ void flag_nonfinite_kernel(const double* x, size_t n, int* skip) {
+template <class T>
+__global__ void flag_nonfinite_kernel(const T* x, size_t n, int* skip) {
   if (*skip) return;
   bool bad = false;
   for (size_t i = threadIdx.x; i < n; i += kScalarThreads)
@@ -111,11 +117,7 @@ __global__ void __launch_bounds__(kScalarThreads) refresh_coef_kernel(RefreshCoe
   if (skip && *skip) return;
   const size_t l = blockIdx.x * size_t{kScalarThreads} + threadIdx.x;
   if (l >= a.layers) return;
-  const double w = a.w_sq[l], u = a.u_sq[l];
-  const double r = w > 0 && u > 0 ? clamp_d(sqrt(w) / sqrt(u), static_cast<double>(a.min_coeff),
-                                            static_cast<double>(a.max_coeff))
-                                  : 1.0;
-  a.c_freeze[l] = static_cast<float>(r);
+  a.c_freeze[l] = static_cast<float>(trust_ratio(a.w_sq[l], a.u_sq[l], a.min_coeff, a.max_coeff));
   a.last_factor[l] = 1.0f;
   a.coef[l] = a.lr * a.c_freeze[l];
 }
@@ -147,6 +149,12 @@ void momentum_scales(const DevicePartition& part, const double* m_sq, float* k, 
 }
 
 void flag_nonfinite(const double* x, size_t n, int* skip, Stream stream) {
+  if (n == 0) return;
+  flag_nonfinite_kernel<<<1, kScalarThreads, 0, stream>>>(x, n, skip);
+  CUDA_CHECK_LAUNCH("flag_nonfinite");
+}
+
+void flag_nonfinite(const float* x, size_t n, int* skip, Stream stream) {
   if (n == 0) return;
   flag_nonfinite_kernel<<<1, kScalarThreads, 0, stream>>>(x, n, skip);
   CUDA_CHECK_LAUNCH("flag_nonfinite");

@@ -34,6 +34,13 @@ struct PartView {
   uint32_t num_pieces;
 };
 
+// The flat kernels' grid-stride launch: kFlatThreads per block, at most 4096 blocks.
+constexpr int kFlatThreads = 256;
+inline unsigned flat_blocks(size_t n) {
+  const size_t b = (n + kFlatThreads - 1) / kFlatThreads;
+  return static_cast<unsigned>(b < 4096 ? b : 4096);
+}
+
 __device__ __forceinline__ float pm(bool bit, float s) { return bit ? s : -s; }
 __device__ __forceinline__ bool get_bit(const uint8_t* bits, size_t i) {
   return (bits[i >> 3] >> (i & 7)) & 1;

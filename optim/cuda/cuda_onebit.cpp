@@ -32,15 +32,15 @@ void DeviceFreeze::measure(int64_t t, const DevicePartition& part, const float* 
   measured_ = t;
 }
 
-bool DeviceFreeze::decide(int64_t t, float beta2) {
-  const std::vector<double> v_sq = measured_ == t ? v_sq_.download() : std::vector<double>(v_sq_.size());
-  return schedule_.after_warmup_step(t, v_sq.data(), beta2);
+std::vector<double> DeviceFreeze::sums_after(int64_t t) const {
+  return measured_ == t ? v_sq_.download() : std::vector<double>(v_sq_.size());  // unread unless measured
 }
+
+bool DeviceFreeze::decide(int64_t t, float beta2) { return schedule_.after_warmup_step(t, sums_after(t).data(), beta2); }
 
 FreezeSchedule DeviceFreeze::after(int64_t t, float beta2) const {
   FreezeSchedule s = schedule_;
-  const std::vector<double> v_sq = measured_ == t ? v_sq_.download() : std::vector<double>(v_sq_.size());
-  s.after_warmup_step(t, v_sq.data(), beta2);
+  s.after_warmup_step(t, sums_after(t).data(), beta2);
   return s;
 }
 
@@ -212,7 +212,8 @@ void CudaOnebitLamb::refresh(float* w, float* g) {
   fill(allreduce_.worker_c(), N, 0.0f, stream_, skip());
   fill(allreduce_.server_c(), allreduce_.server_partition().size(), 0.0f, stream_, skip());
   allreduce_.zero_scales(skip());
-  layer_sq_norms(dpart_, x_.data(), m_sq_.data(), stream_, skip());
+  // k from the new momentum: the sums above serve unless a mask changed it.
+  if (any_mask_) layer_sq_norms(dpart_, x_.data(), m_sq_.data(), stream_, skip());
   momentum_scales(dpart_, m_sq_.data(), k_.data(), stream_, skip());
   frozen_norms(dpart_, x_.data(), v_.data(), w, opt_.eps, opt_.weight_decay, w_sq_.data(), u_sq_.data(), stream_,
                skip());
